@@ -1,0 +1,93 @@
+"""Domain errors, each carrying its HTTP status and a stable machine-readable code.
+
+The ingress has one handler that turns any of them into ``{"error": {"code", "message"}}``; nothing else in the
+code base picks HTTP statuses. The errors are plain picklable exceptions so they cross Ray process boundaries.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):  # keep the message when Ray pickles the error across processes
+        return (type(self), (self.message,))
+
+
+# --- the request is wrong (4xx) -------------------------------------------------------------------------------
+class InvalidParameterError(ServiceError):
+    status = 422
+    code = "invalid_parameter"
+
+
+class EmptyUploadError(ServiceError):
+    status = 400
+    code = "empty_upload"
+
+
+class InvalidImageError(ServiceError):
+    status = 400
+    code = "invalid_image"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLargeError(ServiceError):
+    status = 413
+    code = "payload_too_large"
+
+
+# --- the service cannot serve it now (5xx) ----------------------------------------------------------------------
+class TierUnavailableError(ServiceError):
+    """The tier's model deployment is not running (still loading, failed, or cannot be scheduled)."""
+
+    status = 503
+    code = "tier_unavailable"
+
+
+class InferenceError(ServiceError):
+    status = 500
+    code = "inference_failed"
+
+
+# --- configuration and start-up (raised while a deployment starts; never a request's fault) ---------------------
+class ConfigurationError(ServiceError):
+    status = 500
+    code = "configuration_error"
+
+
+class WeightsUnavailableError(ConfigurationError):
+    code = "weights_unavailable"
+
+
+class ChecksumMismatchError(ConfigurationError):
+    code = "checksum_mismatch"
+
+
+class UnknownRuntimeError(ConfigurationError):
+    code = "unknown_runtime"
+
+
+class DeviceUnavailableError(ConfigurationError):
+    code = "device_unavailable"
+
+
+def all_error_types() -> list[type[ServiceError]]:
+    """Every concrete error class (for the test that pins the status of each)."""
+    found: list[type[ServiceError]] = []
+    pending: list[type[ServiceError]] = [ServiceError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

@@ -1,0 +1,20 @@
+"""Model runtimes behind one small registry: a tier names its runtime, ``create_runtime`` builds it."""
+
+from __future__ import annotations
+
+from serve_app.errors import UnknownRuntimeError
+from serve_app.runtimes.base import Runtime, RuntimeSettings
+from serve_app.runtimes.eager import EagerRuntime
+
+RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (EagerRuntime,)}
+
+
+def create_runtime(name: str, settings: RuntimeSettings) -> Runtime:
+    try:
+        cls = RUNTIMES[name]
+    except KeyError:
+        raise UnknownRuntimeError(f"unknown runtime {name!r}; valid runtimes: {', '.join(sorted(RUNTIMES))}") from None
+    return cls(settings)
+
+
+__all__ = ["RUNTIMES", "Runtime", "RuntimeSettings", "create_runtime"]

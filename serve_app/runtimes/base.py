@@ -1,0 +1,74 @@
+"""The runtime protocol every tier deployment drives: ``load``, ``warmup``, ``predict``, ``check_health``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from serve_app.errors import DeviceUnavailableError
+from serve_app.weights import ResolvedWeights
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    weights: ResolvedWeights
+    base_size: int
+    device: str  # "cpu" or "cuda[:N]"
+    cpu_threads: int | None = None
+
+
+class Runtime(ABC):
+    """One way of running InSPyReNet on a batch. A batch in (NxHxWx3 uint8, all the same size), a batch of
+    masks out (NxHxW float32 in [0, 1]), each exactly what that image gives alone."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)
+
+    @property
+    def weights_label(self) -> str:
+        return self.settings.weights.label
+
+    @abstractmethod
+    def load(self) -> None:
+        """Build the model and load its weights onto the device."""
+
+    @abstractmethod
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """NxHxWx3 uint8 → NxHxW float32 masks at the same size."""
+
+    def warmup(self, batch_size: int, height: int, width: int) -> None:
+        """Run one real batch so allocator, kernels and caches are ready before the first request."""
+        rng = np.random.default_rng(0)
+        self.predict(rng.integers(0, 256, (batch_size, height, width, 3), dtype=np.uint8))
+
+    def check_health(self) -> None:
+        """Touch the device; raises if it is gone (a lost GPU, say)."""
+        probe = torch.ones(1, device=self.device) + 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if float(probe.item()) != 2.0:
+            raise RuntimeError(f"device {self.device} computed 1 + 1 = {float(probe.item())}")
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"this tier is set to run on {name}, but torch sees no CUDA device here "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Use a CPU config "
+            f"(configs/cpu.yaml) or set the tier's device: cpu and num_gpus: 0."
+        )
+    return device

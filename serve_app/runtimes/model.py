@@ -1,0 +1,90 @@
+"""Building InSPyReNet_SwinB exactly as transparent-background's Remover does, and the steps around it that
+every runtime shares: ImageNet normalisation in, per-sample sigmoid + min-max out."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import cast
+
+import numpy as np
+import torch
+
+from serve_app.errors import WeightsUnavailableError
+from serve_app.weights import ResolvedWeights
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+UNTRAINED_SEED = 0
+
+
+def _inspyrenet_class():
+    with warnings.catch_warnings():
+        # transparent_background/__init__ imports its GUI module, which warns when the optional `flet` is absent.
+        warnings.filterwarnings("ignore", message="Failed to import flet", category=UserWarning)
+        from transparent_background.InSPyReNet import InSPyReNet_SwinB
+    return InSPyReNet_SwinB
+
+
+def build_model(base_size: int) -> torch.nn.Module:
+    """A fresh ``InSPyReNet_SwinB`` as Remover builds it (``threshold=None``: one pyramid pass), in eval mode."""
+    factory = _inspyrenet_class()
+    with warnings.catch_warnings():
+        # SwinTransformer.WindowAttention.__init__ calls torch.meshgrid without `indexing`; the default it warns
+        # about ("ij") is what the code relies on, so this one warning, at construction only, is noise.
+        warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
+        model = factory(depth=64, pretrained=False, base_size=[base_size, base_size], threshold=None)
+    return model.eval()
+
+
+def load_model(weights: ResolvedWeights, base_size: int) -> torch.nn.Module:
+    """The model with its checkpoint loaded strictly, or seeded random weights (loudly) for ``untrained``."""
+    if weights.path is None:
+        logger.warning(
+            "UNTRAINED WEIGHTS: this model is seeded random noise (seed %d); its masks mean nothing. "
+            "Use it for smoke runs and benchmarks only; every response says X-Weights: untrained.",
+            UNTRAINED_SEED,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(UNTRAINED_SEED)
+            return build_model(base_size)
+    model = build_model(base_size)
+    try:
+        state = torch.load(weights.path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsUnavailableError(
+            f"{weights.path} is not an InSPyReNet_SwinB checkpoint this service can load: {exc}"
+        ) from exc
+    return model
+
+
+def to_model_tensor(images: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """NxHxWx3 uint8 → Nx3xHxW, scaled to [0, 1] and ImageNet-normalised, on ``device``."""
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return ((x - mean) / std).to(dtype)
+
+
+def saliency_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The finest saliency map d0 (logits, Nx1xHxW): ``forward_inference`` without its last two lines."""
+    forward_inspyre = cast(Callable[[torch.Tensor], dict[str, list[torch.Tensor]]], model.forward_inspyre)
+    return forward_inspyre(x)["saliency"][3]
+
+
+def normalise_per_sample(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid, then min-max over each image alone.
+
+    InSPyReNet's own ``forward_inference`` takes min and max over the whole tensor, batch included, so an image's
+    mask would depend on what it was batched with. Per sample, a batch gives each image its single-image result.
+    """
+    pred = torch.sigmoid(logits.float())
+    flat = pred.flatten(1)
+    low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    high = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    return (pred - low) / (high - low + 1e-8)

@@ -1,0 +1,187 @@
+"""Resolve a tier's checkpoint to a verified file: a configured path, else the cache directory, else a download.
+
+Downloads stream to a temporary file beside the target with a progress bar, are checked against the published
+md5 and only then renamed into place (atomic on one filesystem), so a broken transfer never leaves a file that
+looks complete. A checkpoint without a published checksum (the nightly one) gets its sha256 recorded in a
+``<name>.sha256`` file at its first download or placement, and checked against that record afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from serve_app.errors import ChecksumMismatchError, WeightsUnavailableError
+from serve_app.tiers import Checkpoint
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR_ENV = "BGSERVE_WEIGHTS_DIR"
+DEFAULT_WEIGHTS_DIR = Path("~/.cache/bgserve/weights")
+AUTO = "auto"  # cache directory, then download
+UNTRAINED = "untrained"  # a seeded random model: smoke runs and benchmarks only
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """What a runtime loads. ``path`` is None for the untrained model; ``label`` is what X-Weights reports."""
+
+    path: Path | None
+    label: str
+
+    @property
+    def untrained(self) -> bool:
+        return self.path is None
+
+
+def default_weights_dir() -> Path:
+    return Path(os.environ.get(WEIGHTS_DIR_ENV) or DEFAULT_WEIGHTS_DIR).expanduser()
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """(md5, sha256) of a file, read once."""
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            md5.update(chunk)
+            sha256.update(chunk)
+    return md5.hexdigest(), sha256.hexdigest()
+
+
+def _sha256_record(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def verify(checkpoint: Checkpoint, path: Path) -> None:
+    """Check a cached checkpoint against its published md5, or against the sha256 recorded when it arrived."""
+    md5, sha256 = file_digests(path)
+    if checkpoint.md5 is not None:
+        if md5 != checkpoint.md5:
+            raise ChecksumMismatchError(
+                f"{path} has md5 {md5}, but {checkpoint.filename} is published with md5 {checkpoint.md5}: the file "
+                f"is damaged or is another checkpoint. Delete it and run `bgserve-weights fetch` again, or set the "
+                f"tier's `weights:` to this file's path to load it as your own checkpoint without the check."
+            )
+        return
+    record = _sha256_record(path)
+    if not record.exists():
+        record.write_text(sha256 + "\n")
+        logger.warning(
+            "%s has no published checksum; recorded its sha256 %s in %s and will check it from now on",
+            checkpoint.filename,
+            sha256,
+            record,
+        )
+        return
+    expected = record.read_text().split()[0]
+    if sha256 != expected:
+        raise ChecksumMismatchError(
+            f"{path} has sha256 {sha256}, but {record} recorded {expected} when it was downloaded: the file changed "
+            f"since. Delete both files and run `bgserve-weights fetch` again."
+        )
+
+
+def _copy_with_progress(source: BinaryIO, target: BinaryIO, total: int | None, desc: str) -> None:
+    """Copy in chunks with a progress bar; a source that ends before ``total`` bytes is an error."""
+    copied = 0
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as progress:
+        while chunk := source.read(_CHUNK):
+            target.write(chunk)
+            copied += len(chunk)
+            progress.update(len(chunk))
+    if total is not None and copied != total:
+        raise OSError(f"transfer ended after {copied} of {total} bytes")
+
+
+def _install(checkpoint: Checkpoint, write: Callable[[BinaryIO], None], destination: Path) -> Path:
+    """Write through ``write(handle)`` into a temporary file beside ``destination``, verify, rename into place."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        md5, sha256 = file_digests(tmp)
+        if checkpoint.md5 is not None and md5 != checkpoint.md5:
+            raise ChecksumMismatchError(
+                f"{checkpoint.filename}: got md5 {md5}, expected {checkpoint.md5}; nothing was installed at "
+                f"{destination}."
+            )
+        os.replace(tmp, destination)
+        if checkpoint.md5 is None:
+            _sha256_record(destination).write_text(sha256 + "\n")
+        return destination
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download(checkpoint: Checkpoint, destination: Path, timeout_s: float = 30.0) -> Path:
+    """Download ``checkpoint.url`` to ``destination`` (progress bar, checksum, atomic rename)."""
+    logger.info("downloading %s from %s to %s", checkpoint.filename, checkpoint.url, destination)
+
+    def write(handle: BinaryIO) -> None:
+        with urllib.request.urlopen(checkpoint.url, timeout=timeout_s) as response:
+            length = response.headers.get("Content-Length")
+            _copy_with_progress(response, handle, int(length) if length else None, checkpoint.filename)
+
+    try:
+        return _install(checkpoint, write, destination)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # incl. timeouts, cut transfers
+        raise WeightsUnavailableError(offline_help(checkpoint, destination, reason=str(exc))) from exc
+
+
+def place(checkpoint: Checkpoint, source: Path, weights_dir: Path) -> Path:
+    """Copy a checkpoint the user already has into the cache, verified like a download."""
+    destination = weights_dir / checkpoint.filename
+
+    def write(handle: BinaryIO) -> None:
+        with source.open("rb") as src:
+            _copy_with_progress(src, handle, source.stat().st_size, checkpoint.filename)
+
+    return _install(checkpoint, write, destination)
+
+
+def offline_help(checkpoint: Checkpoint, destination: Path, reason: str) -> str:
+    return (
+        f"{checkpoint.filename} is not at {destination} and could not be downloaded ({reason}). "
+        f"On a machine that can reach it, fetch {checkpoint.url} and put the file at {destination} "
+        f"(`bgserve-weights place FILE --dir {destination.parent}` checks it), or run "
+        f"`bgserve-weights fetch --dir {destination.parent}` where there is internet; "
+        f"or set the tier's `weights:` to the path of a checkpoint you have."
+    )
+
+
+def resolve(checkpoint: Checkpoint, choice: str, weights_dir: Path, allow_download: bool = True) -> ResolvedWeights:
+    """Turn a tier's ``weights`` setting into a verified file.
+
+    ``choice`` is ``auto`` (cache, then download), ``untrained``, or a path (absolute, or relative to
+    ``weights_dir``) to a checkpoint of the user's own, loaded as given without a checksum.
+    """
+    if choice == UNTRAINED:
+        return ResolvedWeights(path=None, label=UNTRAINED)
+    if choice != AUTO:
+        path = Path(choice).expanduser()
+        path = path if path.is_absolute() else weights_dir / path
+        if not path.is_file():
+            raise WeightsUnavailableError(f"weights file {path} (configured for {checkpoint.filename}) does not exist")
+        return ResolvedWeights(path=path, label=path.name)
+    path = weights_dir / checkpoint.filename
+    if path.is_file():
+        verify(checkpoint, path)
+    elif allow_download:
+        download(checkpoint, path)
+    else:
+        raise WeightsUnavailableError(offline_help(checkpoint, path, reason="downloads are turned off"))
+    return ResolvedWeights(path=path, label=checkpoint.filename)
