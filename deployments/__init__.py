@@ -1,0 +1,1 @@
+"""Ray Serve wiring: the HTTP ingress, the tier deployment and the application builder. No image math here."""

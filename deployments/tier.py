@@ -1,0 +1,50 @@
+"""The tier deployment: one class, bound once per tier, doing only model work.
+
+Requests are aggregated with ``@serve.batch``; the batch runs in a worker thread so the replica's event loop
+keeps gathering the next batch meanwhile. Batch size and wait come from ``user_config`` (``BatchingConfig``), so
+``serve deploy`` with new values changes them live, without reloading the model.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from serve_app.errors import ServiceError
+from serve_app.schemas import BatchingConfig, MaskResult, TierModelArgs
+from serve_app.tier_model import TierModel
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment
+class TierDeployment:
+    def __init__(self, args: TierModelArgs) -> None:
+        self.args = args
+        self.model = TierModel(args)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        batching = BatchingConfig.model_validate(user_config)
+        self.predict_batch.set_max_batch_size(batching.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        logger.info("tier %s batching: %s", self.args.tier.value, batching.model_dump())
+
+    async def predict(self, image: np.ndarray) -> MaskResult:
+        """One model-sized image in, its mask out; batched with concurrent calls."""
+        result = await self.predict_batch(image)
+        if isinstance(result, ServiceError):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    async def predict_batch(self, images: list[np.ndarray]) -> list[MaskResult | ServiceError]:
+        # Errors come back as values: an exception raised here would fail every request of the batch.
+        return await asyncio.to_thread(self.model.predict_many, images)
+
+    def weights(self) -> str:
+        return self.model.weights_label
+
+    def check_health(self) -> None:
+        self.model.check_health()
