@@ -1,0 +1,229 @@
+"""The whole request path over HTTP: real Ray Serve, the real model code, weights that segment."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve_app.tiers import Tier
+from tests.conftest import png_bytes, skimage_photo
+from tests.support import scenes
+from tests.support.reference import make_remover, reference_mask, remover_home
+
+TIERS = [t.value for t in Tier]
+# 160x128: the quality tier's dynamic resize keeps it as it is; the static tiers stretch it to their square.
+SCENE_HEIGHT, SCENE_WIDTH = 128, 160
+MIN_IOU = 0.8
+
+
+def remove(client: httpx.Client, data: bytes, **params: object) -> httpx.Response:
+    return client.post("/v1/remove", params=params, files={"image": ("upload.png", data, "image/png")})
+
+
+def decode(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+def test_tiers_are_listed_and_ready(client: httpx.Client) -> None:
+    tiers = client.get("/v1/tiers").json()
+    assert [t["tier"] for t in tiers] == TIERS
+    assert {t["tier"]: t["checkpoint"] for t in tiers} == {
+        "fast": "ckpt_fast.pth",
+        "balanced": "ckpt_base.pth",
+        "quality": "ckpt_base_nightly.pth",
+    }
+    for t in tiers:
+        assert t["ready"] and t["status"] == "HEALTHY" and t["weights"] == "test-segmenting.pth"
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+
+
+def test_openapi_docs(client: httpx.Client) -> None:
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/v1/remove" in spec["paths"] and "/v1/tiers" in spec["paths"]
+    body = spec["paths"]["/v1/remove"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body and "image/*" in body
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_mask_covers_the_subject(client: httpx.Client, tier: str) -> None:
+    for scene in scenes.make_scenes(seed=2024, count=3, height=SCENE_HEIGHT, width=SCENE_WIDTH):
+        response = remove(client, png_bytes(scene.image), tier=tier, effect="mask")
+        mask = decode(response)
+        assert mask.shape == scene.mask.shape
+        assert response.headers["x-tier"] == tier and response.headers["x-weights"] == "test-segmenting.pth"
+        assert scenes.iou(mask > 127, scene.mask) >= MIN_IOU
+        assert scenes.iou(mask[::-1] > 127, scene.mask) < MIN_IOU  # a flipped mask would fail
+
+
+def test_exif_rotated_upload_is_masked_upright(client: httpx.Client) -> None:
+    scene = scenes.make_scenes(seed=77, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0]
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(scene.image, 1)))  # the camera held sideways
+    exif = stored.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG", exif=exif.tobytes())
+    for tier in TIERS:
+        mask = decode(remove(client, buffer.getvalue(), tier=tier, effect="mask"))
+        assert mask.shape == scene.mask.shape  # width and height of the upright image
+        assert scenes.iou(mask > 127, scene.mask) >= MIN_IOU
+
+
+@pytest.mark.parametrize("effect", ["rgba", "mask", "color", "blur"])
+@pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
+def test_every_effect_and_format(client: httpx.Client, effect: str, fmt: str) -> None:
+    scene = scenes.make_scenes(seed=5, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0]
+    response = remove(client, png_bytes(scene.image), tier="fast", effect=effect, format=fmt, color="#00ff00")
+    assert response.headers["content-type"] == f"image/{fmt}"
+    assert response.status_code == 200, response.text
+    out = Image.open(io.BytesIO(response.content))
+    assert out.size == (SCENE_WIDTH, SCENE_HEIGHT)
+    array = np.asarray(out)
+    inside = scene.mask
+    outside = cv2.dilate(scene.mask.astype(np.uint8), np.ones((15, 15), np.uint8)) == 0  # clear of the edge
+    if effect == "rgba" and fmt != "jpeg":
+        assert out.mode == "RGBA"
+        assert array[..., 3][inside].mean() > 200 and array[..., 3][~inside].mean() < 60
+    if effect == "rgba" and fmt == "jpeg":  # flattened on white
+        assert array[~inside].mean() > 200
+    if effect == "color" and fmt == "png":
+        corner = array[:8, :8].reshape(-1, 3).mean(axis=0)
+        assert corner[1] > 200 and corner[0] < 60 and corner[2] < 60
+    if effect == "mask":
+        grey = array if array.ndim == 2 else array[..., 0]
+        assert grey[inside].mean() > 200 and grey[~inside].mean() < 60
+    if effect == "blur" and fmt == "png":
+        original = scene.image.astype(float)
+        blurred = cv2.GaussianBlur(scene.image, (0, 0), 15).astype(float)
+        assert np.abs(array[inside] - original[inside]).mean() < 25  # the subject stays sharp
+        to_blurred = np.abs(array[outside] - blurred[outside]).mean()
+        assert to_blurred < np.abs(array[outside] - original[outside]).mean() and to_blurred < 3
+
+
+def test_threshold_and_reverse(client: httpx.Client) -> None:
+    scene = scenes.make_scenes(seed=8, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0]
+    hard = decode(remove(client, png_bytes(scene.image), tier="fast", effect="mask", threshold=0.5))
+    assert set(np.unique(hard)) <= {0, 255}
+    reverse = decode(remove(client, png_bytes(scene.image), tier="fast", effect="mask", threshold=0.5, reverse=True))
+    np.testing.assert_array_equal(reverse, 255 - hard)
+
+
+def test_raw_body_equals_multipart(client: httpx.Client) -> None:
+    data = png_bytes(scenes.make_scenes(seed=9, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0].image)
+    raw = client.post(
+        "/v1/remove",
+        params={"tier": "fast", "effect": "mask"},
+        content=data,
+        headers={"content-type": "application/octet-stream"},
+    )
+    np.testing.assert_array_equal(decode(raw), decode(remove(client, data, tier="fast", effect="mask")))
+    rembg_style = client.post(
+        "/v1/remove", params={"tier": "fast", "effect": "mask"}, files={"file": ("x.png", data, "image/png")}
+    )
+    np.testing.assert_array_equal(decode(rembg_style), decode(raw))
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_real_photo_matches_the_reference(
+    client: httpx.Client, tier: str, segmenting_weights: Path, tmp_path: Path
+) -> None:
+    photo = skimage_photo("astronaut")[::2, ::2].copy()  # 256x256
+    response = remove(client, png_bytes(photo), tier=tier, effect="mask")
+    ours = decode(response).astype(int)
+    with remover_home(tmp_path):
+        reference = reference_mask(make_remover(Tier(tier), segmenting_weights), photo).astype(int)
+    assert ours.shape == reference.shape == photo.shape[:2]
+    assert np.abs(ours - reference).mean() <= 1.0
+    rgba = decode(remove(client, png_bytes(photo), tier=tier, effect="rgba"))
+    assert rgba.shape == (256, 256, 4)
+
+
+def burst(client: httpx.Client, uploads: list[bytes], **params: object) -> list[httpx.Response]:
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        return list(pool.map(lambda data: remove(client, data, **params), uploads))
+
+
+def mixed_uploads() -> list[bytes]:
+    rng = np.random.default_rng(11)
+    return [
+        png_bytes(scenes.make_scene(rng, SCENE_HEIGHT, SCENE_WIDTH).image),
+        png_bytes(scenes.make_scene(rng, SCENE_HEIGHT, SCENE_WIDTH, subject=False).image),  # background only
+        png_bytes(np.asarray(Image.fromarray(skimage_photo("rocket")).resize((SCENE_WIDTH, SCENE_HEIGHT)))),
+        png_bytes(scenes.make_scene(rng, SCENE_HEIGHT, SCENE_WIDTH).image),
+    ]
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_result(client: httpx.Client) -> None:
+    uploads = mixed_uploads()
+    singles = [remove(client, data, tier="fast", effect="mask") for data in uploads]
+    assert all(r.headers["x-batch-size"] == "1" for r in singles)
+    batched = burst(client, uploads, tier="fast", effect="mask")
+    sizes = [int(r.headers["x-batch-size"]) for r in batched]
+    assert max(sizes) > 1, sizes
+    for single, together in zip(singles, batched, strict=True):
+        assert np.abs(decode(single).astype(int) - decode(together).astype(int)).max() <= 1
+
+
+def test_corrupt_image_in_a_burst_fails_alone(client: httpx.Client) -> None:
+    uploads = mixed_uploads()
+    uploads[1] = uploads[1][: len(uploads[1]) // 3]  # truncated PNG
+    responses = burst(client, uploads, tier="fast", effect="mask")
+    assert responses[1].status_code == 400
+    assert responses[1].json()["error"]["code"] == "invalid_image"
+    assert [r.status_code for i, r in enumerate(responses) if i != 1] == [200, 200, 200]
+
+
+def test_bad_item_in_a_tier_batch_fails_alone(service: str) -> None:
+    """Straight at the tier deployment: an invalid array batched with good ones gets its error, they succeed."""
+    from ray import serve
+
+    from serve_app.errors import InvalidImageError
+    from tests.integration.conftest import APP_NAME
+
+    handle = serve.get_deployment_handle("fast", APP_NAME)
+    good = [np.asarray(Image.fromarray(s.image).resize((128, 128))) for s in scenes.make_scenes(3, 3, 128, 128)]
+    responses = [handle.predict.remote(image) for image in (good[0], np.zeros((128, 128), np.float32), *good[1:])]
+    results = []
+    for response in responses:
+        try:
+            results.append(response.result(timeout_s=60))
+        except Exception as exc:
+            results.append(exc)
+    assert isinstance(results[1], InvalidImageError), results[1]
+    assert [r.batch_size for i, r in enumerate(results) if i != 1] == [3, 3, 3]
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "code"),
+    [
+        ({"params": {"tier": "ultra"}}, 422, "invalid_parameter"),
+        ({"params": {"efect": "mask"}}, 422, "invalid_parameter"),
+        ({"params": {"threshold": "2"}}, 422, "invalid_parameter"),
+        ({"params": {"color": "nope"}}, 422, "invalid_parameter"),
+        ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty_upload"),
+        ({"content": b"GIF89a broken", "headers": {"content-type": "image/gif"}}, 400, "invalid_image"),
+        ({"json": {"image": "base64?"}}, 415, "unsupported_media_type"),
+        ({"files": {"picture": ("x.png", b"123", "image/png")}}, 422, "invalid_parameter"),
+        (
+            {"content": b"\0" * (32 * 1024 * 1024 + 1), "headers": {"content-type": "image/png"}},
+            413,
+            "payload_too_large",
+        ),
+    ],
+    ids=["tier", "unknown-param", "threshold", "color", "empty", "corrupt", "json", "no-image-field", "too-big"],
+)
+def test_bad_requests_get_json_errors(client: httpx.Client, request_kwargs: dict, status: int, code: str) -> None:
+    response = client.post("/v1/remove", **request_kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["error"]["code"] == code and body["error"]["message"]

@@ -1,0 +1,151 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve_app.codec import decode_image, encode_image, flatten_on_white
+from serve_app.errors import EmptyUploadError, InvalidImageError, PayloadTooLargeError
+from serve_app.schemas import OutputFormat
+from tests.conftest import png_bytes
+
+BIG = 10_000_000
+
+
+def asymmetric(height: int = 24, width: int = 40) -> np.ndarray:
+    """Every pixel distinct, so any flip or rotation shows."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 6, y * 10, (x + y) % 7 * 30], axis=-1).astype(np.uint8)
+
+
+def with_orientation(stored: np.ndarray, orientation: int, fmt: str = "PNG") -> bytes:
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, exif=exif.tobytes(), **({"quality": 100} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+# What a camera stores for each EXIF orientation, given the upright picture (numpy's rot90 turns anticlockwise).
+STORED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1, :],
+    5: lambda a: np.rot90(a, 1)[::-1, :],
+    6: lambda a: np.rot90(a, 1),
+    7: lambda a: np.rot90(a, -1)[::-1, :],
+    8: lambda a: np.rot90(a, -1),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED))
+def test_exif_orientation_is_turned_upright(orientation: int) -> None:
+    upright = asymmetric()
+    data = with_orientation(np.ascontiguousarray(STORED[orientation](upright)), orientation)
+    np.testing.assert_array_equal(decode_image(data, BIG), upright)
+
+
+def test_exif_orientation_in_a_jpeg() -> None:
+    y, x = np.mgrid[0:48, 0:80]
+    upright = np.stack([x * 3, y * 5, np.full_like(x, 128)], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it
+    decoded = decode_image(with_orientation(np.ascontiguousarray(np.rot90(upright, 1)), 6, "JPEG"), BIG)
+    assert decoded.shape == upright.shape
+    assert np.abs(decoded.astype(int) - upright).mean() < 3
+    assert np.abs(decoded.astype(int) - upright[::-1, ::-1]).mean() > 30  # a wrong turn would show
+
+
+def test_grayscale_becomes_rgb() -> None:
+    grey = np.arange(60, dtype=np.uint8).reshape(6, 10)
+    out = decode_image(png_bytes(grey), BIG)
+    assert out.shape == (6, 10, 3) and out.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(out[..., channel], grey)
+
+
+def test_palette_becomes_rgb() -> None:
+    image = Image.fromarray(asymmetric()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    out = decode_image(buffer.getvalue(), BIG)
+    np.testing.assert_array_equal(out, np.asarray(image.convert("RGB")))
+
+
+def test_rgba_drops_alpha_and_keeps_colour() -> None:
+    rgba = np.dstack([asymmetric(), np.full((24, 40), 100, np.uint8)])
+    np.testing.assert_array_equal(decode_image(png_bytes(rgba), BIG), rgba[..., :3])
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:, :8] = (255, 0, 0)
+    rgb[:, 8:] = (0, 0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buffer, format="JPEG", quality=100)
+    out = decode_image(buffer.getvalue(), BIG)
+    assert out.shape == (16, 16, 3)
+    assert np.abs(out[4, 2].astype(int) - (255, 0, 0)).max() < 20
+    assert np.abs(out[4, 13].astype(int) - (0, 0, 255)).max() < 20
+
+
+def test_16_bit_grey_scales_to_8_bit() -> None:
+    deep = (np.arange(64, dtype=np.uint16) * 1000).reshape(8, 8)
+    buffer = io.BytesIO()
+    Image.fromarray(deep).save(buffer, format="PNG")
+    out = decode_image(buffer.getvalue(), BIG)
+    np.testing.assert_array_equal(out[..., 0], np.clip(deep / 65535 * 255 + 0.5, 0, 255).astype(np.uint8))
+
+
+def test_animated_gif_gives_first_frame() -> None:
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (0, 255)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(buffer.getvalue(), BIG).max() == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", EmptyUploadError),
+        (b"this is not an image", InvalidImageError),
+        (png_bytes(asymmetric())[:60], InvalidImageError),  # truncated inside the pixel data
+    ],
+    ids=["empty", "not-an-image", "truncated"],
+)
+def test_bad_uploads_raise_typed_errors(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        decode_image(data, BIG)
+
+
+def test_too_many_pixels_is_refused_before_decoding() -> None:
+    with pytest.raises(PayloadTooLargeError, match="40x24"):
+        decode_image(png_bytes(asymmetric()), max_pixels=40 * 24 - 1)
+    assert decode_image(png_bytes(asymmetric()), max_pixels=40 * 24).shape == (24, 40, 3)
+
+
+@pytest.mark.parametrize("fmt", list(OutputFormat))
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_encode_round_trips(fmt: OutputFormat, channels: int) -> None:
+    base = asymmetric()
+    alpha = np.tile(np.linspace(0, 255, base.shape[1]).astype(np.uint8), (base.shape[0], 1))
+    array = {1: base[..., 0], 3: base, 4: np.dstack([base, alpha])}[channels]
+    decoded = Image.open(io.BytesIO(encode_image(array, fmt)))
+    assert decoded.format == {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}[fmt.value]
+    assert decoded.size == (40, 24)
+    grey_mode = "RGB" if fmt == OutputFormat.WEBP else "L"  # WebP has no grey mode
+    expected_mode = {1: grey_mode, 3: "RGB", 4: "RGB" if fmt == OutputFormat.JPEG else "RGBA"}[channels]
+    assert decoded.mode == expected_mode
+    if fmt == OutputFormat.PNG:
+        np.testing.assert_array_equal(np.asarray(decoded), array)
+
+
+def test_rgba_as_jpeg_is_flattened_on_white() -> None:
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, :4, 3] = 255  # left half opaque red-ish, right half fully transparent
+    flat = flatten_on_white(rgba)
+    np.testing.assert_array_equal(flat[0, 0], (200, 0, 0))
+    np.testing.assert_array_equal(flat[0, 7], (255, 255, 255))
+    decoded = np.asarray(Image.open(io.BytesIO(encode_image(rgba, OutputFormat.JPEG))))
+    assert decoded[4, 7].min() > 240 and decoded[4, 0, 0] > 180 and decoded[4, 0, 1] < 40

@@ -1,0 +1,75 @@
+import cv2
+import numpy as np
+import pytest
+
+from serve_app.effects import BLUR_SIGMA, alpha_to_uint8, apply_effect, finalize_alpha
+from serve_app.schemas import Effect
+
+
+@pytest.fixture
+def scene() -> tuple[np.ndarray, np.ndarray]:
+    """A noisy image and an alpha that is 1 on the left third, 0 on the right third, soft in the middle."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)
+    alpha = np.zeros((30, 60), np.float32)
+    alpha[:, :20] = 1.0
+    alpha[:, 20:40] = np.linspace(1.0, 0.0, 20, dtype=np.float32)
+    return image, alpha
+
+
+def test_finalize_alpha_threshold_and_reverse() -> None:
+    alpha = np.array([[0.1, 0.5, 0.51, 0.9]], np.float32)
+    np.testing.assert_array_equal(finalize_alpha(alpha, None, False), alpha)
+    np.testing.assert_array_equal(finalize_alpha(alpha, 0.5, False), [[0, 0, 1, 1]])
+    np.testing.assert_allclose(finalize_alpha(alpha, None, True), 1 - alpha)
+    np.testing.assert_array_equal(finalize_alpha(alpha, 0.5, True), [[1, 1, 0, 0]])
+
+
+def test_mask_truncates_like_remover() -> None:
+    alpha = np.array([[0.0, 0.5, 0.999, 1.0]], np.float32)
+    np.testing.assert_array_equal(alpha_to_uint8(alpha), [[0, 127, 254, 255]])
+    out = apply_effect(np.zeros((1, 4, 3), np.uint8), alpha, Effect.MASK)
+    assert out.shape == (1, 4) and out.dtype == np.uint8
+
+
+def test_color_composites_over_the_colour(scene: tuple[np.ndarray, np.ndarray]) -> None:
+    image, alpha = scene
+    out = apply_effect(image, alpha, Effect.COLOR, (0, 255, 0))
+    np.testing.assert_array_equal(out[:, :20], image[:, :20])
+    np.testing.assert_array_equal(out[:, 40:], np.broadcast_to((0, 255, 0), out[:, 40:].shape))
+    expected = image[:, 30].astype(np.float32) * alpha[:, 30:31] + np.array([0, 255, 0]) * (1 - alpha[:, 30:31])
+    np.testing.assert_array_equal(out[:, 30], expected.astype(np.uint8))
+
+
+def test_blur_keeps_the_subject_and_blurs_the_background(scene: tuple[np.ndarray, np.ndarray]) -> None:
+    image, alpha = scene
+    out = apply_effect(image, alpha, Effect.BLUR)
+    np.testing.assert_array_equal(out[:, :20], image[:, :20])
+    blurred = cv2.GaussianBlur(image, (0, 0), BLUR_SIGMA)
+    np.testing.assert_array_equal(out[:, 40:], blurred[:, 40:])
+    assert out[:, 40:].std() < image[:, 40:].std() / 3
+
+
+def test_rgba_hard_alpha_keeps_original_colours(scene: tuple[np.ndarray, np.ndarray]) -> None:
+    image, alpha = scene
+    hard = finalize_alpha(alpha, 0.5, False)
+    out = apply_effect(image, hard, Effect.RGBA)
+    assert out.shape == (30, 60, 4)
+    np.testing.assert_array_equal(out[..., :3], image)
+    np.testing.assert_array_equal(out[..., 3], alpha_to_uint8(hard))
+
+
+def test_rgba_soft_alpha_estimates_foreground_colours() -> None:
+    """Over a soft edge between a red subject and a blue background, the estimated foreground stays red."""
+    alpha = np.tile(np.linspace(1.0, 0.0, 40, dtype=np.float32), (20, 1))
+    red, blue = np.array([220, 30, 30], np.float32), np.array([30, 30, 220], np.float32)
+    image = (alpha[..., None] * red + (1 - alpha[..., None]) * blue).astype(np.uint8)
+    out = apply_effect(image, alpha, Effect.RGBA)
+    np.testing.assert_array_equal(out[..., 3], alpha_to_uint8(alpha))
+    middle = out[:, 15:25, :3].astype(int)
+    assert (middle[..., 0] - middle[..., 2]).mean() > 100  # the raw image there is purple, the foreground red
+
+
+def test_size_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="differ"):
+        apply_effect(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), np.float32), Effect.MASK)

@@ -1,0 +1,38 @@
+import pickle
+
+import pytest
+
+from serve_app import errors
+from serve_app.errors import ServiceError, all_error_types
+
+EXPECTED = {
+    errors.ServiceError: (500, "internal_error"),
+    errors.InvalidParameterError: (422, "invalid_parameter"),
+    errors.EmptyUploadError: (400, "empty_upload"),
+    errors.InvalidImageError: (400, "invalid_image"),
+    errors.UnsupportedMediaTypeError: (415, "unsupported_media_type"),
+    errors.PayloadTooLargeError: (413, "payload_too_large"),
+    errors.TierUnavailableError: (503, "tier_unavailable"),
+    errors.InferenceError: (500, "inference_failed"),
+    errors.ConfigurationError: (500, "configuration_error"),
+    errors.WeightsUnavailableError: (500, "weights_unavailable"),
+    errors.ChecksumMismatchError: (500, "checksum_mismatch"),
+    errors.UnknownRuntimeError: (500, "unknown_runtime"),
+    errors.DeviceUnavailableError: (500, "device_unavailable"),
+}
+
+
+def test_every_error_type_is_pinned() -> None:
+    assert set(all_error_types()) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("cls", list(EXPECTED), ids=lambda c: c.__name__)
+def test_status_and_code(cls: type[ServiceError]) -> None:
+    assert (cls.status, cls.code) == EXPECTED[cls]
+
+
+@pytest.mark.parametrize("cls", list(EXPECTED), ids=lambda c: c.__name__)
+def test_survives_pickling_with_its_message(cls: type[ServiceError]) -> None:
+    copy = pickle.loads(pickle.dumps(cls("what went wrong")))
+    assert type(copy) is cls
+    assert copy.message == "what went wrong"

@@ -1,0 +1,61 @@
+import pytest
+from pydantic import ValidationError
+
+from serve_app.schemas import AppConfig, BatchingConfig, RemoveParams, TierConfig, parse_color
+from serve_app.tiers import Tier
+
+
+@pytest.mark.parametrize(
+    ("text", "rgb"),
+    [
+        ("#00ff00", (0, 255, 0)),
+        ("00ff00", (0, 255, 0)),
+        ("#0f0", (0, 255, 0)),
+        ("0,128,255", (0, 128, 255)),
+        (" 10, 20 ,30 ", (10, 20, 30)),
+        ("white", (255, 255, 255)),
+        ("#FFA500", (255, 165, 0)),
+    ],
+)
+def test_colours_parse(text: str, rgb: tuple[int, int, int]) -> None:
+    assert parse_color(text) == rgb
+
+
+@pytest.mark.parametrize("text", ["", "#12345", "256,0,0", "1,2", "-1,2,3", "notacolour", "#gggggg"])
+def test_bad_colours_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError, match="color"):
+        parse_color(text)
+    with pytest.raises(ValidationError):
+        RemoveParams(color=text)
+
+
+def test_request_defaults_and_bounds() -> None:
+    params = RemoveParams()
+    assert params.tier is None and params.effect.value == "rgba" and params.format.value == "png"
+    assert params.threshold is None and params.reverse is False and params.rgb == (255, 255, 255)
+    for bad in ({"threshold": 1.5}, {"threshold": -0.1}, {"tier": "ultra"}, {"effect": "sepia"}, {"x": 1}):
+        with pytest.raises(ValidationError):
+            RemoveParams.model_validate(bad)
+
+
+def test_full_batches_must_fit_max_ongoing_requests() -> None:
+    with pytest.raises(ValidationError, match="never send a full batch"):
+        TierConfig(max_ongoing_requests=4, batching=BatchingConfig(max_batch_size=8))
+    assert TierConfig(max_ongoing_requests=8, batching=BatchingConfig(max_batch_size=8))
+
+
+def test_gpu_share_selects_cuda() -> None:
+    assert not TierConfig().wants_gpu
+    assert TierConfig(num_gpus=0.3).wants_gpu
+    assert TierConfig(device="cuda").wants_gpu
+    assert not TierConfig(num_gpus=0.3, device="cpu").wants_gpu
+
+
+def test_app_config_tiers() -> None:
+    assert set(AppConfig().tiers) == set(Tier)
+    only_fast = AppConfig.model_validate({"tiers": {"fast": {}}, "default_tier": "fast"})
+    assert set(only_fast.tiers) == {Tier.FAST}
+    with pytest.raises(ValidationError, match="default_tier"):
+        AppConfig.model_validate({"tiers": {"fast": {}}})
+    with pytest.raises(ValidationError):
+        AppConfig.model_validate({"tiers": {"fast": {"wieghts": "x"}}})  # typos are errors, not ignored

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from serve_app.errors import InferenceError, InvalidImageError
+from serve_app.tier_model import predict_grouped
+
+
+class Recorder:
+    """A stand-in model: the mask is the mean channel / 255; fails on a batch holding an all-white image."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape)
+        if (batch.reshape(len(batch), -1).min(axis=1) == 255).any():
+            raise RuntimeError("poisoned batch")
+        return batch.mean(axis=3).astype(np.float32) / 255.0
+
+
+def image(value: int, height: int = 8, width: int = 8) -> np.ndarray:
+    return np.full((height, width, 3), value, np.uint8)
+
+
+def test_same_shapes_share_one_call_and_shapes_never_mix() -> None:
+    model = Recorder()
+    images = [image(10), image(20, 8, 16), image(30), image(40, 8, 16), image(50)]
+    results = predict_grouped(images, model)
+    assert sorted(model.calls) == [(2, 8, 16, 3), (3, 8, 8, 3)]
+    for img, result in zip(images, results, strict=True):
+        assert not isinstance(result, Exception)
+        mask, batch_size = result
+        np.testing.assert_allclose(mask, img[..., 0] / 255.0)  # each result belongs to its own image
+        assert batch_size == (3 if img.shape[1] == 8 else 2)
+
+
+def test_invalid_item_fails_alone() -> None:
+    results = predict_grouped([image(10), np.zeros((8, 8), np.uint8), "not an array", image(20)], Recorder())
+    assert isinstance(results[1], InvalidImageError) and isinstance(results[2], InvalidImageError)
+    assert results[0][1] == 2 and results[3][1] == 2  # type: ignore[index]
+
+
+def test_failing_batch_is_retried_per_image() -> None:
+    model = Recorder()
+    results = predict_grouped([image(10), image(255), image(30)], model)
+    assert isinstance(results[1], InferenceError)
+    assert results[0][1] == 1 and results[2][1] == 1  # type: ignore[index]  # succeeded when run alone
+    np.testing.assert_allclose(results[2][0], 30 / 255.0)  # type: ignore[index]
+    assert model.calls[0] == (3, 8, 8, 3) and len(model.calls) == 4
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 4), np.uint8), np.zeros((0, 8, 3), np.uint8)]
+)
+def test_model_input_checks(bad: np.ndarray) -> None:
+    assert isinstance(predict_grouped([bad], Recorder())[0], InvalidImageError)

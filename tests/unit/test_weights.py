@@ -1,0 +1,164 @@
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from serve_app import weights_cli
+from serve_app.errors import ChecksumMismatchError, WeightsUnavailableError
+from serve_app.tiers import CATALOGUE, Checkpoint, Tier
+from serve_app.weights import AUTO, UNTRAINED, place, resolve, verify
+
+PAYLOAD = b"pretend checkpoint " * 5000
+
+
+class Server:
+    """A local HTTP server: /good (the payload), /wrong (other bytes), /cut (stops halfway)."""
+
+    def __init__(self) -> None:
+        payload = PAYLOAD
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = {"/good": payload, "/wrong": payload[::-1], "/cut": payload}.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body if self.path != "/cut" else body[: len(body) // 2])
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    s = Server()
+    yield s
+    s.httpd.shutdown()
+
+
+def checkpoint(url: str, md5: str | None = hashlib.md5(PAYLOAD).hexdigest()) -> Checkpoint:
+    return Checkpoint(filename="ckpt_test.pth", url=url, md5=md5)
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_download_verifies_and_renames_into_place(server: Server, tmp_path: Path) -> None:
+    resolved = resolve(checkpoint(f"{server.url}/good"), AUTO, tmp_path)
+    assert resolved.path == tmp_path / "ckpt_test.pth" and resolved.label == "ckpt_test.pth"
+    assert resolved.path.read_bytes() == PAYLOAD
+    assert leftovers(tmp_path) == ["ckpt_test.pth"]  # no temporary file left behind
+
+
+def test_download_with_wrong_checksum_installs_nothing(server: Server, tmp_path: Path) -> None:
+    with pytest.raises(ChecksumMismatchError, match="expected"):
+        resolve(checkpoint(f"{server.url}/wrong"), AUTO, tmp_path)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("md5", [hashlib.md5(PAYLOAD).hexdigest(), None], ids=["published-md5", "no-md5"])
+def test_cut_transfer_installs_nothing(server: Server, tmp_path: Path, md5: str | None) -> None:
+    with pytest.raises(WeightsUnavailableError, match="ended after"):
+        resolve(checkpoint(f"{server.url}/cut", md5=md5), AUTO, tmp_path)
+    assert leftovers(tmp_path) == []
+
+
+def test_offline_error_names_file_url_and_destination(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9/ckpt_test.pth"  # nothing listens on the discard port
+    with pytest.raises(WeightsUnavailableError) as caught:
+        resolve(checkpoint(url), AUTO, tmp_path)
+    message = caught.value.message
+    assert "ckpt_test.pth" in message and url in message and str(tmp_path / "ckpt_test.pth") in message
+    assert "bgserve-weights place" in message
+
+
+def test_downloads_turned_off_explains_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailableError, match="downloads are turned off") as caught:
+        resolve(checkpoint("http://example.invalid/x.pth"), AUTO, tmp_path, allow_download=False)
+    assert "http://example.invalid/x.pth" in caught.value.message
+
+
+def test_cached_file_is_used_without_downloading(tmp_path: Path) -> None:
+    (tmp_path / "ckpt_test.pth").write_bytes(PAYLOAD)
+    resolved = resolve(checkpoint("http://127.0.0.1:9/unreachable"), AUTO, tmp_path)
+    assert resolved.path == tmp_path / "ckpt_test.pth"
+
+
+def test_damaged_cached_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "ckpt_test.pth").write_bytes(PAYLOAD[:-1])
+    with pytest.raises(ChecksumMismatchError, match="md5"):
+        resolve(checkpoint("http://127.0.0.1:9/unreachable"), AUTO, tmp_path)
+
+
+def test_unpublished_checksum_is_recorded_then_enforced(server: Server, tmp_path: Path) -> None:
+    nightly = checkpoint(f"{server.url}/good", md5=None)
+    path = resolve(nightly, AUTO, tmp_path).path
+    assert path is not None
+    record = tmp_path / "ckpt_test.pth.sha256"
+    assert record.read_text().strip() == hashlib.sha256(PAYLOAD).hexdigest()
+    verify(nightly, path)  # unchanged: passes
+    path.write_bytes(PAYLOAD + b"tampered")
+    with pytest.raises(ChecksumMismatchError, match="sha256"):
+        resolve(nightly, AUTO, tmp_path)
+
+
+def test_unpublished_checksum_recorded_for_a_file_found_in_the_cache(tmp_path: Path) -> None:
+    (tmp_path / "ckpt_test.pth").write_bytes(PAYLOAD)
+    resolve(checkpoint("http://127.0.0.1:9/x", md5=None), AUTO, tmp_path)
+    assert (tmp_path / "ckpt_test.pth.sha256").read_text().strip() == hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def test_configured_path_wins_and_skips_the_checksum(tmp_path: Path) -> None:
+    own = tmp_path / "mine.pth"
+    own.write_bytes(b"my fine-tuned weights")
+    assert resolve(checkpoint("http://127.0.0.1:9/x"), str(own), tmp_path / "cache").path == own
+    assert resolve(checkpoint("http://127.0.0.1:9/x"), "mine.pth", tmp_path).path == own  # relative to the dir
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        resolve(checkpoint("http://127.0.0.1:9/x"), "missing.pth", tmp_path)
+
+
+def test_untrained_is_labelled() -> None:
+    resolved = resolve(checkpoint("http://127.0.0.1:9/x"), UNTRAINED, Path("/nonexistent"))
+    assert resolved.untrained and resolved.path is None and resolved.label == "untrained"
+
+
+def test_place_copies_and_verifies(tmp_path: Path) -> None:
+    source = tmp_path / "download.pth"
+    source.write_bytes(PAYLOAD)
+    placed = place(checkpoint("http://127.0.0.1:9/x"), source, tmp_path / "cache")
+    assert placed.read_bytes() == PAYLOAD
+    source.write_bytes(b"something else")
+    with pytest.raises(ChecksumMismatchError):
+        place(checkpoint("http://127.0.0.1:9/x"), source, tmp_path / "cache2")
+    assert not (tmp_path / "cache2" / "ckpt_test.pth").exists()
+
+
+def test_cli_fetch_verify_place(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fast = CATALOGUE[Tier.FAST]
+    served = replace(fast.checkpoint, url=f"{server.url}/good", md5=hashlib.md5(PAYLOAD).hexdigest())
+    monkeypatch.setitem(CATALOGUE, Tier.FAST, replace(fast, checkpoint=served))
+    assert weights_cli.main(["verify", "--tier", "fast", "--dir", str(tmp_path)]) == 0
+    assert "MISSING" in capsys.readouterr().out
+    assert weights_cli.main(["fetch", "--tier", "fast", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "ckpt_fast.pth").read_bytes() == PAYLOAD
+    (tmp_path / "ckpt_fast.pth").write_bytes(b"broken")
+    assert weights_cli.main(["verify", "--tier", "fast", "--dir", str(tmp_path)]) == 1
+    assert "md5" in capsys.readouterr().err
+    source = tmp_path / "have.pth"
+    source.write_bytes(PAYLOAD)
+    assert weights_cli.main(["place", str(source), "--tier", "fast", "--dir", str(tmp_path / "other")]) == 0
+    assert (tmp_path / "other" / "ckpt_fast.pth").read_bytes() == PAYLOAD
