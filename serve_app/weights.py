@@ -157,7 +157,7 @@ def offline_help(checkpoint: Checkpoint, destination: Path, reason: str) -> str:
     return (
         f"{checkpoint.filename} is not at {destination} and could not be downloaded ({reason}). "
         f"On a machine that can reach it, fetch {checkpoint.url} and put the file at {destination} "
-        f"(`bgserve-weights place FILE --dir {destination.parent}` checks it), or run "
+        f"(`bgserve-weights place {checkpoint.filename} --dir {destination.parent}` checks and copies it), or run "
         f"`bgserve-weights fetch --dir {destination.parent}` where there is internet; "
         f"or set the tier's `weights:` to the path of a checkpoint you have."
     )

@@ -2,7 +2,8 @@
 
 bgserve-weights fetch                       # all three, into $BGSERVE_WEIGHTS_DIR or ~/.cache/bgserve/weights
 bgserve-weights fetch --tier fast --dir /models
-bgserve-weights place ~/Downloads/ckpt_base.pth --tier balanced
+bgserve-weights place ~/Downloads/ckpt_base.pth          # the tier is known from the file name
+bgserve-weights place ./renamed.pth --tier balanced
 bgserve-weights verify
 """
 
@@ -17,46 +18,65 @@ from serve_app.errors import ConfigurationError
 from serve_app.tiers import CATALOGUE, Tier
 from serve_app.weights import AUTO, default_weights_dir, place, resolve, verify
 
+TIER_NAMES = [t.value for t in Tier]
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bgserve-weights", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="bgserve-weights", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    tiers = [t.value for t in Tier]
-    for name, text in (("fetch", "download missing checkpoints and verify all"), ("verify", "check cached files")):
+    for name, text in (("fetch", "download missing checkpoints, verify all"), ("verify", "check cached files")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--tier", action="append", choices=tiers, help="tier(s) to act on; default: all")
-        sub.add_argument("--dir", type=Path, default=None, help="weights directory (default: %(default)s)")
+        sub.add_argument("--tier", action="append", choices=TIER_NAMES, help="tier(s) to act on; default: all")
+        sub.add_argument("--dir", type=Path, default=None, help="weights directory")
     sub = commands.add_parser("place", help="copy a checkpoint you already have into the weights directory")
     sub.add_argument("file", type=Path)
-    sub.add_argument("--tier", required=True, choices=tiers)
-    sub.add_argument("--dir", type=Path, default=None)
+    sub.add_argument("--tier", choices=TIER_NAMES, help="default: the tier whose checkpoint has the file's name")
+    sub.add_argument("--dir", type=Path, default=None, help="weights directory")
     return parser
+
+
+def tier_of_file(path: Path) -> Tier:
+    for tier, spec in CATALOGUE.items():
+        if spec.checkpoint.filename == path.name:
+            return tier
+    names = ", ".join(f"{s.checkpoint.filename} ({t.value})" for t, s in CATALOGUE.items())
+    raise ConfigurationError(f"cannot tell the tier of {path.name}: name it with --tier (checkpoints: {names})")
+
+
+def _act(command: str, tier: Tier, weights_dir: Path) -> str:
+    checkpoint = CATALOGUE[tier].checkpoint
+    path = weights_dir / checkpoint.filename
+    if command == "verify" and not path.is_file():
+        return f"{tier.value}: MISSING {path}"
+    if command == "verify":
+        verify(checkpoint, path)
+    else:
+        resolve(checkpoint, AUTO, weights_dir, allow_download=True)
+    return f"{tier.value}: OK {path}"
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
     weights_dir = (args.dir or default_weights_dir()).expanduser()
-    try:
-        if args.command == "place":
-            spec = CATALOGUE[Tier(args.tier)]
-            print(f"placed {place(spec.checkpoint, args.file, weights_dir)}")
+    if args.command == "place":
+        try:
+            tier = Tier(args.tier) if args.tier else tier_of_file(args.file)
+            print(f"{tier.value}: placed {place(CATALOGUE[tier].checkpoint, args.file, weights_dir)}")
             return 0
-        for tier in [Tier(t) for t in (args.tier or [t.value for t in Tier])]:
-            checkpoint = CATALOGUE[tier].checkpoint
-            path = weights_dir / checkpoint.filename
-            if args.command == "verify":
-                if not path.is_file():
-                    print(f"{tier.value}: MISSING {path}")
-                    continue
-                verify(checkpoint, path)
-            else:
-                resolve(checkpoint, AUTO, weights_dir, allow_download=True)
-            print(f"{tier.value}: OK {path}")
-    except ConfigurationError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    return 0
+        except ConfigurationError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+    failed = False
+    for tier in [Tier(t) for t in (args.tier or TIER_NAMES)]:
+        try:
+            print(_act(args.command, tier, weights_dir), flush=True)
+        except ConfigurationError as exc:
+            print(f"{tier.value}: error: {exc.message}", file=sys.stderr, flush=True)
+            failed = True
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

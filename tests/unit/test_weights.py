@@ -162,3 +162,10 @@ def test_cli_fetch_verify_place(
     source.write_bytes(PAYLOAD)
     assert weights_cli.main(["place", str(source), "--tier", "fast", "--dir", str(tmp_path / "other")]) == 0
     assert (tmp_path / "other" / "ckpt_fast.pth").read_bytes() == PAYLOAD
+    assert weights_cli.main(["place", str(source), "--dir", str(tmp_path / "third")]) == 1  # which tier?
+    assert "--tier" in capsys.readouterr().err
+    named = tmp_path / "downloads" / "ckpt_fast.pth"
+    named.parent.mkdir()
+    named.write_bytes(PAYLOAD)
+    assert weights_cli.main(["place", str(named), "--dir", str(tmp_path / "third")]) == 0  # known by its name
+    assert (tmp_path / "third" / "ckpt_fast.pth").read_bytes() == PAYLOAD

@@ -1,0 +1,25 @@
+"""The Serve configs an operator deploys: each parses as Serve's own schema, and its args as AppConfig."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.schemas import AppConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", ["serve_config.yaml", "configs/cpu.yaml", "configs/test.yaml"])
+def test_shipped_configs_validate(path: str) -> None:
+    text = (ROOT / path).read_text()
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(text))
+    (application,) = schema.applications
+    assert application.import_path == "deployments.app:build_app"
+    config = AppConfig.model_validate(application.args)
+    if path == "serve_config.yaml":
+        shares = [t.num_gpus for t in config.tiers.values()]
+        assert all(s > 0 for s in shares) and sum(shares) <= 1.0  # three tiers on one GPU
+    else:
+        assert all(t.num_gpus == 0 and not t.wants_gpu for t in config.tiers.values())
