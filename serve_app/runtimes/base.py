@@ -34,8 +34,7 @@ class Runtime(ABC):
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)
+        self.cpu_threads = settings.cpu_threads or os.cpu_count() or 1
 
     @property
     def weights_label(self) -> str:
@@ -45,9 +44,17 @@ class Runtime(ABC):
     def load(self) -> None:
         """Build the model and load its weights onto the device."""
 
-    @abstractmethod
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """NxHxWx3 uint8 → NxHxW float32 masks at the same size."""
+        """NxHxWx3 uint8 → NxHxW float32 masks at the same size. Callable from any thread."""
+        if self.device.type == "cpu":
+            # Per call, in the calling thread: under Ray (OMP_NUM_THREADS=1 for fractional CPUs) a worker thread
+            # otherwise runs torch's CPU kernels on one core, ~1.9x slower on 2 cores, whatever the main thread set.
+            torch.set_num_threads(self.cpu_threads)
+        return self._predict(images)
+
+    @abstractmethod
+    def _predict(self, images: np.ndarray) -> np.ndarray:
+        """The runtime's own inference on a same-sized batch."""
 
     def warmup(self, batch_size: int, height: int, width: int) -> None:
         """Run one real batch so allocator, kernels and caches are ready before the first request."""

@@ -15,7 +15,7 @@ class EagerRuntime(Runtime):
     def load(self) -> None:
         self.model = load_model(self.settings.weights, self.settings.base_size).to(self.device)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def _predict(self, images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             masks = normalise_per_sample(saliency_logits(self.model, to_model_tensor(images, self.device)))
             return masks[:, 0].cpu().numpy()
