@@ -1,1 +1,16 @@
 """Ray Serve wiring: the HTTP ingress, the tier deployment and the application builder. No image math here."""
+
+import logging
+
+SERVE_LOGGER = "ray.serve"
+
+
+def route_core_logs_to_serve() -> None:
+    """Send serve_app's log records (weights, model load, batch timings) to the replica's Serve log, so they
+    appear in the Ray dashboard and the replica log files beside Serve's own. Call in a replica's __init__."""
+    core = logging.getLogger("serve_app")
+    core.setLevel(logging.INFO)
+    for handler in logging.getLogger(SERVE_LOGGER).handlers:
+        if handler not in core.handlers:
+            core.addHandler(handler)
+    core.propagate = False

@@ -12,16 +12,19 @@ import logging
 import ray
 from ray.serve import Application
 
+from deployments import SERVE_LOGGER
 from deployments.ingress import Ingress
 from deployments.tier import TierDeployment
-from serve_app.schemas import AppConfig, TierModelArgs
+from serve_app.schemas import AppConfig, gpu_missing_message
 from serve_app.weights import default_weights_dir
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger(SERVE_LOGGER)
 
 
 def build_app(args: AppConfig) -> Application:
-    # Resolved here, where the operator's environment is, and handed to every replica as an absolute path.
+    # Resolved once, where the app is built, and handed to every replica as an absolute path. `serve run` builds
+    # in the operator's shell; `serve deploy` builds in a task on the cluster, so there set `weights_dir` (or
+    # BGSERVE_WEIGHTS_DIR under the application's runtime_env.env_vars).
     weights_dir = (args.weights_dir or default_weights_dir()).expanduser().resolve()
     config = args.model_copy(update={"weights_dir": weights_dir})
     logger.info("bgserve configuration: %s", config.model_dump_json())
@@ -29,12 +32,13 @@ def build_app(args: AppConfig) -> Application:
     tiers = {
         tier.value: TierDeployment.options(
             name=tier.value,
-            num_replicas=tier_config.num_replicas,
-            max_ongoing_requests=tier_config.max_ongoing_requests,
-            ray_actor_options={"num_cpus": tier_config.num_cpus, "num_gpus": tier_config.num_gpus},
-            user_config=tier_config.batching.model_dump(),
-        ).bind(TierModelArgs(tier=tier, config=tier_config, weights_dir=weights_dir))
-        for tier, tier_config in config.tiers.items()
+            num_replicas=tier_args.config.num_replicas,
+            max_ongoing_requests=tier_args.config.max_ongoing_requests,
+            max_queued_requests=tier_args.config.max_queued_requests,
+            ray_actor_options={"num_cpus": tier_args.config.num_cpus, "num_gpus": tier_args.config.num_gpus},
+            user_config=tier_args.config.batching.model_dump(),
+        ).bind(tier_args)
+        for tier, tier_args in config.tier_args(weights_dir).items()
     }
     return Ingress.options(
         num_replicas=config.ingress.num_replicas,
@@ -48,12 +52,7 @@ def warn_if_gpus_missing(config: AppConfig) -> None:
     wanted = {tier.value: c.num_gpus for tier, c in config.tiers.items() if c.num_gpus > 0}
     if not wanted or not ray.is_initialized():
         return
-    available = float(ray.cluster_resources().get("GPU", 0.0))
-    if available == 0:
+    if float(ray.cluster_resources().get("GPU", 0.0)) == 0:
         logger.error(
-            "tiers %s ask for GPU shares %s but this Ray cluster has no GPU: their replicas cannot start until a "
-            "GPU node joins. On a machine without a GPU serve configs/cpu.yaml instead. Until then /v1/tiers "
-            "reports them not ready and their requests get 503.",
-            ", ".join(wanted),
-            wanted,
+            "%s Until then /v1/tiers reports them not ready and requests get 503.", gpu_missing_message(wanted)
         )

@@ -8,6 +8,7 @@ together, where they are batched.
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
@@ -18,27 +19,41 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from deployments import SERVE_LOGGER, route_core_logs_to_serve
+from serve_app.effects import warm_up_matting
 from serve_app.errors import (
     InvalidParameterError,
+    MalformedRequestError,
     PayloadTooLargeError,
     ServiceError,
     TierUnavailableError,
     UnsupportedMediaTypeError,
 )
 from serve_app.pipeline import Prepared, Rendered, prepare, render
-from serve_app.schemas import AppConfig, ErrorBody, MaskResult, RemoveParams, TierInfo
-from serve_app.tiers import CATALOGUE, DynamicResize, Tier
+from serve_app.schemas import (
+    AppConfig,
+    ErrorBody,
+    MaskResult,
+    RemoveParams,
+    TierInfo,
+    TierModelArgs,
+    gpu_missing_message,
+)
+from serve_app.tiers import Tier
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger(SERVE_LOGGER)
 
 UPLOAD_FIELDS = ("image", "file")  # "file" is what rembg's clients send
 # Any other body is taken as the image's bytes (curl --data-binary sends x-www-form-urlencoded by default).
 NOT_IMAGE_TYPES = ("application/json", "text/", "application/xml")
 STATUS_TTL_S = 1.0
+STATUS_TIMEOUT_S = 3.0
 RETRY_AFTER_S = "5"
 
 app = FastAPI(
@@ -70,6 +85,12 @@ async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONRespo
     return error_response(InvalidParameterError.status, InvalidParameterError.code, problems)
 
 
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404, 405: same JSON shape
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+
 @app.exception_handler(Exception)
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error while serving a request")
@@ -93,43 +114,79 @@ _REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The result image; X-Tier, X-Weights and X-Batch-Size say how it was made.",
         "content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}},
     },
-    400: {"model": ErrorBody, "description": "Empty upload or undecodable image."},
+    400: {"model": ErrorBody, "description": "Empty upload, undecodable image or malformed multipart body."},
     413: {"model": ErrorBody, "description": "Upload or image too large."},
-    415: {"model": ErrorBody, "description": "Body is neither multipart nor an image."},
-    422: {"model": ErrorBody, "description": "Invalid query parameter."},
-    503: {"model": ErrorBody, "description": "The tier is not running yet or cannot be scheduled."},
+    415: {"model": ErrorBody, "description": "A JSON or text body."},
+    422: {"model": ErrorBody, "description": "Invalid query parameter, or no 'image' field."},
+    503: {"model": ErrorBody, "description": "The tier is not running, cannot be scheduled, or is overloaded."},
 }
 
 
 class TierBoard:
-    """Which tier deployments have a running replica, from ``serve.status()``, cached for a second."""
+    """Which tier deployments have a running replica (``serve.status()``) and whether the cluster has a GPU,
+    fetched off the event loop at most once a second. If the controller does not answer, the last known state
+    stands; with none known, requests are let through rather than refused."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
-        self._fetched_at = 0.0
-        self._deployments: dict[str, Any] = {}
+        self._fetched_at = float("-inf")
+        self._deployments: dict[str, Any] | None = None
+        self._cluster_gpus = 0.0
 
-    async def deployments(self) -> dict[str, Any]:
+    @staticmethod
+    def _fetch() -> tuple[dict[str, Any], float]:
+        application = serve.status().applications.get(serve.get_replica_context().app_name)
+        return (dict(application.deployments) if application else {}), float(ray.cluster_resources().get("GPU", 0.0))
+
+    async def refresh(self) -> None:
         async with self._lock:
-            if time.monotonic() - self._fetched_at > STATUS_TTL_S:
-                status = await asyncio.to_thread(serve.status)
-                app_name = serve.get_replica_context().app_name
-                application = status.applications.get(app_name)
-                self._deployments = dict(application.deployments) if application else {}
-                self._fetched_at = time.monotonic()
-        return self._deployments
+            if time.monotonic() - self._fetched_at < STATUS_TTL_S:
+                return
+            try:
+                self._deployments, self._cluster_gpus = await asyncio.wait_for(
+                    asyncio.to_thread(self._fetch), STATUS_TIMEOUT_S
+                )
+            except Exception:
+                logger.warning("could not read Serve's status; keeping the last known tier states", exc_info=True)
+            self._fetched_at = time.monotonic()
+
+    async def tier_info(self, args: TierModelArgs) -> TierInfo:
+        await self.refresh()
+        config, name = args.config, args.tier.value
+        if self._deployments is None:
+            running, status, message = None, "UNKNOWN", "Serve's status could not be read"
+        elif (deployment := self._deployments.get(name)) is None:
+            running, status, message = 0, "NOT_DEPLOYED", "no such deployment in this application"
+        else:
+            running = sum(n for state, n in deployment.replica_states.items() if _value(state) == "RUNNING")
+            status, message = _value(deployment.status), deployment.message
+        if running == 0 and config.num_gpus > 0 and self._cluster_gpus == 0:
+            message = f"{gpu_missing_message({name: config.num_gpus})} {message}".strip()
+        return TierInfo(
+            tier=args.tier,
+            checkpoint=args.spec.checkpoint.filename,
+            weights=args.weights_label,
+            input_size=args.input_size,
+            runtime=config.runtime,
+            device=config.resolved_device,
+            ready=running != 0,  # unknown (None) counts as ready: never refuse for want of a status
+            status=status,
+            message=message,
+        )
 
 
-def _running_replicas(deployment: Any) -> int:
-    return sum(n for state, n in deployment.replica_states.items() if str(getattr(state, "value", state)) == "RUNNING")
-
-
-def _cluster_gpus() -> float:
-    return float(ray.cluster_resources().get("GPU", 0.0))
+def _value(enum_or_str: Any) -> str:
+    return str(getattr(enum_or_str, "value", enum_or_str))
 
 
 async def read_upload(request: Request, limit: int) -> bytes:
     """The image bytes: multipart field ``image`` (or rembg's ``file``), or the raw body; at most ``limit``."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith(NOT_IMAGE_TYPES):
+        raise UnsupportedMediaTypeError(
+            f"content type {content_type!r}: send multipart/form-data with field 'image', or the image bytes as the "
+            f"body (image/*, application/octet-stream, or curl's default for --data-binary)"
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"upload is {declared} bytes; this service takes at most {limit}")
@@ -138,14 +195,8 @@ async def read_upload(request: Request, limit: int) -> bytes:
         body += chunk
         if len(body) > limit:
             raise PayloadTooLargeError(f"upload exceeds {limit} bytes")
-    content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         return await _multipart_image(request, bytes(body), limit)
-    if content_type.startswith(NOT_IMAGE_TYPES):
-        raise UnsupportedMediaTypeError(
-            f"content type {content_type!r}: send multipart/form-data with field 'image', or the image bytes as the "
-            f"body (image/*, application/octet-stream, or curl's default for --data-binary)"
-        )
     return bytes(body)
 
 
@@ -157,7 +208,7 @@ async def _multipart_image(request: Request, body: bytes, limit: int) -> bytes:
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise InvalidParameterError(f"malformed multipart body: {exc.message}") from None
+        raise MalformedRequestError(f"malformed multipart body: {exc.message}") from None
     try:
         for name in UPLOAD_FIELDS:
             upload = form.get(name)
@@ -174,15 +225,19 @@ async def _multipart_image(request: Request, body: bytes, limit: int) -> bytes:
 @serve.ingress(app)
 class Ingress:
     def __init__(self, config: AppConfig, tiers: dict[str, DeploymentHandle]) -> None:
+        route_core_logs_to_serve()
+        assert config.weights_dir is not None, "the builder resolves weights_dir"
         self.config = config
-        self.tiers = tiers
+        self.tier_args = config.tier_args(config.weights_dir)
+        self.handles = tiers
         self.board = TierBoard()
-        self._weights: dict[str, str] = {}
+        # pymatting (rgba) loads or compiles its numba kernels on first use: do it now, not in a request.
+        threading.Thread(target=warm_up_matting, name="warm-up-matting", daemon=True).start()
 
     # --- routes -------------------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
-    async def root(self) -> RedirectResponse:
-        return RedirectResponse("/docs")
+    async def root(self, request: Request) -> RedirectResponse:
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/docs")
 
     @app.get("/healthz", summary="Liveness: answers while the service is up")
     async def healthz(self) -> dict[str, str]:
@@ -208,14 +263,16 @@ class Ingress:
     )
     async def remove(self, request: Request, params: Annotated[RemoveParams, Query()]) -> Response:
         tier = params.tier or self.config.default_tier
-        if tier.value not in self.tiers:
-            served = ", ".join(self.tiers)
+        args = self.tier_args.get(tier)
+        if args is None:
+            served = ", ".join(t.value for t in self.tier_args)
             raise InvalidParameterError(f"tier {tier.value!r} is not served here; served tiers: {served}")
-        await self.ensure_ready(tier)
+        info = await self.board.tier_info(args)
+        if not info.ready:
+            raise TierUnavailableError(f"the {tier.value} tier is not ready ({info.status}): {info.message}")
         data = await read_upload(request, self.config.max_upload_bytes)
-        spec, base_size = CATALOGUE[tier], self.base_size(tier)
         prepared: Prepared = await asyncio.to_thread(
-            prepare, data, spec.resize, base_size, self.config.max_image_pixels
+            prepare, data, args.spec.resize, args.base_size, self.config.max_image_pixels
         )
         result = await self.call_tier(tier, prepared)
         rendered: Rendered = await asyncio.to_thread(render, prepared.image, result.mask, params)
@@ -228,60 +285,22 @@ class Ingress:
         return Response(content=rendered.body, media_type=rendered.media_type, headers=headers)
 
     # --- helpers ------------------------------------------------------------------------------------------------
-    def base_size(self, tier: Tier) -> int:
-        return self.config.tiers[tier].base_size or CATALOGUE[tier].base_size
-
     async def call_tier(self, tier: Tier, prepared: Prepared) -> MaskResult:
-        handle = self.tiers[tier.value]
+        handle = self.handles[tier.value]
         for attempt in (1, 2):  # a replica that dies mid-request loses nothing: the request goes to another once
             try:
                 return await handle.predict.remote(prepared.model_input)
             except RayTaskError as exc:
-                cause = exc.cause if isinstance(exc.cause, ServiceError) else None
-                if cause is None:
-                    raise
-                raise cause from None
+                if isinstance(exc.cause, ServiceError):
+                    raise exc.cause from None
+                raise
             except RayActorError as exc:
                 logger.warning("tier %s replica died during a request (attempt %d): %s", tier.value, attempt, exc)
+            except BackPressureError as exc:
+                raise TierUnavailableError(f"the {tier.value} tier is at capacity; retry shortly ({exc})") from exc
+            except DeploymentUnavailableError as exc:
+                raise TierUnavailableError(f"the {tier.value} tier is unavailable: {exc}") from exc
         raise TierUnavailableError(f"the {tier.value} tier's replica died twice while serving this request")
 
-    async def ensure_ready(self, tier: Tier) -> None:
-        info = await self.tier_info(tier)
-        if not info.ready:
-            raise TierUnavailableError(f"the {tier.value} tier is not ready ({info.status}): {info.message}")
-
     async def tier_infos(self) -> list[TierInfo]:
-        return [await self.tier_info(Tier(name)) for name in self.tiers]
-
-    async def tier_info(self, tier: Tier) -> TierInfo:
-        config, spec = self.config.tiers[tier], CATALOGUE[tier]
-        deployment = (await self.board.deployments()).get(tier.value)
-        running = _running_replicas(deployment) if deployment else 0
-        status = str(getattr(deployment.status, "value", deployment.status)) if deployment else "NOT_DEPLOYED"
-        message = deployment.message if deployment else "no such deployment in this application"
-        if not running and config.num_gpus > 0 and _cluster_gpus() == 0:
-            message = (
-                f"this tier asks for num_gpus={config.num_gpus} but the Ray cluster has no GPU, so its replicas "
-                f"cannot be scheduled and would wait forever. Serve a CPU config (configs/cpu.yaml) or add a GPU "
-                f"node. {message}"
-            ).strip()
-        if running and tier.value not in self._weights:
-            self._weights[tier.value] = await self.tiers[tier.value].weights.remote()
-        size = self.base_size(tier)
-        resize = spec.resize
-        input_size = (
-            f"dynamic (shorter side <= {resize.max_short_side}, multiples of {resize.multiple})"
-            if isinstance(resize, DynamicResize)
-            else f"{size}x{size}"
-        )
-        return TierInfo(
-            tier=tier,
-            checkpoint=spec.checkpoint.filename,
-            weights=self._weights.get(tier.value),
-            input_size=input_size,
-            runtime=config.runtime,
-            device="cuda" if config.wants_gpu else "cpu",
-            ready=running > 0,
-            status=status,
-            message=message,
-        )
+        return [await self.board.tier_info(args) for args in self.tier_args.values()]

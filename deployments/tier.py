@@ -12,16 +12,18 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from deployments import SERVE_LOGGER, route_core_logs_to_serve
 from serve_app.errors import ServiceError
 from serve_app.schemas import BatchingConfig, MaskResult, TierModelArgs
 from serve_app.tier_model import TierModel
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger(SERVE_LOGGER)
 
 
 @serve.deployment
 class TierDeployment:
     def __init__(self, args: TierModelArgs) -> None:
+        route_core_logs_to_serve()
         self.args = args
         self.model = TierModel(args)
 
@@ -30,6 +32,12 @@ class TierDeployment:
         self.predict_batch.set_max_batch_size(batching.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         logger.info("tier %s batching: %s", self.args.tier.value, batching.model_dump())
+        if batching.max_batch_size > self.args.config.max_ongoing_requests:
+            logger.warning(
+                "max_batch_size %d > max_ongoing_requests %d: batches will never be full",
+                batching.max_batch_size,
+                self.args.config.max_ongoing_requests,
+            )
 
     async def predict(self, image: np.ndarray) -> MaskResult:
         """One model-sized image in, its mask out; batched with concurrent calls."""
@@ -38,13 +46,10 @@ class TierDeployment:
             raise result
         return result
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    @serve.batch(**BatchingConfig().model_dump())  # replaced by reconfigure() before the first request
     async def predict_batch(self, images: list[np.ndarray]) -> list[MaskResult | ServiceError]:
         # Errors come back as values: an exception raised here would fail every request of the batch.
         return await asyncio.to_thread(self.model.predict_many, images)
-
-    def weights(self) -> str:
-        return self.model.weights_label
 
     def check_health(self) -> None:
         self.model.check_health()

@@ -41,6 +41,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                     f"image is {width}x{height} = {width * height} pixels; this service takes at most {max_pixels}"
                 )
             image.load()
+            upright: Image.Image = ImageOps.exif_transpose(image)  # malformed EXIF fails here: a 400, not a 500
+            rgb = to_rgb(upright)
     except PayloadTooLargeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -49,10 +51,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise InvalidImageError("the upload is not an image format this service can read") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data inside a known format
         raise InvalidImageError(f"the image could not be decoded: {exc}") from exc
-    if width < 1 or height < 1:
+    if rgb.size == 0:
         raise InvalidImageError(f"image has no pixels ({width}x{height})")
-    upright: Image.Image = ImageOps.exif_transpose(image)
-    return to_rgb(upright)
+    return rgb
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

@@ -18,6 +18,8 @@ from serve_app.schemas import RGB, Effect
 logger = logging.getLogger(__name__)
 
 BLUR_SIGMA = 15.0
+# pymatting's helpers run numba `parallel=True` kernels, and numba's default threading layer must not be entered
+# from two threads at once: rgba foreground estimation runs one at a time per process.
 _matting_lock = threading.Lock()
 
 
@@ -39,7 +41,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Foreground colours for a soft alpha (pymatting's estimate_foreground_ml), as uint8 RGB."""
     from pymatting import estimate_foreground_ml  # heavy import (numba): only when an rgba is asked for
 
-    with _matting_lock:  # numba compiles on the first call; one at a time keeps that from running twice
+    with _matting_lock:
         foreground = estimate_foreground_ml(image.astype(np.float64) / 255.0, alpha.astype(np.float64))
     return (255.0 * np.clip(foreground, 0.0, 1.0) + 0.5).astype(np.uint8)
 
@@ -55,15 +57,23 @@ def composite(image: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> n
     return (image.astype(np.float32) * a + background.astype(np.float32) * (1.0 - a)).astype(np.uint8)
 
 
-def apply_effect(image: np.ndarray, alpha: np.ndarray, effect: Effect, color: RGB = (255, 255, 255)) -> np.ndarray:
-    """``image`` HxWx3 uint8, ``alpha`` HxW float in [0, 1] → HxW (mask), HxWx4 (rgba) or HxWx3 uint8."""
+def apply_effect(
+    image: np.ndarray,
+    alpha: np.ndarray,
+    effect: Effect,
+    color: RGB = (255, 255, 255),
+    estimate_colours: bool = True,
+) -> np.ndarray:
+    """``image`` HxWx3 uint8, ``alpha`` HxW float in [0, 1] → HxW (mask), HxWx4 (rgba) or HxWx3 uint8.
+
+    ``estimate_colours``: for rgba, take the colours from foreground estimation (Remover does so for a soft
+    alpha, i.e. without a threshold) rather than from the image."""
     if image.shape[:2] != alpha.shape:
         raise ValueError(f"image {image.shape[:2]} and alpha {alpha.shape} differ in size")
     if effect == Effect.MASK:
         return alpha_to_uint8(alpha)
     if effect == Effect.RGBA:
-        hard = bool(np.all((alpha == 0.0) | (alpha == 1.0)))
-        colours = image if hard else estimate_foreground(image, alpha)
+        colours = estimate_foreground(image, alpha) if estimate_colours else image
         return np.dstack([colours, alpha_to_uint8(alpha)])
     if effect == Effect.COLOR:
         return composite(image, alpha, np.broadcast_to(np.array(color, dtype=np.uint8), image.shape))

@@ -27,6 +27,11 @@ class InvalidParameterError(ServiceError):
     code = "invalid_parameter"
 
 
+class MalformedRequestError(ServiceError):
+    status = 400
+    code = "malformed_request"
+
+
 class EmptyUploadError(ServiceError):
     status = 400
     code = "empty_upload"

@@ -35,7 +35,7 @@ def prepare(data: bytes, policy: ResizePolicy, base_size: int, max_pixels: int) 
 def render(image: np.ndarray, model_mask: np.ndarray, params: RemoveParams) -> Rendered:
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
-    output = apply_effect(image, alpha, params.effect, params.rgb)
+    output = apply_effect(image, alpha, params.effect, params.rgb, estimate_colours=params.threshold is None)
     return Rendered(
         body=encode_image(output, params.format), media_type=MEDIA_TYPES[params.format], width=width, height=height
     )

@@ -16,7 +16,8 @@ import numpy as np
 from PIL import ImageColor
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serve_app.tiers import CATALOGUE, Tier, TierSpec
+from serve_app.tiers import CATALOGUE, DynamicResize, Tier, TierSpec
+from serve_app.weights import weights_label
 
 
 class Effect(str, Enum):
@@ -87,7 +88,9 @@ class RemoveParams(BaseModel):
 
 
 class BatchingConfig(BaseModel):
-    """A tier deployment's ``user_config``: Serve applies changes to it live, without restarting the model."""
+    """A tier deployment's ``user_config``. Set under the config file's ``deployments: [{name: <tier>,
+    user_config: {...}}]``, a change is applied to the running replicas by ``serve deploy`` without reloading the
+    model (a change under ``args`` changes the app's code version, and Serve restarts every replica)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -111,10 +114,16 @@ class TierConfig(BaseModel):
     runtime: RuntimeName = RuntimeName.EAGER
     device: Device = Device.AUTO
     base_size: int | None = Field(
-        None, ge=32, description="Override the catalogue's model size (small sizes are for tests)."
+        None, ge=32, multiple_of=32, description="Override the catalogue's model size (small sizes are for tests)."
     )
-    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig,
+        description="Batching at start; a `user_config` for the tier under `deployments:` overrides it, live.",
+    )
     max_ongoing_requests: int = Field(32, ge=1, description="Per replica; at least max_batch_size for full batches.")
+    max_queued_requests: int = Field(
+        256, ge=-1, description="Requests waiting for a replica beyond which the tier answers 503 (-1: no limit)."
+    )
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.25, ge=0.0, description="Ray CPU share per replica (scheduling only).")
     num_gpus: float = Field(0.0, ge=0.0, le=1.0, description="GPU share per replica; > 0 runs the model on CUDA.")
@@ -124,17 +133,21 @@ class TierConfig(BaseModel):
     warmup: bool = Field(True, description="Run one batch at start so the first request pays no warm-up.")
 
     @model_validator(mode="after")
-    def _full_batches_fit(self) -> TierConfig:
+    def _consistent(self) -> TierConfig:
         if self.max_ongoing_requests < self.batching.max_batch_size:
             raise ValueError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) < batching.max_batch_size "
                 f"({self.batching.max_batch_size}): Serve would never send a full batch"
             )
+        if self.device == Device.CUDA and self.num_gpus == 0:
+            raise ValueError("device: cuda needs num_gpus > 0 (Ray hides GPUs from replicas that reserve none)")
         return self
 
     @property
-    def wants_gpu(self) -> bool:
-        return self.device == Device.CUDA or (self.device == Device.AUTO and self.num_gpus > 0)
+    def resolved_device(self) -> str:
+        """``cuda`` when the tier runs on a GPU (asked for explicitly, or by a GPU share), else ``cpu``."""
+        gpu = self.device == Device.CUDA or (self.device == Device.AUTO and self.num_gpus > 0)
+        return "cuda" if gpu else "cpu"
 
 
 def _all_tiers() -> dict[Tier, TierConfig]:
@@ -167,6 +180,14 @@ class AppConfig(BaseModel):
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger uploads get 413.")
     max_image_pixels: int = Field(50_000_000, ge=1, description="Larger images (width x height) get 413.")
 
+    def tier_args(self, weights_dir: Path) -> dict[Tier, TierModelArgs]:
+        """The served tiers in catalogue order (fast, balanced, quality), whatever order the config lists them."""
+        return {
+            tier: TierModelArgs(tier=tier, config=self.tiers[tier], weights_dir=weights_dir)
+            for tier in Tier
+            if tier in self.tiers
+        }
+
     @model_validator(mode="after")
     def _default_tier_served(self) -> AppConfig:
         if not self.tiers:
@@ -181,8 +202,6 @@ class AppConfig(BaseModel):
 class TierModelArgs(BaseModel):
     """What one tier deployment is built with: its catalogue entry, its settings, where weights live."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
     tier: Tier
     config: TierConfig
     weights_dir: Path
@@ -194,6 +213,29 @@ class TierModelArgs(BaseModel):
     @property
     def base_size(self) -> int:
         return self.config.base_size or self.spec.base_size
+
+    @property
+    def weights_label(self) -> str:
+        return weights_label(self.spec.checkpoint, self.config.weights)
+
+    @property
+    def input_size(self) -> str:
+        resize = self.spec.resize
+        if isinstance(resize, DynamicResize):
+            return (
+                f"dynamic (shorter side <= {resize.max_short_side}, longer side <= {resize.max_long_side}, "
+                f"multiples of {resize.multiple})"
+            )
+        return f"{self.base_size}x{self.base_size}"
+
+
+def gpu_missing_message(gpu_shares: dict[str, float]) -> str:
+    """Why GPU tiers never start on a cluster without GPUs, and what to do (Ray itself stays silent)."""
+    tiers = ", ".join(f"{name} (num_gpus={share})" for name, share in gpu_shares.items())
+    return (
+        f"tiers {tiers} ask for a GPU share but the Ray cluster has no GPU, so their replicas cannot be scheduled "
+        f"and would wait forever. Serve a CPU config (configs/cpu.yaml) or add a GPU node."
+    )
 
 
 class TierInfo(BaseModel):

@@ -63,11 +63,10 @@ class TierModel:
     def __init__(self, args: TierModelArgs) -> None:
         self.args = args
         config = args.config
-        device = "cuda" if config.wants_gpu else "cpu"
         started = time.monotonic()
         weights = resolve(args.spec.checkpoint, config.weights, args.weights_dir, config.allow_download)
         settings = RuntimeSettings(
-            weights=weights, base_size=args.base_size, device=device, cpu_threads=config.cpu_threads
+            weights=weights, base_size=args.base_size, device=config.resolved_device, cpu_threads=config.cpu_threads
         )
         self.runtime: Runtime = create_runtime(config.runtime.value, settings)
         self.runtime.load()
@@ -92,8 +91,21 @@ class TierModel:
         label = self.weights_label
         return [
             r if isinstance(r, ServiceError) else MaskResult(mask=r[0], batch_size=r[1], weights=label)
-            for r in predict_grouped(images, self.runtime.predict)
+            for r in predict_grouped(images, self._timed_predict)
         ]
+
+    def _timed_predict(self, batch: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        masks = self.runtime.predict(batch)
+        logger.info(
+            "tier %s: batch of %d at %dx%d in %.3f s",
+            self.args.tier.value,
+            len(batch),
+            batch.shape[2],
+            batch.shape[1],
+            time.perf_counter() - started,
+        )
+        return masks
 
     def check_health(self) -> None:
         self.runtime.check_health()

@@ -64,6 +64,13 @@ def _sha256_record(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _write_record(record: Path, sha256: str) -> None:
+    """Write the sha256 record atomically, so a replica starting beside another never reads half of it."""
+    tmp = record.with_name(f".{record.name}.{os.getpid()}")
+    tmp.write_text(sha256 + "\n")
+    os.replace(tmp, record)
+
+
 def verify(checkpoint: Checkpoint, path: Path) -> None:
     """Check a cached checkpoint against its published md5, or against the sha256 recorded when it arrived."""
     md5, sha256 = file_digests(path)
@@ -77,7 +84,7 @@ def verify(checkpoint: Checkpoint, path: Path) -> None:
         return
     record = _sha256_record(path)
     if not record.exists():
-        record.write_text(sha256 + "\n")
+        _write_record(record, sha256)
         logger.warning(
             "%s has no published checksum; recorded its sha256 %s in %s and will check it from now on",
             checkpoint.filename,
@@ -121,7 +128,7 @@ def _install(checkpoint: Checkpoint, write: Callable[[BinaryIO], None], destinat
             )
         os.replace(tmp, destination)
         if checkpoint.md5 is None:
-            _sha256_record(destination).write_text(sha256 + "\n")
+            _write_record(_sha256_record(destination), sha256)
         return destination
     finally:
         tmp.unlink(missing_ok=True)
@@ -150,7 +157,10 @@ def place(checkpoint: Checkpoint, source: Path, weights_dir: Path) -> Path:
         with source.open("rb") as src:
             _copy_with_progress(src, handle, source.stat().st_size, checkpoint.filename)
 
-    return _install(checkpoint, write, destination)
+    try:
+        return _install(checkpoint, write, destination)
+    except OSError as exc:
+        raise WeightsUnavailableError(f"could not place {source} at {destination}: {exc}") from exc
 
 
 def offline_help(checkpoint: Checkpoint, destination: Path, reason: str) -> str:
@@ -163,20 +173,32 @@ def offline_help(checkpoint: Checkpoint, destination: Path, reason: str) -> str:
     )
 
 
+def configured_path(choice: str, weights_dir: Path) -> Path:
+    path = Path(choice).expanduser()
+    return path if path.is_absolute() else weights_dir / path
+
+
+def weights_label(checkpoint: Checkpoint, choice: str) -> str:
+    """What X-Weights and /v1/tiers report for a tier's ``weights`` setting."""
+    if choice == UNTRAINED:
+        return UNTRAINED
+    return checkpoint.filename if choice == AUTO else Path(choice).name
+
+
 def resolve(checkpoint: Checkpoint, choice: str, weights_dir: Path, allow_download: bool = True) -> ResolvedWeights:
     """Turn a tier's ``weights`` setting into a verified file.
 
     ``choice`` is ``auto`` (cache, then download), ``untrained``, or a path (absolute, or relative to
     ``weights_dir``) to a checkpoint of the user's own, loaded as given without a checksum.
     """
+    label = weights_label(checkpoint, choice)
     if choice == UNTRAINED:
-        return ResolvedWeights(path=None, label=UNTRAINED)
+        return ResolvedWeights(path=None, label=label)
     if choice != AUTO:
-        path = Path(choice).expanduser()
-        path = path if path.is_absolute() else weights_dir / path
+        path = configured_path(choice, weights_dir)
         if not path.is_file():
             raise WeightsUnavailableError(f"weights file {path} (configured for {checkpoint.filename}) does not exist")
-        return ResolvedWeights(path=path, label=path.name)
+        return ResolvedWeights(path=path, label=label)
     path = weights_dir / checkpoint.filename
     if path.is_file():
         verify(checkpoint, path)
@@ -184,4 +206,4 @@ def resolve(checkpoint: Checkpoint, choice: str, weights_dir: Path, allow_downlo
         download(checkpoint, path)
     else:
         raise WeightsUnavailableError(offline_help(checkpoint, path, reason="downloads are turned off"))
-    return ResolvedWeights(path=path, label=checkpoint.filename)
+    return ResolvedWeights(path=path, label=label)

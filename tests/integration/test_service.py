@@ -54,6 +54,9 @@ def test_openapi_docs(client: httpx.Client) -> None:
     assert "multipart/form-data" in body and "image/*" in body
 
 
+MODEL_INPUT = {"fast": "128x128", "balanced": "160x160", "quality": "160x128"}  # from configs/test.yaml
+
+
 @pytest.mark.parametrize("tier", TIERS)
 def test_mask_covers_the_subject(client: httpx.Client, tier: str) -> None:
     for scene in scenes.make_scenes(seed=2024, count=3, height=SCENE_HEIGHT, width=SCENE_WIDTH):
@@ -61,6 +64,7 @@ def test_mask_covers_the_subject(client: httpx.Client, tier: str) -> None:
         mask = decode(response)
         assert mask.shape == scene.mask.shape
         assert response.headers["x-tier"] == tier and response.headers["x-weights"] == "test-segmenting.pth"
+        assert response.headers["x-model-input"] == MODEL_INPUT[tier]
         assert scenes.iou(mask > 127, scene.mask) >= MIN_IOU
         assert scenes.iou(mask[::-1] > 127, scene.mask) < MIN_IOU  # a flipped mask would fail
 
@@ -95,7 +99,7 @@ def test_every_effect_and_format(client: httpx.Client, effect: str, fmt: str) ->
         assert array[..., 3][inside].mean() > 200 and array[..., 3][~inside].mean() < 60
     if effect == "rgba" and fmt == "jpeg":  # flattened on white
         assert array[~inside].mean() > 200
-    if effect == "color" and fmt == "png":
+    if effect == "color":
         corner = array[:8, :8].reshape(-1, 3).mean(axis=0)
         assert corner[1] > 200 and corner[0] < 60 and corner[2] < 60
     if effect == "mask":
@@ -182,6 +186,35 @@ def test_corrupt_image_in_a_burst_fails_alone(client: httpx.Client) -> None:
     assert [r.status_code for i, r in enumerate(responses) if i != 1] == [200, 200, 200]
 
 
+def test_quality_tier_caps_a_panorama(client: httpx.Client) -> None:
+    """Remover would feed a 3008x192 panorama to the model as it is; the quality tier caps the long side."""
+    panorama = np.tile(scenes.make_scenes(seed=3, count=1, height=200, width=200)[0].image, (1, 15, 1))
+    response = remove(client, png_bytes(panorama), tier="quality", effect="mask")
+    assert decode(response).shape == (200, 3000)
+    assert response.headers["x-model-input"] == "2560x160"
+
+
+def test_limits_answer_413(client: httpx.Client) -> None:
+    huge = png_bytes(np.zeros((7200, 7200), np.uint8))  # 51.8 MP, a few hundred KB as PNG: refused before decoding
+    response = remove(client, huge, tier="fast")
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+    def chunks():  # a streamed upload without Content-Length, over the 32 MiB limit
+        for _ in range(33):
+            yield b"\0" * (1024 * 1024)
+
+    response = client.post(
+        "/v1/remove", params={"tier": "fast"}, content=chunks(), headers={"content-type": "application/octet-stream"}
+    )
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_unknown_paths_and_methods_answer_json(client: httpx.Client) -> None:
+    for response, status in ((client.get("/v2/nothing"), 404), (client.get("/v1/remove"), 405)):
+        assert response.status_code == status
+        assert response.json()["error"]["code"] in ("not_found", "method_not_allowed")
+
+
 def test_bad_item_in_a_tier_batch_fails_alone(service: str) -> None:
     """Straight at the tier deployment: an invalid array batched with good ones gets its error, they succeed."""
     from ray import serve
@@ -214,12 +247,28 @@ def test_bad_item_in_a_tier_batch_fails_alone(service: str) -> None:
         ({"json": {"image": "base64?"}}, 415, "unsupported_media_type"),
         ({"files": {"picture": ("x.png", b"123", "image/png")}}, 422, "invalid_parameter"),
         (
+            {"content": b"--x\r\nnot a part", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+            400,
+            "malformed_request",
+        ),
+        (
             {"content": b"\0" * (32 * 1024 * 1024 + 1), "headers": {"content-type": "image/png"}},
             413,
             "payload_too_large",
         ),
     ],
-    ids=["tier", "unknown-param", "threshold", "color", "empty", "corrupt", "json", "no-image-field", "too-big"],
+    ids=[
+        "tier",
+        "unknown-param",
+        "threshold",
+        "color",
+        "empty",
+        "corrupt",
+        "json",
+        "no-image-field",
+        "multipart",
+        "too-big",
+    ],
 )
 def test_bad_requests_get_json_errors(client: httpx.Client, request_kwargs: dict, status: int, code: str) -> None:
     response = client.post("/v1/remove", **request_kwargs)

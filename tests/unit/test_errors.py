@@ -8,6 +8,7 @@ from serve_app.errors import ServiceError, all_error_types
 EXPECTED = {
     errors.ServiceError: (500, "internal_error"),
     errors.InvalidParameterError: (422, "invalid_parameter"),
+    errors.MalformedRequestError: (400, "malformed_request"),
     errors.EmptyUploadError: (400, "empty_upload"),
     errors.InvalidImageError: (400, "invalid_image"),
     errors.UnsupportedMediaTypeError: (415, "unsupported_media_type"),

@@ -45,10 +45,19 @@ def test_full_batches_must_fit_max_ongoing_requests() -> None:
 
 
 def test_gpu_share_selects_cuda() -> None:
-    assert not TierConfig().wants_gpu
-    assert TierConfig(num_gpus=0.3).wants_gpu
-    assert TierConfig(device="cuda").wants_gpu
-    assert not TierConfig(num_gpus=0.3, device="cpu").wants_gpu
+    assert TierConfig().resolved_device == "cpu"
+    assert TierConfig(num_gpus=0.3).resolved_device == "cuda"
+    assert TierConfig(device="cuda", num_gpus=0.5).resolved_device == "cuda"
+    assert TierConfig(num_gpus=0.3, device="cpu").resolved_device == "cpu"
+    with pytest.raises(ValidationError, match="num_gpus > 0"):
+        TierConfig(device="cuda")
+
+
+def test_base_size_must_suit_the_backbone() -> None:
+    assert TierConfig(base_size=128).base_size == 128
+    for bad in (100, 16):
+        with pytest.raises(ValidationError):
+            TierConfig(base_size=bad)
 
 
 def test_app_config_tiers() -> None:
