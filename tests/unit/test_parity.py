@@ -39,4 +39,7 @@ def test_mask_matches_remover(tier: Tier, segmenting_weights: Path, tmp_path: Pa
         assert ours.shape == reference.shape, name
         difference = np.abs(ours.astype(int) - reference)
         assert difference.mean() <= 1.0, (name, difference.mean(), difference.max())
+        # In practice identical; a single grey level allows float noise at a truncation boundary, while a
+        # misaligned upsample (align_corners=False) or another resize filter is off by 2 to 35 here.
+        assert difference.max() <= 1, (name, difference.max())
         assert reference.std() > 20, name  # the reference mask is not constant: the comparison means something
