@@ -274,13 +274,22 @@ class Ingress:
         prepared: Prepared = await asyncio.to_thread(
             prepare, data, args.spec.resize, args.base_size, self.config.max_image_pixels
         )
+        called = time.perf_counter()
         result = await self.call_tier(tier, prepared)
+        round_trip = time.perf_counter() - called
         rendered: Rendered = await asyncio.to_thread(render, prepared.image, result.mask, params)
+        steps = {
+            **prepared.timings,
+            "queue": max(0.0, round_trip - result.model_seconds),  # batching wait, transfer, replica hand-off
+            "model": result.model_seconds,
+            **rendered.timings,
+        }
         headers = {
             "X-Tier": tier.value,
             "X-Weights": result.weights,
             "X-Batch-Size": str(result.batch_size),
             "X-Model-Input": f"{prepared.model_input.shape[1]}x{prepared.model_input.shape[0]}",
+            "Server-Timing": ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in steps.items()),
         }
         return Response(content=rendered.body, media_type=rendered.media_type, headers=headers)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,10 +14,24 @@ from serve_app.schemas import RemoveParams
 from serve_app.tiers import ResizePolicy
 
 
+class Stopwatch:
+    """Seconds per named step, for the Server-Timing header and the serving benchmark."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = now - self._last
+        self._last = now
+
+
 @dataclass(frozen=True)
 class Prepared:
     image: np.ndarray  # upright RGB upload, HxWx3 uint8
     model_input: np.ndarray  # resized for the tier, hxwx3 uint8
+    timings: dict[str, float] = field(default_factory=dict)  # decode, resize
 
 
 @dataclass(frozen=True)
@@ -25,17 +40,25 @@ class Rendered:
     media_type: str
     width: int
     height: int
+    timings: dict[str, float] = field(default_factory=dict)  # upsample, effect, encode
 
 
 def prepare(data: bytes, policy: ResizePolicy, base_size: int, max_pixels: int) -> Prepared:
+    watch = Stopwatch()
     image = decode_image(data, max_pixels=max_pixels)
-    return Prepared(image=image, model_input=to_model_input(image, policy, base_size))
+    watch.lap("decode")
+    model_input = to_model_input(image, policy, base_size)
+    watch.lap("resize")
+    return Prepared(image=image, model_input=model_input, timings=watch.timings)
 
 
 def render(image: np.ndarray, model_mask: np.ndarray, params: RemoveParams) -> Rendered:
+    watch = Stopwatch()
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
+    watch.lap("upsample")
     output = apply_effect(image, alpha, params.effect, params.rgb, estimate_colours=params.threshold is None)
-    return Rendered(
-        body=encode_image(output, params.format), media_type=MEDIA_TYPES[params.format], width=width, height=height
-    )
+    watch.lap("effect")
+    body = encode_image(output, params.format)
+    watch.lap("encode")
+    return Rendered(body=body, media_type=MEDIA_TYPES[params.format], width=width, height=height, timings=watch.timings)

@@ -34,7 +34,14 @@ class OutputFormat(str, Enum):
 
 
 class RuntimeName(str, Enum):
-    EAGER = "eager"
+    EAGER = "eager"  # PyTorch fp32: the reference
+    TORCHSCRIPT = "torchscript"  # traced at the tier's size (the quality tier runs eager)
+    ONNX = "onnx"  # ONNX Runtime on an export from `python -m serve_app.export`
+    FP16 = "fp16"  # CUDA only
+    BF16 = "bf16"
+    INT8 = "int8"  # CPU only: dynamic quantisation of the Linear layers
+    COMPILE = "compile"  # torch.compile; minutes of compiling at start on CPU
+    AUTO = "auto"  # the fastest one that held parity here, from bench/runtimes.py's recorded measurements
 
 
 class Device(str, Enum):
@@ -111,7 +118,10 @@ class TierConfig(BaseModel):
         "or a checkpoint path (absolute or relative to weights_dir) loaded without the published checksum.",
     )
     allow_download: bool = Field(True, description="Download a missing checkpoint; off: fail with what to do.")
-    runtime: RuntimeName = RuntimeName.EAGER
+    runtime: RuntimeName = Field(RuntimeName.EAGER, description="How the model runs; see docs/benchmarks.md.")
+    onnx_providers: list[str] | None = Field(
+        None, description="onnx runtime: execution providers in order; default TensorRT, CUDA, CPU as present."
+    )
     device: Device = Device.AUTO
     base_size: int | None = Field(
         None, ge=32, multiple_of=32, description="Override the catalogue's model size (small sizes are for tests)."
@@ -268,3 +278,4 @@ class MaskResult:
     mask: Annotated[np.ndarray, "float32 HxW in [0, 1] at the model's input size"]
     batch_size: int
     weights: str
+    model_seconds: float = 0.0  # the model call this mask came from

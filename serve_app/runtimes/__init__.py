@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from serve_app.errors import UnknownRuntimeError
 from serve_app.runtimes.base import Runtime, RuntimeSettings
-from serve_app.runtimes.eager import EagerRuntime
+from serve_app.runtimes.eager import (
+    BF16Runtime,
+    CompileRuntime,
+    EagerRuntime,
+    FP16Runtime,
+    Int8Runtime,
+    TorchScriptRuntime,
+)
+from serve_app.runtimes.onnx import OnnxRuntime
 
-RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (EagerRuntime,)}
+RUNTIMES: dict[str, type[Runtime]] = {
+    cls.name: cls
+    for cls in (EagerRuntime, TorchScriptRuntime, OnnxRuntime, BF16Runtime, FP16Runtime, Int8Runtime, CompileRuntime)
+}
 
 
 def create_runtime(name: str, settings: RuntimeSettings) -> Runtime:

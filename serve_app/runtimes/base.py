@@ -6,6 +6,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -23,6 +24,10 @@ class RuntimeSettings:
     base_size: int
     device: str  # "cpu" or "cuda[:N]"
     cpu_threads: int | None = None
+    static_size: bool = True  # every input is base_size x base_size (false for the quality tier)
+    export_dir: Path | None = None  # where ONNX exports live (the onnx runtime)
+    export_command: str | None = None  # what to run when the export is missing or stale
+    onnx_providers: tuple[str, ...] | None = None  # None: the best present for the device
 
 
 class Runtime(ABC):

@@ -25,8 +25,19 @@ def _inspyrenet_class():
     with warnings.catch_warnings():
         # transparent_background/__init__ imports its GUI module, which warns when the optional `flet` is absent.
         warnings.filterwarnings("ignore", message="Failed to import flet", category=UserWarning)
+        from transparent_background.backbones import SwinTransformer
         from transparent_background.InSPyReNet import InSPyReNet_SwinB
+    SwinTransformer.window_reverse = _window_reverse  # looked up as a module global at every call
     return InSPyReNet_SwinB
+
+
+def _window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
+    """SwinTransformer.window_reverse in integer arithmetic. The original computes the batch size as
+    ``int(n / (H * W / ws / ws))``: a float round trip that tracing and ONNX export freeze into a constant, so a
+    model traced or exported at batch 2 silently gives wrong masks at batch 4. Same values in eager."""
+    batch = windows.shape[0] // ((height // window_size) * (width // window_size))
+    x = windows.view(batch, height // window_size, width // window_size, window_size, window_size, -1)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(batch, height, width, -1)
 
 
 def build_model(base_size: int) -> torch.nn.Module:
@@ -71,10 +82,21 @@ def to_model_tensor(images: np.ndarray, device: torch.device, dtype: torch.dtype
     return ((x - mean) / std).to(dtype)
 
 
-def saliency_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The finest saliency map d0 (logits, Nx1xHxW): ``forward_inference`` without its last two lines."""
-    forward_inspyre = cast(Callable[[torch.Tensor], dict[str, list[torch.Tensor]]], model.forward_inspyre)
-    return forward_inspyre(x)["saliency"][3]
+class LogitsModel(torch.nn.Module):
+    """InSPyReNet up to its finest saliency logits d0 (Nx1xHxW): ``forward_inference`` without its last two
+    lines (sigmoid, batch-wide min-max), which ``normalise_per_sample`` replaces. A plain tensor-in, tensor-out
+    module, so it traces, compiles and exports.
+
+    Move the wrapped model to its device *before* wrapping: InSPyReNet.to() also moves the Gaussian kernels of
+    its image pyramid, which are plain tensors that ``nn.Module.to`` does not see."""
+
+    def __init__(self, inspyrenet: torch.nn.Module) -> None:
+        super().__init__()
+        self.inspyrenet = inspyrenet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        forward_inspyre = cast(Callable[[torch.Tensor], dict[str, list[torch.Tensor]]], self.inspyrenet.forward_inspyre)
+        return forward_inspyre(x)["saliency"][3]
 
 
 def normalise_per_sample(logits: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,9 @@ def test_mask_covers_the_subject(client: httpx.Client, tier: str) -> None:
         assert mask.shape == scene.mask.shape
         assert response.headers["x-tier"] == tier and response.headers["x-weights"] == "test-segmenting.pth"
         assert response.headers["x-model-input"] == MODEL_INPUT[tier]
+        steps = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
+        assert list(steps) == ["decode", "resize", "queue", "model", "upsample", "effect", "encode"]
+        assert float(steps["model"]) > 0
         assert scenes.iou(mask > 127, scene.mask) >= MIN_IOU
         assert scenes.iou(mask[::-1] > 127, scene.mask) < MIN_IOU  # a flipped mask would fail
 

@@ -64,9 +64,9 @@ def to_input(images: np.ndarray) -> torch.Tensor:
 
 
 def build_model(base_size: int) -> torch.nn.Module:
-    from transparent_background.InSPyReNet import InSPyReNet_SwinB
+    from serve_app.runtimes.model import build_model as build_inspyrenet  # Remover's construction, quietly
 
-    return InSPyReNet_SwinB(depth=64, pretrained=False, base_size=[base_size, base_size], threshold=None)
+    return build_inspyrenet(base_size)
 
 
 def held_out_iou(model: torch.nn.Module, recipe: Recipe, size: int) -> float:
@@ -108,7 +108,7 @@ def train(recipe: Recipe) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         loss.backward()
         optimiser.step()
         schedule.step()
-        logger.info("step %d/%d size %d loss %.4f", step + 1, recipe.steps, size, float(loss))
+        logger.info("step %d/%d size %d loss %.4f", step + 1, recipe.steps, size, loss.item())
     _settle_batch_norm(model, recipe, rng)
     report = {f"iou_{s}": held_out_iou(model, recipe, s) for s in recipe.eval_sizes}
     report["train_seconds"] = time.monotonic() - started

@@ -59,8 +59,8 @@ def test_this_batch_exposes_a_batch_wide_normalisation(runtime) -> None:  # type
     batch = mixed_batch()
     x = to_model_tensor(batch, torch.device("cpu"))
     with torch.inference_mode():
-        batch_wide = runtime.model(x)[:, 0].numpy()
-        singles = np.stack([runtime.model(x[i : i + 1])[0, 0].numpy() for i in range(len(batch))])
+        batch_wide = runtime.model.inspyrenet(x)[:, 0].numpy()
+        singles = np.stack([runtime.model.inspyrenet(x[i : i + 1])[0, 0].numpy() for i in range(len(batch))])
     assert np.abs(batch_wide - singles).max() > 0.1
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from serve_app.errors import InferenceError, InvalidImageError
-from serve_app.tier_model import predict_grouped
+from serve_app.tier_model import GroupResult, predict_grouped
 
 
 class Recorder:
@@ -28,24 +28,23 @@ def test_same_shapes_share_one_call_and_shapes_never_mix() -> None:
     results = predict_grouped(images, model)
     assert sorted(model.calls) == [(2, 8, 16, 3), (3, 8, 8, 3)]
     for img, result in zip(images, results, strict=True):
-        assert not isinstance(result, Exception)
-        mask, batch_size = result
-        np.testing.assert_allclose(mask, img[..., 0] / 255.0)  # each result belongs to its own image
-        assert batch_size == (3 if img.shape[1] == 8 else 2)
+        assert isinstance(result, GroupResult)
+        np.testing.assert_allclose(result.mask, img[..., 0] / 255.0)  # each result belongs to its own image
+        assert result.batch_size == (3 if img.shape[1] == 8 else 2) and result.seconds >= 0
 
 
 def test_invalid_item_fails_alone() -> None:
     results = predict_grouped([image(10), np.zeros((8, 8), np.uint8), "not an array", image(20)], Recorder())
     assert isinstance(results[1], InvalidImageError) and isinstance(results[2], InvalidImageError)
-    assert results[0][1] == 2 and results[3][1] == 2  # type: ignore[index]
+    assert results[0].batch_size == 2 and results[3].batch_size == 2  # type: ignore[union-attr]
 
 
 def test_failing_batch_is_retried_per_image() -> None:
     model = Recorder()
     results = predict_grouped([image(10), image(255), image(30)], model)
     assert isinstance(results[1], InferenceError)
-    assert results[0][1] == 1 and results[2][1] == 1  # type: ignore[index]  # succeeded when run alone
-    np.testing.assert_allclose(results[2][0], 30 / 255.0)  # type: ignore[index]
+    assert results[0].batch_size == 1 and results[2].batch_size == 1  # type: ignore[union-attr]  # run alone
+    np.testing.assert_allclose(results[2].mask, 30 / 255.0)  # type: ignore[union-attr]
     assert model.calls[0] == (3, 8, 8, 3) and len(model.calls) == 4
 
 

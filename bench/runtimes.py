@@ -1,0 +1,331 @@
+"""Runtime benchmark: every runtime of every tier, held to eager fp32, in one run.
+
+For each tier and runtime and batch size: seconds per image, images/s, peak memory (RSS; GPU memory on CUDA),
+parity with eager fp32 (max/mean abs, IoU), and the ratio to eager measured in the same run. Next to them, the
+seed's baseline: ``transparent_background.Remover(mode=...).process()`` on the same 1920x1080 photo and weights.
+Each (tier, runtime) runs in a fresh process, so peak memory is its own.
+
+    python bench/runtimes.py                                   # CPU defaults (see --help), ~30 min on 2 cores
+    python bench/runtimes.py --tiers fast --batches 1,2,4,8 --device cuda
+    python bench/runtimes.py --record ~/.cache/bgserve/weights/runtime-measurements.json   # feeds runtime: auto
+
+Writes ``<out>/runtimes.json``, ``runtimes.md`` and ``runtimes.png``. Without --weights it uses the segmenting test
+weights (same architecture and cost as the real checkpoints; parity on them is meaningful, unlike untrained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PHOTOS = ("rocket", "astronaut", "coffee", "chelsea", "hubble_deep_field", "immunohistochemistry", "motorcycle_left")
+
+
+def photo_1080p(name: str = "rocket") -> np.ndarray:
+    from PIL import Image
+    from skimage import data
+
+    image = getattr(data, name)()
+    image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+    return np.asarray(Image.fromarray(image).resize((1920, 1080), Image.Resampling.BICUBIC))
+
+
+def model_inputs(tier: str, count: int) -> np.ndarray:
+    """``count`` different photos at the tier's model input size, as the ingress would send them."""
+    from serve_app.resize import to_model_input
+    from serve_app.tiers import CATALOGUE, Tier
+
+    spec = CATALOGUE[Tier(tier)]
+    return np.stack(
+        [to_model_input(photo_1080p(PHOTOS[i % len(PHOTOS)]), spec.resize, spec.base_size) for i in range(count)]
+    )
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """One (tier, runtime) in this process: load, time each batch size, compare with eager's masks."""
+    import torch
+
+    from serve_app.export import EXPORT_DIR, export, export_paths
+    from serve_app.runtimes import RuntimeSettings, create_runtime
+    from serve_app.runtimes.parity import compare
+    from serve_app.tiers import CATALOGUE, DynamicResize, Tier
+    from serve_app.weights import ResolvedWeights
+
+    tier = Tier(args.tier)
+    spec = CATALOGUE[tier]
+    weights = (
+        ResolvedWeights(None, "untrained")
+        if args.weights == "untrained"
+        else ResolvedWeights(Path(args.weights), Path(args.weights).name)
+    )
+    export_dir = Path(args.scratch) / EXPORT_DIR
+    export_seconds = None
+    if args.runtime == "onnx" and not export_paths(export_dir, weights, spec.base_size)[0].exists():
+        started = time.perf_counter()
+        export(tier, weights, spec.base_size, export_dir)
+        export_seconds = time.perf_counter() - started
+    settings = RuntimeSettings(
+        weights,
+        spec.base_size,
+        args.device,
+        static_size=not isinstance(spec.resize, DynamicResize),
+        export_dir=export_dir,
+    )
+    runtime = create_runtime(args.runtime, settings)
+    started = time.perf_counter()
+    runtime.load()
+    load_seconds = time.perf_counter() - started
+    batches = [int(b) for b in args.batches.split(",")]
+    images = model_inputs(args.tier, max(batches))
+    rows = []
+    reference_file = Path(args.scratch) / f"eager-{args.tier}.npy"
+    for batch in batches:
+        runtime.predict(images[:batch])  # warm-up: kernels, allocator, compile
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            masks = runtime.predict(images[:batch])
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        per_image = statistics.median(times) / batch
+        rows.append({"batch": batch, "seconds_per_image": per_image, "images_per_s": 1 / per_image})
+    masks = runtime.predict(images[: max(batches)])
+    if args.runtime == "eager":
+        np.save(reference_file, masks)
+    parity = compare(args.runtime, np.load(reference_file), masks)
+    return {
+        "tier": args.tier,
+        "runtime": args.runtime,
+        "device": args.device,
+        "rows": rows,
+        "peak_memory_mb": peak_memory_mb(args.device),
+        "load_seconds": load_seconds,
+        "export_seconds": export_seconds,
+        "parity": parity.__dict__,
+    }
+
+
+def remover_worker(args: argparse.Namespace) -> dict[str, Any]:
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transparent_background import Remover
+    mode, resize = {"fast": ("fast", "static"), "balanced": ("base", "static"), "quality": ("base-nightly", "dynamic")}[
+        args.tier
+    ]
+    os.environ["TRANSPARENT_BACKGROUND_FILE_PATH"] = args.scratch  # its stock config.yaml
+    remover = Remover(mode=mode, ckpt=args.weights, resize=resize, device=args.device)
+    image = Image.fromarray(photo_1080p())
+    remover.process(image, type="map")
+    times = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        remover.process(image, type="map")
+        times.append(time.perf_counter() - started)
+    return {
+        "tier": args.tier,
+        "seconds_per_image": statistics.median(times),
+        "peak_memory_mb": peak_memory_mb(args.device),
+    }
+
+
+def run_child(*argv: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        return {"error": (done.stderr or done.stdout)[-2000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(results: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], device_name: str) -> str:
+    lines = [
+        f"Device: {device_name}. Seconds per image (median), images/s, ratio to eager fp32 at the same batch "
+        "size in this run; parity on the largest batch.",
+        "",
+        "| tier | runtime | batch | s/image | images/s | vs eager | peak MB | max abs | mean abs | IoU | holds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    eager = {
+        (r["tier"], row["batch"]): row["seconds_per_image"]
+        for r in results
+        if r.get("runtime") == "eager" and "rows" in r
+        for row in r["rows"]
+    }
+    for r in results:
+        if "rows" not in r:
+            lines.append(f"| {r['tier']} | {r['runtime']} | – | failed: {r['error'].splitlines()[-1][:80]} |")
+            continue
+        p = r["parity"]
+        for row in r["rows"]:
+            ratio = eager.get((r["tier"], row["batch"]), float("nan")) / row["seconds_per_image"]
+            lines.append(
+                f"| {r['tier']} | {r['runtime']} | {row['batch']} | {row['seconds_per_image']:.3f} | "
+                f"{row['images_per_s']:.2f} | {ratio:.2f}x | {r['peak_memory_mb']:.0f} | {p['max_abs']:.2e} |"
+                f" {p['mean_abs']:.2e} | {p['iou']:.4f} | {'yes' if p['holds'] else 'NO'} |"
+            )
+    lines += [
+        "",
+        "Baseline, `transparent_background.Remover(mode).process(photo, type='map')` on the same 1920x1080 "
+        "photo and weights (resize, model and upsample included):",
+        "",
+        "| tier | s/image | peak MB |",
+        "|---|---|---|",
+    ]
+    for tier, b in baselines.items():
+        lines.append(
+            f"| {tier} | {b['seconds_per_image']:.3f} | {b['peak_memory_mb']:.0f} |"
+            if "seconds_per_image" in b
+            else f"| {tier} | failed | |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tiers = sorted({r["tier"] for r in results if "rows" in r}, key=["fast", "balanced", "quality"].index)
+    fig, axes = plt.subplots(1, len(tiers), figsize=(5 * len(tiers), 4), squeeze=False)
+    for ax, tier in zip(axes[0], tiers, strict=True):
+        for r in results:
+            if r.get("tier") == tier and "rows" in r:
+                ax.plot(
+                    [row["batch"] for row in r["rows"]],
+                    [row["images_per_s"] for row in r["rows"]],
+                    "o-",
+                    label=r["runtime"],
+                )
+        ax.set(title=tier, xlabel="batch size", ylabel="images/s")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    from serve_app.runtimes.auto import device_signature
+
+    return device_signature(torch.device(device))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiers", default="fast,balanced,quality")
+    parser.add_argument("--runtimes", default="eager,torchscript,onnx,bf16,int8")
+    parser.add_argument("--batches", default=None, help="default: 1,2,4,8 on CUDA; on CPU 1,2,4 for fast, else 1")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--weights", default=None, help="a checkpoint path, or untrained; default: test weights")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--record", type=Path, default=None, help="append measurements for runtime: auto")
+    parser.add_argument("--no-remover", action="store_true")
+    parser.add_argument("--worker", nargs=2, metavar=("TIER", "RUNTIME"), help=argparse.SUPPRESS)
+    parser.add_argument("--remover-worker", metavar="TIER", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.tier, args.runtime = args.worker
+        print(json.dumps(worker(args)))
+        return
+    if args.remover_worker:
+        args.tier = args.remover_worker
+        print(json.dumps(remover_worker(args)))
+        return
+    if args.weights is None:
+        from tests.support.segmenting_weights import segmenting_checkpoint
+
+        args.weights = str(segmenting_checkpoint()[0])
+    runtimes = args.runtimes.split(",")
+    runtimes = ["eager", *[r for r in runtimes if r != "eager"]]  # eager first: the others compare with it
+    results, baselines = [], {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for tier in args.tiers.split(","):
+            batches = args.batches or ("1,2,4,8" if args.device == "cuda" else "1,2,4" if tier == "fast" else "1")
+            common = [
+                "--scratch",
+                scratch,
+                "--weights",
+                args.weights,
+                "--device",
+                args.device,
+                "--repeats",
+                str(args.repeats),
+                "--batches",
+                batches,
+            ]
+            for runtime in runtimes:
+                result = run_child("--worker", tier, runtime, *common)
+                result.setdefault("tier", tier)
+                result.setdefault("runtime", runtime)
+                results.append(result)
+                print(json.dumps(result)[:400], flush=True)
+            if not args.no_remover and args.weights != "untrained":
+                baselines[tier] = run_child("--remover-worker", tier, *common)
+                print(tier, "Remover", baselines[tier], flush=True)
+    name = device_name(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "device": name,
+        "weights": args.weights,
+        "repeats": args.repeats,
+        "results": results,
+        "remover": baselines,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (args.out / "runtimes.json").write_text(json.dumps(report, indent=2))
+    (args.out / "runtimes.md").write_text(markdown(results, baselines, name))
+    chart(results, args.out / "runtimes.png")
+    print(markdown(results, baselines, name))
+    if args.record:
+        from serve_app.runtimes.auto import load_measurements
+
+        measurements = load_measurements(args.record)
+        measurements += [
+            {
+                "device": name,
+                "tier": r["tier"],
+                "runtime": r["runtime"],
+                "batch": row["batch"],
+                "seconds_per_image": row["seconds_per_image"],
+                "holds_parity": r["parity"]["holds"],
+                "measured_at": report["when"],
+            }
+            for r in results
+            if "rows" in r
+            for row in r["rows"]
+        ]
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps({"measurements": measurements}, indent=2))
+        print(f"recorded {len(measurements)} measurements in {args.record}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Export a tier's model to ONNX (``python -m serve_app.export``), for the ``onnx`` runtime.
+
+    python -m serve_app.export --tier fast                      # the cached ckpt_fast.pth, at 384
+    python -m serve_app.export --tier balanced --weights-dir /models
+    python -m serve_app.export --tier fast --weights ./mine.pth --base-size 128
+
+Writes ``<weights_dir>/onnx/<checkpoint>-<base_size>.onnx`` (+ ``.onnx.data``, the weights) and a manifest
+``.json`` beside it: the source checkpoint's sha256, the input size, which axes are dynamic (always the batch;
+height and width too for the quality tier), the opset, and the parity with eager fp32 measured at export. The
+``onnx`` runtime refuses an export whose manifest names other weights and says which command to run.
+
+TorchScript's legacy exporter fails on this model; the dynamo exporter (``dynamo=True``) works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serve_app.errors import ConfigurationError
+from serve_app.tiers import CATALOGUE, DynamicResize, Tier
+from serve_app.weights import AUTO, ResolvedWeights, default_weights_dir, file_digests, resolve
+
+logger = logging.getLogger(__name__)
+
+OPSET = 18
+EXPORT_DIR = "onnx"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tier: str
+    source: str  # the weights label: checkpoint file name, or "untrained"
+    source_sha256: str  # of the checkpoint file; "untrained" for the seeded model
+    base_size: int
+    dynamic_size: bool  # height and width are dynamic axes (the batch always is)
+    opset: int
+    torch: str
+    parity_max_abs: float  # largest difference of the normalised mask vs eager fp32, measured at export
+    export_seconds: float
+
+
+def source_fingerprint(weights: ResolvedWeights) -> str:
+    return "untrained" if weights.path is None else file_digests(weights.path)[1]
+
+
+def export_paths(export_dir: Path, weights: ResolvedWeights, base_size: int) -> tuple[Path, Path]:
+    stem = f"{Path(weights.label).stem}-{base_size}"
+    return export_dir / f"{stem}.onnx", export_dir / f"{stem}.json"
+
+
+def export_command(tier: Tier, weights_choice: str, weights_dir: Path, base_size: int) -> str:
+    parts = ["python -m serve_app.export", f"--tier {tier.value}", f"--weights-dir {weights_dir}"]
+    if weights_choice != AUTO:
+        parts.append(f"--weights {weights_choice}")
+    if base_size != CATALOGUE[tier].base_size:
+        parts.append(f"--base-size {base_size}")
+    return " ".join(parts)
+
+
+def export(tier: Tier, weights: ResolvedWeights, base_size: int, export_dir: Path) -> Manifest:
+    from serve_app.runtimes.model import LogitsModel, load_model, normalise_per_sample, to_model_tensor
+
+    dynamic_size = isinstance(CATALOGUE[tier].resize, DynamicResize)
+    model = LogitsModel(load_model(weights, base_size)).eval()
+    example = torch.zeros(2, 3, base_size, base_size)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    axes: dict[int, object] = {0: batch}
+    if dynamic_size:  # multiples of 32, as the dynamic resize produces
+        axes[2] = 32 * torch.export.Dim("h32", min=1, max=128)
+        axes[3] = 32 * torch.export.Dim("w32", min=1, max=128)
+    onnx_path, manifest_path = export_paths(export_dir, weights, base_size)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, dynamic_shapes={"x": axes}, opset_version=OPSET, external_data=True
+        )
+    if program is None:
+        raise ConfigurationError("torch.onnx.export returned no program")
+    program.save(str(onnx_path), external_data=True)
+    seconds = time.monotonic() - started
+    # Parity at export on a structured image batch (a constant input would hide most errors).
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:base_size, 0:base_size]
+    images = np.stack(
+        [
+            np.dstack([(x * 2 + i * 40) % 256, (y * 3) % 256, rng.integers(0, 256, (base_size, base_size))])
+            for i in (0, 1)
+        ]
+    ).astype(np.uint8)
+    with torch.inference_mode():
+        expected = normalise_per_sample(model(to_model_tensor(images, torch.device("cpu"))))[:, 0].numpy()
+    from serve_app.runtimes.onnx import OnnxSession
+
+    got = OnnxSession(onnx_path, providers=["CPUExecutionProvider"], threads=None).masks(images)
+    manifest = Manifest(
+        tier=tier.value,
+        source=weights.label,
+        source_sha256=source_fingerprint(weights),
+        base_size=base_size,
+        dynamic_size=dynamic_size,
+        opset=OPSET,
+        torch=torch.__version__,
+        parity_max_abs=float(np.abs(got - expected).max()),
+        export_seconds=round(seconds, 1),
+    )
+    manifest_path.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    logger.info("exported %s in %.0f s: %s", onnx_path, seconds, manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(
+        prog="python -m serve_app.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tier", required=True, choices=[t.value for t in Tier])
+    parser.add_argument("--weights", default=AUTO, help="auto (the cached checkpoint), untrained, or a path")
+    parser.add_argument("--weights-dir", type=Path, default=None, help="checkpoint cache; exports go to its onnx/")
+    parser.add_argument("--base-size", type=int, default=None, help="model size (default: the tier's)")
+    args = parser.parse_args(argv)
+    tier = Tier(args.tier)
+    weights_dir = (args.weights_dir or default_weights_dir()).expanduser()
+    base_size = args.base_size or CATALOGUE[tier].base_size
+    try:
+        weights = resolve(CATALOGUE[tier].checkpoint, args.weights, weights_dir)
+        manifest = export(tier, weights, base_size, weights_dir / EXPORT_DIR)
+    except ConfigurationError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(manifest), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

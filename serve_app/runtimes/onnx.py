@@ -1,0 +1,94 @@
+"""ONNX Runtime: runs an export made by ``python -m serve_app.export`` (fp32, same graph as eager).
+
+Execution providers come from config, or by default the best present for the tier's device: TensorRT, then
+CUDA, then CPU. The export's manifest must name the weights this tier loads; otherwise the runtime refuses and
+says which export command to run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serve_app.errors import ConfigurationError
+from serve_app.runtimes.base import Runtime
+from serve_app.runtimes.model import normalise_per_sample, to_model_tensor
+
+logger = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+class OnnxSession:
+    """An onnxruntime session over an export: uint8 images in, per-sample normalised masks out."""
+
+    def __init__(self, path: Path, providers: list[str], threads: int | None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def masks(self, images: np.ndarray) -> np.ndarray:
+        x = to_model_tensor(images, torch.device("cpu")).numpy()
+        (logits,) = self.session.run(None, {self.input_name: x})
+        return normalise_per_sample(torch.from_numpy(logits))[:, 0].numpy()
+
+
+def default_providers(device: torch.device) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = [*GPU_PROVIDERS, CPU_PROVIDER] if device.type == "cuda" else [CPU_PROVIDER]
+    return [p for p in wanted if p in available]
+
+
+class OnnxRuntime(Runtime):
+    name = "onnx"
+
+    def load(self) -> None:
+        from serve_app.export import export_paths, source_fingerprint
+
+        export_dir = self.settings.export_dir
+        if export_dir is None:
+            raise ConfigurationError("the onnx runtime needs an export directory")
+        onnx_path, manifest_path = export_paths(export_dir, self.settings.weights, self.settings.base_size)
+        command = self.settings.export_command or "python -m serve_app.export --help"
+        if not (onnx_path.is_file() and manifest_path.is_file()):
+            raise ConfigurationError(f"no ONNX export at {onnx_path}: run `{command}` once (about a minute and a half)")
+        manifest = json.loads(manifest_path.read_text())
+        expected = source_fingerprint(self.settings.weights)
+        if manifest.get("source_sha256") != expected:
+            raise ConfigurationError(
+                f"{onnx_path} was exported from other weights (sha256 {manifest.get('source_sha256')}, these are "
+                f"{expected}): run `{command}` again"
+            )
+        if not self.settings.static_size and not manifest.get("dynamic_size"):
+            raise ConfigurationError(f"{onnx_path} has a fixed input size but this tier's varies: run `{command}`")
+        providers = list(self.settings.onnx_providers or default_providers(self.device))
+        if not providers:
+            raise ConfigurationError(f"no usable onnxruntime provider for {self.device}")
+        threads = self.cpu_threads if self.device.type == "cpu" else None
+        self.session = OnnxSession(onnx_path, providers, threads)
+        if self.device.type == "cuda" and self.session.providers[0] == CPU_PROVIDER:
+            raise ConfigurationError(
+                "onnxruntime runs this CUDA tier on the CPU: install onnxruntime-gpu (pip install 'bgserve[gpu]')"
+            )
+        logger.info(
+            "onnx: %s on %s (export parity %.2e)", onnx_path, self.session.providers, manifest["parity_max_abs"]
+        )
+
+    def _predict(self, images: np.ndarray) -> np.ndarray:
+        return self.session.masks(images)

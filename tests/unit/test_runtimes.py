@@ -1,0 +1,213 @@
+"""Every runtime held to eager fp32 on weights that segment, and batched == single for each.
+
+ONNX and TorchScript must match eager to 1e-4 (max abs on the mask); bf16 and INT8 to one grey level on
+average with the same thresholded mask (IoU >= 0.99). torch.compile (minutes of compiling on CPU) is behind
+`-m slow`, fp16 behind `-m gpu`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from serve_app.errors import ConfigurationError
+from serve_app.export import export, export_paths
+from serve_app.runtimes import RUNTIMES, Runtime, RuntimeSettings, create_runtime
+from serve_app.runtimes import eager as eager_module
+from serve_app.runtimes.eager import native_bf16
+from serve_app.runtimes.parity import EXACT_MAX_ABS, EXACT_RUNTIMES, compare
+from serve_app.schemas import RuntimeName
+from serve_app.tiers import Tier
+from serve_app.weights import ResolvedWeights
+from tests.unit.test_runtime import SIZE, mixed_batch
+
+
+def test_registry_matches_the_config_choices() -> None:
+    assert set(RUNTIMES) | {"auto"} == {r.value for r in RuntimeName}
+
+
+@pytest.fixture(scope="module")
+def weights(segmenting_weights: Path) -> ResolvedWeights:
+    return ResolvedWeights(segmenting_weights, "test-segmenting.pth")
+
+
+@pytest.fixture(scope="module")
+def batch() -> np.ndarray:
+    return mixed_batch()
+
+
+@pytest.fixture(scope="module")
+def reference(weights: ResolvedWeights, batch: np.ndarray) -> np.ndarray:
+    eager = create_runtime("eager", RuntimeSettings(weights, SIZE, "cpu"))
+    eager.load()
+    return eager.predict(batch)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory, weights: ResolvedWeights) -> Path:
+    """One ONNX export of the fast tier at the test size (about a minute here)."""
+    directory = tmp_path_factory.mktemp("onnx")
+    manifest = export(Tier.FAST, weights, SIZE, directory)
+    assert manifest.parity_max_abs <= EXACT_MAX_ABS and manifest.source == "test-segmenting.pth"
+    return directory
+
+
+def loaded(name: str, weights: ResolvedWeights, export_dir: Path | None = None) -> Runtime:
+    runtime = create_runtime(name, RuntimeSettings(weights, SIZE, "cpu", export_dir=export_dir))
+    runtime.load()
+    return runtime
+
+
+def check(runtime: Runtime, batch: np.ndarray, reference: np.ndarray) -> None:
+    """Parity with eager on a mixed batch, and each image of the batch as it comes out alone: exactly (1e-5)
+    for fp32 runtimes, within the runtime's own parity bound for reduced precision (a batch may round
+    differently, and min-max normalisation magnifies that on a background-only image)."""
+    masks = runtime.predict(batch)
+    assert masks.shape == reference.shape and masks.dtype == np.float32
+    report = compare(runtime.name, reference, masks)
+    print(report)  # the max abs of reduced-precision runtimes, reported
+    assert report.holds, report
+    singles = np.stack([runtime.predict(batch[i : i + 1])[0] for i in range(len(batch))])
+    if runtime.name in EXACT_RUNTIMES:
+        assert np.abs(masks - singles).max() <= 1e-5, runtime.name
+    else:
+        assert compare(runtime.name, singles, masks).holds, compare(runtime.name, singles, masks)
+
+
+@pytest.mark.parametrize("name", ["torchscript", "int8"])
+def test_torch_runtimes_hold_parity(
+    name: str, weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray
+) -> None:
+    check(loaded(name, weights), batch, reference)
+
+
+def test_bf16_holds_parity_where_the_cpu_has_it(
+    weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray
+) -> None:
+    if not native_bf16(torch.device("cpu")):  # emulated bf16 is ~80x slower: refused, and tested under -m slow
+        with pytest.raises(ConfigurationError, match="emulated"):
+            loaded("bf16", weights)
+        return
+    check(loaded("bf16", weights), batch, reference)
+
+
+@pytest.mark.slow
+def test_bf16_numerics_hold_parity_even_emulated(
+    weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same autocast numbers, computed slowly where the CPU lacks bf16 (a few minutes)."""
+    monkeypatch.setattr(eager_module, "native_bf16", lambda device: True)
+    check(loaded("bf16", weights), batch, reference)
+
+
+def test_onnx_holds_parity(
+    export_dir: Path, weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray
+) -> None:
+    check(loaded("onnx", weights, export_dir), batch, reference)
+
+
+def test_onnx_without_export_says_what_to_run(tmp_path: Path, weights: ResolvedWeights) -> None:
+    settings = RuntimeSettings(weights, SIZE, "cpu", export_dir=tmp_path, export_command="python -m serve_app.export X")
+    with pytest.raises(ConfigurationError, match=r"python -m serve_app\.export X"):
+        create_runtime("onnx", settings).load()
+
+
+def test_onnx_export_of_other_weights_is_refused(export_dir: Path, weights: ResolvedWeights, tmp_path: Path) -> None:
+    _, manifest_path = export_paths(export_dir, weights, SIZE)
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    for path in export_dir.iterdir():
+        (stale / path.name).write_bytes(path.read_bytes())
+    manifest = json.loads(manifest_path.read_text())
+    (stale / manifest_path.name).write_text(json.dumps({**manifest, "source_sha256": "0" * 64}))
+    with pytest.raises(ConfigurationError, match="exported from other weights"):
+        loaded("onnx", weights, stale)
+
+
+def test_fp16_needs_cuda(weights: ResolvedWeights) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigurationError, match="CUDA"):
+        loaded("fp16", weights)
+
+
+@pytest.mark.slow
+def test_compile_holds_parity(weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray) -> None:
+    check(loaded("compile", weights), batch, reference)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_holds_parity_on_cuda(weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray) -> None:
+    runtime = create_runtime("fp16", RuntimeSettings(weights, SIZE, "cuda"))
+    runtime.load()
+    check(runtime, batch, reference)
+
+
+def test_auto_ranks_measured_runtimes_that_held_parity() -> None:
+    from serve_app.runtimes.auto import ranked_runtimes
+
+    here, other = "cpu:Test CPU x2", "cuda:Other GPU"
+    measurements = [
+        {
+            "device": here,
+            "tier": "fast",
+            "runtime": "eager",
+            "batch": 1,
+            "seconds_per_image": 2.0,
+            "holds_parity": True,
+        },
+        {"device": here, "tier": "fast", "runtime": "bf16", "batch": 1, "seconds_per_image": 1.1, "holds_parity": True},
+        {
+            "device": here,
+            "tier": "fast",
+            "runtime": "int8",
+            "batch": 1,
+            "seconds_per_image": 0.5,
+            "holds_parity": False,
+        },
+        {"device": here, "tier": "fast", "runtime": "onnx", "batch": 1, "seconds_per_image": 1.3, "holds_parity": True},
+        {"device": here, "tier": "fast", "runtime": "onnx", "batch": 4, "seconds_per_image": 0.2, "holds_parity": True},
+        {
+            "device": other,
+            "tier": "fast",
+            "runtime": "fp16",
+            "batch": 1,
+            "seconds_per_image": 0.1,
+            "holds_parity": True,
+        },
+        {
+            "device": here,
+            "tier": "balanced",
+            "runtime": "int8",
+            "batch": 1,
+            "seconds_per_image": 9,
+            "holds_parity": True,
+        },
+    ]
+    assert ranked_runtimes(measurements, here, "fast") == ["bf16", "onnx", "eager"]
+    assert ranked_runtimes(measurements, here, "quality") == []
+
+
+def test_auto_skips_what_does_not_load_and_falls_back_to_eager(segmenting_weights: Path, tmp_path: Path) -> None:
+    """Measured fastest here: onnx (no export made) then int8; auto must land on int8."""
+    from serve_app.runtimes.auto import MEASUREMENTS_FILE, device_signature
+    from serve_app.schemas import TierConfig, TierModelArgs
+    from serve_app.tier_model import TierModel
+
+    (tmp_path / "seg.pth").symlink_to(segmenting_weights)
+    here = device_signature(torch.device("cpu"))
+    rows = [
+        {"device": here, "tier": "fast", "runtime": r, "batch": 1, "seconds_per_image": s, "holds_parity": True}
+        for r, s in (("onnx", 0.5), ("int8", 0.8), ("eager", 2.0))
+    ]
+    (tmp_path / MEASUREMENTS_FILE).write_text(json.dumps({"measurements": rows}))
+    config = TierConfig(weights="seg.pth", runtime="auto", base_size=SIZE, warmup=False)
+    model = TierModel(TierModelArgs(tier=Tier.FAST, config=config, weights_dir=tmp_path))
+    assert model.runtime.name == "int8"
+    (tmp_path / MEASUREMENTS_FILE).unlink()
+    assert TierModel(TierModelArgs(tier=Tier.FAST, config=config, weights_dir=tmp_path)).runtime.name == "eager"
