@@ -5,8 +5,8 @@
     python -m serve_app.export --tier fast --weights ./mine.pth --base-size 128
 
 Writes ``<weights_dir>/onnx/<checkpoint>-<base_size>.onnx`` (+ ``.onnx.data``, the weights) and a manifest
-``.json`` beside it: the source checkpoint's sha256, the input size, which axes are dynamic (always the batch;
-height and width too for the quality tier), the opset, and the parity with eager fp32 measured at export. The
+``.json`` beside it: the source checkpoint's sha256, the input size, the dynamic axes (the batch: the quality
+tier's varying size does not export), the opset, and the parity with eager fp32 measured at export. The
 ``onnx`` runtime refuses an export whose manifest names other weights and says which command to run.
 
 TorchScript's legacy exporter fails on this model; the dynamo exporter (``dynamo=True``) works.
@@ -42,7 +42,7 @@ class Manifest:
     source: str  # the weights label: checkpoint file name, or "untrained"
     source_sha256: str  # of the checkpoint file; "untrained" for the seeded model
     base_size: int
-    dynamic_size: bool  # height and width are dynamic axes (the batch always is)
+    dynamic_size: bool  # height and width dynamic too (never, so far: only the batch axis is)
     opset: int
     torch: str
     parity_max_abs: float  # largest difference of the normalised mask vs eager fp32, measured at export
@@ -70,14 +70,16 @@ def export_command(tier: Tier, weights_choice: str, weights_dir: Path, base_size
 def export(tier: Tier, weights: ResolvedWeights, base_size: int, export_dir: Path) -> Manifest:
     from serve_app.runtimes.model import LogitsModel, load_model, normalise_per_sample, to_model_tensor
 
-    dynamic_size = isinstance(CATALOGUE[tier].resize, DynamicResize)
+    if isinstance(CATALOGUE[tier].resize, DynamicResize):
+        raise ConfigurationError(
+            f"the {tier.value} tier's input size varies, and this model does not export with a dynamic height and "
+            f"width (SwinTransformer computes its padding with numpy, which fixes the size): run it with eager or "
+            f"int8 (bf16 on hardware that has it)"
+        )
+    dynamic_size = False  # the batch is the only dynamic axis
     model = LogitsModel(load_model(weights, base_size)).eval()
     example = torch.zeros(2, 3, base_size, base_size)
-    batch = torch.export.Dim("batch", min=1, max=64)
-    axes: dict[int, object] = {0: batch}
-    if dynamic_size:  # multiples of 32, as the dynamic resize produces
-        axes[2] = 32 * torch.export.Dim("h32", min=1, max=128)
-        axes[3] = 32 * torch.export.Dim("w32", min=1, max=128)
+    axes: dict[int, object] = {0: torch.export.Dim("batch", min=1, max=64)}
     onnx_path, manifest_path = export_paths(export_dir, weights, base_size)
     export_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

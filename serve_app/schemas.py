@@ -119,6 +119,8 @@ class TierConfig(BaseModel):
     )
     allow_download: bool = Field(True, description="Download a missing checkpoint; off: fail with what to do.")
     runtime: RuntimeName = Field(RuntimeName.EAGER, description="How the model runs; see docs/benchmarks.md.")
+    cudnn_benchmark: bool = Field(True, description="CUDA: cuDNN autotuning per input shape.")
+    allow_tf32: bool = Field(False, description="CUDA: TF32 matmuls (faster on Ampere+, not bit-comparable to fp32).")
     onnx_providers: list[str] | None = Field(
         None, description="onnx runtime: execution providers in order; default TensorRT, CUDA, CPU as present."
     )

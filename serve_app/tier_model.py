@@ -92,6 +92,8 @@ class TierModel:
             export_dir=args.weights_dir / EXPORT_DIR,
             export_command=export_command(args.tier, config.weights, args.weights_dir, args.base_size),
             onnx_providers=tuple(config.onnx_providers) if config.onnx_providers else None,
+            cudnn_benchmark=config.cudnn_benchmark,
+            allow_tf32=config.allow_tf32,
         )
         if config.runtime == RuntimeName.AUTO:
             self.runtime = self._load_auto(settings)

@@ -18,7 +18,7 @@ import torch
 
 from serve_app.errors import ConfigurationError
 from serve_app.runtimes.base import Runtime
-from serve_app.runtimes.model import LogitsModel, load_model, normalise_per_sample, to_model_tensor
+from serve_app.runtimes.model import LogitsModel, PinnedStaging, load_model, normalise_per_sample, to_model_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class EagerRuntime(Runtime):
         inspyrenet = load_model(self.settings.weights, self.settings.base_size).to(self.device)
         model = LogitsModel(inspyrenet).eval()
         self.model = model
+        self.staging = PinnedStaging()
         self.forward: Forward = self.prepare(model)
 
     def prepare(self, model: LogitsModel) -> Forward:
@@ -47,7 +48,7 @@ class EagerRuntime(Runtime):
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = to_model_tensor(images, self.device)
+            x = to_model_tensor(images, self.device, self.staging)
             with self.precision():
                 logits = self.forward(x)
             return normalise_per_sample(logits)[:, 0].cpu().numpy()

@@ -61,6 +61,8 @@ class OnnxRuntime(Runtime):
     def load(self) -> None:
         from serve_app.export import export_paths, source_fingerprint
 
+        if not self.settings.static_size:
+            raise ConfigurationError("onnx: this tier's input size varies and the model exports only at a fixed size")
         export_dir = self.settings.export_dir
         if export_dir is None:
             raise ConfigurationError("the onnx runtime needs an export directory")
@@ -75,8 +77,6 @@ class OnnxRuntime(Runtime):
                 f"{onnx_path} was exported from other weights (sha256 {manifest.get('source_sha256')}, these are "
                 f"{expected}): run `{command}` again"
             )
-        if not self.settings.static_size and not manifest.get("dynamic_size"):
-            raise ConfigurationError(f"{onnx_path} has a fixed input size but this tier's varies: run `{command}`")
         providers = list(self.settings.onnx_providers or default_providers(self.device))
         if not providers:
             raise ConfigurationError(f"no usable onnxruntime provider for {self.device}")

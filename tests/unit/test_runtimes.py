@@ -211,3 +211,11 @@ def test_auto_skips_what_does_not_load_and_falls_back_to_eager(segmenting_weight
     assert model.runtime.name == "int8"
     (tmp_path / MEASUREMENTS_FILE).unlink()
     assert TierModel(TierModelArgs(tier=Tier.FAST, config=config, weights_dir=tmp_path)).runtime.name == "eager"
+
+
+def test_quality_tier_refuses_onnx_clearly(weights: ResolvedWeights, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="input size varies"):
+        export(Tier.QUALITY, weights, SIZE, tmp_path)
+    dynamic = RuntimeSettings(weights, SIZE, "cpu", static_size=False, export_dir=tmp_path)
+    with pytest.raises(ConfigurationError, match="varies"):
+        create_runtime("onnx", dynamic).load()

@@ -1,0 +1,235 @@
+"""End-to-end benchmark over HTTP against the running service (the CPU config), in one run:
+
+- per tier: latency p50/p95 at concurrency 1, and images/s at concurrency 1, 4 and 16, on 1920x1080 photos;
+- the bare runtime's images/s on the same photos (model only, this process, the service idle);
+- ``transparent_background.Remover(mode).process`` per image on the same photos and weights;
+- the serving overhead, 1 - HTTP images/s / bare runtime images/s, and where the time goes (decode, resize,
+  queue, model, upsample, effect, encode: means of the service's Server-Timing headers).
+
+    python bench/serve.py                                     # fast tier, its configured runtime, mask + rgba
+    python bench/serve.py --tiers fast,balanced --runtime fast=onnx --effects mask
+
+Writes ``<out>/serve.json``, ``serve.md`` and ``serve.png``. Without --weights it uses the segmenting test
+weights (the real checkpoints' architecture and cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.runtimes import PHOTOS, photo_1080p  # noqa: E402
+
+PORT = 8797
+REMOVER_MODES = {"fast": ("fast", "static"), "balanced": ("base", "static"), "quality": ("base-nightly", "dynamic")}
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def start_service(weights: str, runtimes: dict[str, str], tiers: list[str]) -> None:
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+    from serve_app.schemas import AppConfig
+
+    config = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())["applications"][0]
+    args = config["args"]
+    args["tiers"] = {t: {**args["tiers"][t], "weights": weights, "runtime": runtimes.get(t, "eager")} for t in tiers}
+    args["default_tier"] = tiers[0]
+    if runtimes.get("onnx_dir"):
+        args["weights_dir"] = runtimes["onnx_dir"]
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT, "request_timeout_s": 900})
+    serve.run(build_app(AppConfig.model_validate(args)), name="bench", route_prefix="/")
+
+
+def request(client: httpx.Client, data: bytes, tier: str, effect: str) -> tuple[float, dict[str, float]]:
+    started = time.perf_counter()
+    response = client.post("/v1/remove", params={"tier": tier, "effect": effect}, content=data)
+    seconds = time.perf_counter() - started
+    response.raise_for_status()
+    steps = {k: float(v) / 1000 for k, v in (p.split(";dur=") for p in response.headers["server-timing"].split(", "))}
+    return seconds, steps
+
+
+def load(client: httpx.Client, uploads: list[bytes], tier: str, effect: str, concurrency: int, count: int) -> dict:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda i: request(client, uploads[i % len(uploads)], tier, effect), range(count)))
+    wall = time.perf_counter() - started
+    latencies = sorted(r[0] for r in results)
+    steps = {k: statistics.mean(r[1][k] for r in results) for k in results[0][1]}
+    return {
+        "concurrency": concurrency,
+        "requests": count,
+        "images_per_s": count / wall,
+        "p50_s": latencies[len(latencies) // 2],
+        "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+        "steps_s": steps,
+    }
+
+
+def bare_runtime(tier: str, runtime_name: str, weights: str, weights_dir: Path, count: int) -> float:
+    """Images/s of the runtime alone, batch 1, on the photos resized as the ingress sends them."""
+    from serve_app.resize import to_model_input
+    from serve_app.runtimes import RuntimeSettings, create_runtime
+    from serve_app.tiers import CATALOGUE, DynamicResize, Tier
+    from serve_app.weights import ResolvedWeights
+
+    spec = CATALOGUE[Tier(tier)]
+    runtime = create_runtime(
+        runtime_name,
+        RuntimeSettings(
+            ResolvedWeights(Path(weights), Path(weights).name),
+            spec.base_size,
+            "cpu",
+            static_size=not isinstance(spec.resize, DynamicResize),
+            export_dir=weights_dir / "onnx",
+        ),
+    )
+    runtime.load()
+    inputs = [to_model_input(photo_1080p(p), spec.resize, spec.base_size)[None] for p in PHOTOS[:count]]
+    runtime.predict(inputs[0])
+    started = time.perf_counter()
+    for x in inputs:
+        runtime.predict(x)
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def remover_seconds(tier: str, weights: str, photos: list[np.ndarray], effect: str) -> float:
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transparent_background import Remover
+    mode, resize = REMOVER_MODES[tier]
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["TRANSPARENT_BACKGROUND_FILE_PATH"] = home
+        remover = Remover(mode=mode, ckpt=weights, resize=resize, device="cpu")
+        kind = "map" if effect == "mask" else effect
+        remover.process(Image.fromarray(photos[0]), type=kind)
+        started = time.perf_counter()
+        for photo in photos:
+            remover.process(Image.fromarray(photo), type=kind)
+        return (time.perf_counter() - started) / len(photos)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiers", default="fast")
+    parser.add_argument("--effects", default="mask,rgba")
+    parser.add_argument("--runtime", action="append", default=[], help="TIER=RUNTIME (default eager)")
+    parser.add_argument("--weights-dir", type=Path, default=None, help="where ONNX exports live (for onnx)")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--photos", type=int, default=4)
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    if args.weights is None:
+        from tests.support.segmenting_weights import segmenting_checkpoint
+
+        args.weights = str(segmenting_checkpoint()[0])
+    tiers = args.tiers.split(",")
+    runtimes: dict[str, str] = dict(r.split("=") for r in args.runtime)
+    weights_dir = args.weights_dir or Path(tempfile.mkdtemp())
+    photos = [photo_1080p(p) for p in PHOTOS[: args.photos]]
+    uploads = [jpeg(p) for p in photos]
+    start_service(args.weights, {**runtimes, "onnx_dir": str(weights_dir)}, tiers)
+    rows: list[dict[str, Any]] = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=900) as client:
+        for tier in tiers:
+            for effect in args.effects.split(","):
+                request(client, uploads[0], tier, effect)  # warm-up
+                for concurrency in (int(c) for c in args.concurrency.split(",")):
+                    count = max(args.photos, 2 * concurrency)
+                    row = {
+                        "tier": tier,
+                        "effect": effect,
+                        "runtime": runtimes.get(tier, "eager"),
+                        **load(client, uploads, tier, effect, concurrency, count),
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    from ray import serve
+
+    serve.shutdown()
+    summary = []
+    for tier in tiers:
+        runtime = runtimes.get(tier, "eager")
+        bare = bare_runtime(tier, runtime, args.weights, weights_dir, args.photos)
+        for effect in args.effects.split(","):
+            remover = remover_seconds(tier, args.weights, photos, effect)
+            for row in (r for r in rows if r["tier"] == tier and r["effect"] == effect):
+                row["bare_runtime_images_per_s"] = bare
+                row["overhead"] = 1 - row["images_per_s"] / bare
+                row["remover_seconds_per_image"] = remover
+                row["speedup_vs_remover"] = remover * row["images_per_s"]
+            summary.append((tier, effect, runtime, bare, remover))
+    report = {"rows": rows, "weights": args.weights, "cpus": os.cpu_count(), "when": time.strftime("%F %T")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        "| tier | effect | runtime | concurrency | p50 s | p95 s | images/s | bare runtime images/s | overhead |"
+        " Remover s/image | vs Remover | decode | resize | queue | model | upsample | effect | encode |",
+        "|" + "---|" * 18,
+    ]
+    for r in rows:
+        s = r["steps_s"]
+        lines.append(
+            f"| {r['tier']} | {r['effect']} | {r['runtime']} | {r['concurrency']} | {r['p50_s']:.2f} | {r['p95_s']:.2f}"
+            f" | {r['images_per_s']:.2f} | {r['bare_runtime_images_per_s']:.2f} | {r['overhead']:.0%} |"
+            f" {r['remover_seconds_per_image']:.2f} | {r['speedup_vs_remover']:.2f}x | "
+            + " | ".join(
+                f"{s[k] * 1000:.0f}" for k in ("decode", "resize", "queue", "model", "upsample", "effect", "encode")
+            )
+            + " |"
+        )
+    table = "\n".join(lines) + "\n\nSteps in ms (means of Server-Timing). 1920x1080 JPEGs, configs/cpu.yaml.\n"
+    (args.out / "serve.md").write_text(table)
+    print(table)
+    chart(rows, args.out / "serve.png")
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in sorted({(r["tier"], r["effect"]) for r in rows}):
+        mine = [r for r in rows if (r["tier"], r["effect"]) == key]
+        ax.plot([r["concurrency"] for r in mine], [r["images_per_s"] for r in mine], "o-", label=f"{key[0]} {key[1]}")
+        ax.axhline(1 / mine[0]["remover_seconds_per_image"], linestyle=":", color=ax.lines[-1].get_color())
+    ax.set(xscale="log", xlabel="concurrent requests", ylabel="images/s", title="HTTP images/s (dotted: Remover)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
