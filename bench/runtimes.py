@@ -164,12 +164,13 @@ def remover_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     from PIL import Image
 
+    from serve_app.tiers import Tier
+    from tests.support.reference import REMOVER_MODES
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from transparent_background import Remover
-    mode, resize = {"fast": ("fast", "static"), "balanced": ("base", "static"), "quality": ("base-nightly", "dynamic")}[
-        args.tier
-    ]
+    mode, resize = REMOVER_MODES[Tier(args.tier)]
     os.environ["TRANSPARENT_BACKGROUND_FILE_PATH"] = args.scratch  # its stock config.yaml
     remover = Remover(mode=mode, ckpt=args.weights, resize=resize, device=args.device)
     image = Image.fromarray(photo_1080p())

@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.runtimes import PHOTOS, photo_1080p  # noqa: E402
+from serve_app.tiers import Tier  # noqa: E402
+from tests.support.reference import REMOVER_MODES  # noqa: E402
 
 PORT = 8797
-REMOVER_MODES = {"fast": ("fast", "static"), "balanced": ("base", "static"), "quality": ("base-nightly", "dynamic")}
 
 
 def jpeg(image: np.ndarray) -> bytes:
@@ -126,7 +127,7 @@ def remover_seconds(tier: str, weights: str, photos: list[np.ndarray], effect: s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from transparent_background import Remover
-    mode, resize = REMOVER_MODES[tier]
+    mode, resize = REMOVER_MODES[Tier(tier)]
     with tempfile.TemporaryDirectory() as home:
         os.environ["TRANSPARENT_BACKGROUND_FILE_PATH"] = home
         remover = Remover(mode=mode, ckpt=weights, resize=resize, device="cpu")
