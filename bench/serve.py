@@ -50,7 +50,7 @@ def jpeg(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def start_service(weights: str, runtimes: dict[str, str], tiers: list[str]) -> None:
+def start_service(weights: str, runtimes: dict[str, str], tiers: list[str], weights_dir: Path) -> None:
     import ray
     from ray import serve
 
@@ -61,8 +61,7 @@ def start_service(weights: str, runtimes: dict[str, str], tiers: list[str]) -> N
     args = config["args"]
     args["tiers"] = {t: {**args["tiers"][t], "weights": weights, "runtime": runtimes.get(t, "eager")} for t in tiers}
     args["default_tier"] = tiers[0]
-    if runtimes.get("onnx_dir"):
-        args["weights_dir"] = runtimes["onnx_dir"]
+    args["weights_dir"] = str(weights_dir)  # where the onnx runtime finds its export
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT, "request_timeout_s": 900})
     serve.run(build_app(AppConfig.model_validate(args)), name="bench", route_prefix="/")
@@ -96,6 +95,7 @@ def load(client: httpx.Client, uploads: list[bytes], tier: str, effect: str, con
 
 def bare_runtime(tier: str, runtime_name: str, weights: str, weights_dir: Path, count: int) -> float:
     """Images/s of the runtime alone, batch 1, on the photos resized as the ingress sends them."""
+    from serve_app.export import EXPORT_DIR
     from serve_app.resize import to_model_input
     from serve_app.runtimes import RuntimeSettings, create_runtime
     from serve_app.tiers import CATALOGUE, DynamicResize, Tier
@@ -109,7 +109,7 @@ def bare_runtime(tier: str, runtime_name: str, weights: str, weights_dir: Path, 
             spec.base_size,
             "cpu",
             static_size=not isinstance(spec.resize, DynamicResize),
-            export_dir=weights_dir / "onnx",
+            export_dir=weights_dir / EXPORT_DIR,
         ),
     )
     runtime.load()
@@ -159,7 +159,7 @@ def main() -> None:
     weights_dir = args.weights_dir or Path(tempfile.mkdtemp())
     photos = [photo_1080p(p) for p in PHOTOS[: args.photos]]
     uploads = [jpeg(p) for p in photos]
-    start_service(args.weights, {**runtimes, "onnx_dir": str(weights_dir)}, tiers)
+    start_service(args.weights, runtimes, tiers, weights_dir)
     rows: list[dict[str, Any]] = []
     with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=900) as client:
         for tier in tiers:

@@ -42,7 +42,6 @@ class Manifest:
     source: str  # the weights label: checkpoint file name, or "untrained"
     source_sha256: str  # of the checkpoint file; "untrained" for the seeded model
     base_size: int
-    dynamic_size: bool  # height and width dynamic too (never, so far: only the batch axis is)
     opset: int
     torch: str
     parity_max_abs: float  # largest difference of the normalised mask vs eager fp32, measured at export
@@ -76,10 +75,9 @@ def export(tier: Tier, weights: ResolvedWeights, base_size: int, export_dir: Pat
             f"width (SwinTransformer computes its padding with numpy, which fixes the size): run it with eager or "
             f"int8 (bf16 on hardware that has it)"
         )
-    dynamic_size = False  # the batch is the only dynamic axis
     model = LogitsModel(load_model(weights, base_size)).eval()
     example = torch.zeros(2, 3, base_size, base_size)
-    axes: dict[int, object] = {0: torch.export.Dim("batch", min=1, max=64)}
+    axes: dict[int, object] = {0: torch.export.Dim("batch", min=1, max=64)}  # the only dynamic axis
     onnx_path, manifest_path = export_paths(export_dir, weights, base_size)
     export_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -111,7 +109,6 @@ def export(tier: Tier, weights: ResolvedWeights, base_size: int, export_dir: Pat
         source=weights.label,
         source_sha256=source_fingerprint(weights),
         base_size=base_size,
-        dynamic_size=dynamic_size,
         opset=OPSET,
         torch=torch.__version__,
         parity_max_abs=float(np.abs(got - expected).max()),
