@@ -114,8 +114,9 @@ class Int8Runtime(EagerRuntime):
 
 
 class TorchScriptRuntime(EagerRuntime):
-    """``torch.jit.trace``. A trace fixes every shape, the batch size included (a trace made at batch 1 gives
-    wrong masks at batch 4), so there is one trace per input shape, made on first use (seconds) and kept. A tier
+    """``torch.jit.trace``. A trace bakes in the sizes it saw (Swin's window_reverse would bake in the batch size
+    without the integer patch in model.py), so there is one trace per input shape, made on first use (seconds) and
+    kept: no size is ever run through a trace made for another. A tier
     whose input size varies (quality), or a trace that fails, runs eager instead and the log says why."""
 
     name = "torchscript"
