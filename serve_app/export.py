@@ -103,7 +103,7 @@ def export(tier: Tier, weights: ResolvedWeights, base_size: int, export_dir: Pat
         expected = normalise_per_sample(model(to_model_tensor(images, torch.device("cpu"))))[:, 0].numpy()
     from serve_app.runtimes.onnx import OnnxSession
 
-    got = OnnxSession(onnx_path, providers=["CPUExecutionProvider"], threads=None).masks(images)
+    got = OnnxSession(onnx_path, ["CPUExecutionProvider"], None, torch.device("cpu")).masks(images)
     manifest = Manifest(
         tier=tier.value,
         source=weights.label,
