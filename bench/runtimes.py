@@ -101,7 +101,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     def make(base_size: int) -> tuple[Any, float | None, float]:
         export_seconds = None
-        if args.runtime == "onnx" and not export_paths(export_dir, weights, base_size)[0].exists():
+        if args.runtime in ("onnx", "onnx_int8") and not export_paths(export_dir, weights, base_size)[0].exists():
             started = time.perf_counter()
             export(tier, weights, base_size, export_dir)
             export_seconds = time.perf_counter() - started

@@ -37,6 +37,7 @@ class RuntimeName(str, Enum):
     EAGER = "eager"  # PyTorch fp32: the reference
     TORCHSCRIPT = "torchscript"  # traced at the tier's size (the quality tier runs eager)
     ONNX = "onnx"  # ONNX Runtime on an export from `python -m serve_app.export`
+    ONNX_INT8 = "onnx_int8"  # CPU only: the same export with INT8 MatMul weights, quantised at first load
     FP16 = "fp16"  # CUDA only
     BF16 = "bf16"
     INT8 = "int8"  # CPU only: dynamic quantisation of the Linear layers

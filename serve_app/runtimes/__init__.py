@@ -12,11 +12,20 @@ from serve_app.runtimes.eager import (
     Int8Runtime,
     TorchScriptRuntime,
 )
-from serve_app.runtimes.onnx import OnnxRuntime
+from serve_app.runtimes.onnx import OnnxInt8Runtime, OnnxRuntime
 
 RUNTIMES: dict[str, type[Runtime]] = {
     cls.name: cls
-    for cls in (EagerRuntime, TorchScriptRuntime, OnnxRuntime, BF16Runtime, FP16Runtime, Int8Runtime, CompileRuntime)
+    for cls in (
+        EagerRuntime,
+        TorchScriptRuntime,
+        OnnxRuntime,
+        OnnxInt8Runtime,
+        BF16Runtime,
+        FP16Runtime,
+        Int8Runtime,
+        CompileRuntime,
+    )
 }
 
 

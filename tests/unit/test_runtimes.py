@@ -110,6 +110,28 @@ def test_onnx_holds_parity(
     check(loaded("onnx", weights, export_dir), batch, reference)
 
 
+def test_onnx_int8_stays_near_eager_and_keeps_its_quantised_model(
+    export_dir: Path, weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray
+) -> None:
+    """onnx_int8 is an explicit opt-in: on these weights it misses the reduced-precision bound (mean abs 0.0054 >
+    1/255, IoU 0.989 < 0.99 at 128 px), so `auto` never picks it here. It is held to the looser bound the docs
+    state, and each image of a batch gets exactly its single-image result."""
+    runtime = loaded("onnx_int8", weights, export_dir)
+    masks = runtime.predict(batch)
+    report = compare("onnx_int8", reference, masks)
+    print(report)
+    assert report.mean_abs <= 2 / 255 and report.iou >= 0.98, report
+    singles = np.stack([runtime.predict(batch[i : i + 1])[0] for i in range(len(batch))])
+    assert np.array_equal(masks, singles)
+    quantised = sorted(export_dir.glob("*-int8-*.onnx"))
+    assert len(quantised) == 1 and not list(export_dir.glob(".quantising-*"))
+    fp32_weights = export_paths(export_dir, weights, SIZE)[0].with_suffix(".onnx.data")
+    assert quantised[0].stat().st_size < 0.5 * fp32_weights.stat().st_size
+    before = quantised[0].stat().st_mtime_ns
+    loaded("onnx_int8", weights, export_dir)  # a second load reuses the quantised model
+    assert quantised[0].stat().st_mtime_ns == before
+
+
 def test_onnx_without_export_says_what_to_run(tmp_path: Path, weights: ResolvedWeights) -> None:
     settings = RuntimeSettings(weights, SIZE, "cpu", export_dir=tmp_path, export_command="python -m serve_app.export X")
     with pytest.raises(ConfigurationError, match=r"python -m serve_app\.export X"):
