@@ -7,10 +7,15 @@ says which export command to run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +49,12 @@ class OnnxSession:
         if threads:
             options.intra_op_num_threads = threads
         self.device = device
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.device_index = device.index if device.index is not None else 0  # Ray shows a replica its GPU as 0
+        # The GPU providers run on the tier's GPU, the one the IO binding below points at.
+        provider_options = [{"device_id": str(self.device_index)} if p in GPU_PROVIDERS else {} for p in providers]
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=providers, provider_options=provider_options
+        )
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.staging = PinnedStaging()
@@ -61,7 +71,7 @@ class OnnxSession:
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
             binding = self.session.io_binding()
-            index = self.device.index or 0
+            index = self.device_index
             binding.bind_input(self.input_name, self.device.type, index, np.float32, tuple(x.shape), x.data_ptr())
             binding.bind_output(
                 self.output_name, self.device.type, index, np.float32, tuple(logits.shape), logits.data_ptr()
@@ -149,30 +159,54 @@ class OnnxInt8Runtime(OnnxRuntime):
             "onnx_int8 is opt-in: its INT8 weights move masks slightly away from eager fp32 (on the test weights "
             "mean abs 0.0054, IoU 0.989); use onnx for masks that match transparent-background"
         )
-        quantised = onnx_path.with_name(f"{onnx_path.stem}-int8-{manifest['source_sha256'][:12]}.onnx")
-        if not quantised.is_file():
-            quantise_matmul_weights(onnx_path, quantised)
+        # Named by the export's manifest (checkpoint checksum, torch, opset, export time): a new export, a new file.
+        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
+        quantised = onnx_path.with_name(f"{onnx_path.stem}-int8-{digest}.onnx")
+        try:
+            with _directory_lock(onnx_path.parent):  # replicas starting together quantise once
+                if not quantised.is_file():
+                    quantise_matmul_weights(onnx_path, quantised)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"onnx_int8 could not write its quantised model beside {onnx_path} ({exc}): make "
+                f"{onnx_path.parent} writable, or start once where it is"
+            ) from exc
         return quantised
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
         return np.concatenate([self.session.masks(images[i : i + 1]) for i in range(len(images))])
 
 
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    with open(directory / ".quantising.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def quantise_matmul_weights(source: Path, target: Path) -> None:
-    """Dynamic INT8 quantisation of every MatMul with a constant weight, written atomically (two replicas may
-    start at once)."""
+    """Dynamic INT8 quantisation of every MatMul with a constant weight, written to a staging file and renamed
+    into place, so a reader never sees half a model."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".quantising-"))
     try:
         staged = staging / target.name
         quantize_dynamic(
-            source,
+            # A loaded model, not the path: given a path, the quantiser writes a shape-inferred copy beside the
+            # source under a fixed name; given a model, it uses a private temporary directory.
+            onnx.load(str(source)),
             staged,
             op_types_to_quantize=["MatMul"],
             weight_type=QuantType.QInt8,
             extra_options={"MatMulConstBOnly": True},  # attention's activation x activation products stay fp32
         )
+        with open(staged, "rb") as handle:
+            os.fsync(handle.fileno())
         staged.replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

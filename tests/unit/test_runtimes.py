@@ -8,6 +8,7 @@ average with the same thresholded mask (IoU >= 0.99). torch.compile (minutes of 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,24 @@ def test_onnx_int8_stays_near_eager_and_keeps_its_quantised_model(
     before = quantised[0].stat().st_mtime_ns
     loaded("onnx_int8", weights, export_dir)  # a second load reuses the quantised model
     assert quantised[0].stat().st_mtime_ns == before
+
+
+def test_onnx_int8_quantises_again_after_a_new_export(
+    export_dir: Path, weights: ResolvedWeights, tmp_path: Path
+) -> None:
+    """A re-export of the same weights (another torch, opset or export code) must not reuse the old INT8 model."""
+    copy = tmp_path / "reexported"
+    copy.mkdir()
+    for path in export_dir.iterdir():
+        if not path.name.startswith(".") and "-int8-" not in path.name:
+            shutil.copyfile(path, copy / path.name)  # onnx refuses external data behind a symlink
+    _, manifest_path = export_paths(copy, weights, SIZE)
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "torch": "another"}))
+    loaded("onnx_int8", weights, export_dir)
+    loaded("onnx_int8", weights, copy)
+    old, new = sorted(export_dir.glob("*-int8-*.onnx")), sorted(copy.glob("*-int8-*.onnx"))
+    assert len(old) == len(new) == 1 and old[0].name != new[0].name
 
 
 def test_onnx_without_export_says_what_to_run(tmp_path: Path, weights: ResolvedWeights) -> None:
