@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from serve_app.export import EXPORT_DIR, export_paths  # noqa: E402
 from serve_app.runtimes import RuntimeSettings, create_runtime  # noqa: E402
-from serve_app.runtimes.onnx import OnnxSession  # noqa: E402
+from serve_app.runtimes.onnx import OnnxSession, quantise_matmul_weights  # noqa: E402
 from serve_app.runtimes.parity import compare  # noqa: E402
 from serve_app.weights import ResolvedWeights  # noqa: E402
 from tests.support.scenes import make_scenes  # noqa: E402
@@ -60,23 +60,15 @@ def quantise(source: Path, target: Path, static: bool, ops: list[str], size: int
         CalibrationDataReader,
         QuantFormat,
         QuantType,
-        quantize_dynamic,
         quantize_static,
     )
 
     from serve_app.runtimes.model import to_model_tensor
 
-    options: dict[str, Any] = {"MatMulConstBOnly": True}  # weights only: attention's activation products stay fp32
-    if not static:
-        quantize_dynamic(
-            source,
-            target,
-            op_types_to_quantize=ops,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=True,
-            extra_options=options,
-        )
+    if not static:  # exactly what the onnx_int8 runtime ships
+        quantise_matmul_weights(source, target)
         return
+    options: dict[str, Any] = {"MatMulConstBOnly": True}  # weights only: attention's activation products stay fp32
 
     class Calibration(CalibrationDataReader):
         def __init__(self) -> None:

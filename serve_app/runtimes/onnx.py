@@ -145,7 +145,7 @@ class OnnxRuntime(Runtime):
 class OnnxInt8Runtime(OnnxRuntime):
     """ONNX Runtime on the export with its MatMul weights quantised to INT8 (activations quantised per call):
     the Swin backbone's Linear layers, ~36 % of the fp32 export's time on CPU. The quantised model is made from
-    the fp32 export at first load (seconds) and kept beside it, named by the source checkpoint's checksum.
+    the fp32 export at first load (seconds) and kept beside it, named by a digest of the export's manifest.
 
     Dynamic quantisation scales activations over the whole input, batch included, so each image runs alone:
     a mask never depends on what it was batched with (batching does not speed up a CPU anyway)."""
