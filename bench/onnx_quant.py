@@ -34,7 +34,7 @@ from serve_app.runtimes import RuntimeSettings, create_runtime  # noqa: E402
 from serve_app.runtimes.onnx import OnnxSession, quantise_matmul_weights  # noqa: E402
 from serve_app.runtimes.parity import compare  # noqa: E402
 from serve_app.weights import ResolvedWeights  # noqa: E402
-from tests.support.scenes import make_scenes  # noqa: E402
+from tests.support.scenes import iou, make_scenes  # noqa: E402
 
 VARIANTS = {  # name: (static?, op types)
     "dynamic-matmul": (False, ["MatMul"]),
@@ -92,11 +92,6 @@ def quantise(source: Path, target: Path, static: bool, ops: list[str], size: int
     )
 
 
-def per_image_iou(reference: np.ndarray, masks: np.ndarray) -> list[float]:
-    a, b = reference > 0.5, masks > 0.5
-    return [float((a[i] & b[i]).sum() / max((a[i] | b[i]).sum(), 1)) for i in range(len(a))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="the checkpoint the exports were made from")
@@ -135,7 +130,7 @@ def main() -> None:
             "mean_abs": parity.mean_abs,
             "max_abs": parity.max_abs,
             "iou": parity.iou,
-            "worst_image_iou": min(per_image_iou(reference, masks)),
+            "worst_image_iou": min(iou(m > 0.5, r > 0.5) for r, m in zip(reference, masks, strict=True)),
             "holds": parity.holds,
         }
 
