@@ -58,15 +58,27 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 
 def to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode in _HIGH_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
-        if image.mode == "F" and values.max() <= 1.0:
-            top = 1.0
-        grey = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
+        return np.repeat(high_bit_to_uint8(image)[..., None], 3, axis=2)
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8)
+
+
+def high_bit_to_uint8(image: Image.Image) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grey image scaled to 0..255 (rounded), without float64 copies."""
+    if image.mode.startswith("I;16"):
+        # round(v * 255 / 65535) exactly, in integers: (2 * 255 * v + 65535) // (2 * 65535) never ties.
+        values = np.asarray(image).astype(np.uint32)
+        values *= 2 * 255
+        values += 65535
+        values //= 2 * 65535
+        return values.astype(np.uint8)
+    scaled = np.asarray(image).astype(np.float32)
+    top = max(float(scaled.max()) if scaled.size else 1.0, 1.0)  # a float image in 0..1 keeps its scale
+    scaled *= 255.0 / top
+    scaled += 0.5
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def flatten_on_white(rgba: np.ndarray) -> np.ndarray:

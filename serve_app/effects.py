@@ -3,10 +3,14 @@
 They follow ``transparent_background.Remover.process``: soft alphas scale to uint8 by truncation, ``rgba`` takes
 its colours from pymatting's multi-level foreground estimation (so background colour does not bleed into soft
 edges), composites are ``image * alpha + background * (1 - alpha)``, and ``blur`` uses a Gaussian of sigma 15.
+
+Memory: a 50-megapixel upload is within the limits, so full-size temporaries stay float32 (4 bytes a value) and
+are reused in place; nothing here makes a float64 copy of the image.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -18,9 +22,11 @@ from serve_app.schemas import RGB, Effect
 logger = logging.getLogger(__name__)
 
 BLUR_SIGMA = 15.0
-# pymatting's helpers run numba `parallel=True` kernels, and numba's default threading layer must not be entered
-# from two threads at once: rgba foreground estimation runs one at a time per process.
-_matting_lock = threading.Lock()
+# pymatting resizes with numba `parallel=True` kernels. numba's tbb and omp threading layers may be entered from
+# several threads at once; its fallback layer, workqueue, may not, so there foreground estimation runs one at a
+# time per process.
+_workqueue_lock = threading.Lock()
+THREADSAFE_LAYERS = ("tbb", "omp")
 
 
 def finalize_alpha(alpha: np.ndarray, threshold: float | None, reverse: bool) -> np.ndarray:
@@ -37,13 +43,33 @@ def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
     return (alpha * 255.0).astype(np.uint8)  # truncation, as Remover's `map`
 
 
+def _matting_guard() -> contextlib.AbstractContextManager[object]:
+    """No lock where numba's threading layer is thread-safe; the workqueue lock otherwise, or before numba has
+    chosen a layer (the first parallel kernel chooses it)."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet in this process
+        return _workqueue_lock
+    return contextlib.nullcontext() if layer in THREADSAFE_LAYERS else _workqueue_lock
+
+
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Foreground colours for a soft alpha (pymatting's estimate_foreground_ml), as uint8 RGB."""
+    """Foreground colours for a soft alpha (pymatting's estimate_foreground_ml), as uint8 RGB.
+
+    pymatting computes in float32 whatever it is given, so it gets float32: the same numbers as from float64
+    input, without two full-size float64 copies."""
     from pymatting import estimate_foreground_ml  # heavy import (numba): only when an rgba is asked for
 
-    with _matting_lock:
-        foreground = estimate_foreground_ml(image.astype(np.float64) / 255.0, alpha.astype(np.float64))
-    return (255.0 * np.clip(foreground, 0.0, 1.0) + 0.5).astype(np.uint8)
+    scaled = np.divide(image, np.float32(255.0), dtype=np.float32)
+    with _matting_guard():
+        foreground = estimate_foreground_ml(scaled, alpha.astype(np.float32, copy=False))
+    del scaled
+    np.clip(foreground, 0.0, 1.0, out=foreground)
+    foreground *= 255.0
+    foreground += 0.5
+    return foreground.astype(np.uint8)
 
 
 def warm_up_matting() -> None:
@@ -53,8 +79,15 @@ def warm_up_matting() -> None:
 
 
 def composite(image: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """``image * alpha + background * (1 - alpha)`` in float32, truncated to uint8; two full-size float32
+    buffers, updated in place."""
     a = alpha[..., None]
-    return (image.astype(np.float32) * a + background.astype(np.float32) * (1.0 - a)).astype(np.uint8)
+    out = image.astype(np.float32)
+    out *= a
+    behind = background.astype(np.float32)
+    behind *= 1.0 - a
+    out += behind
+    return out.astype(np.uint8)
 
 
 def apply_effect(

@@ -1,4 +1,5 @@
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -95,6 +96,21 @@ def test_16_bit_grey_scales_to_8_bit() -> None:
     Image.fromarray(deep).save(buffer, format="PNG")
     out = decode_image(buffer.getvalue(), BIG)
     np.testing.assert_array_equal(out[..., 0], np.clip(deep / 65535 * 255 + 0.5, 0, 255).astype(np.uint8))
+
+
+def test_16_bit_decode_makes_no_float64_copies() -> None:
+    """Integer scaling: a 16-bit grey image costs the uint32 scratch and the RGB result (8 bytes a pixel here),
+    where float64 arithmetic took ~25."""
+    deep = np.random.default_rng(1).integers(0, 65536, (500, 600), dtype=np.uint16)
+    data = png_bytes(deep)
+    decode_image(data, BIG)
+    tracemalloc.start()
+    try:
+        decode_image(data, BIG)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak / deep.size <= 12
 
 
 def test_animated_gif_gives_first_frame() -> None:

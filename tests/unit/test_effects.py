@@ -1,3 +1,5 @@
+import tracemalloc
+
 import cv2
 import numpy as np
 import pytest
@@ -73,3 +75,39 @@ def test_rgba_soft_alpha_estimates_foreground_colours() -> None:
 def test_size_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="differ"):
         apply_effect(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), np.float32), Effect.MASK)
+
+
+def traced_peak_per_pixel(work, pixels: int) -> float:  # type: ignore[no-untyped-def]
+    """Peak bytes numpy (and pymatting's numba arrays) hold during ``work()``, per pixel of the image."""
+    work()  # once first: lazy imports and caches are not the request's memory
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1] / pixels
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture(scope="module")
+def photo_and_alpha() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (400, 600, 3), dtype=np.uint8), rng.random((400, 600)).astype(np.float32)
+
+
+@pytest.mark.parametrize("effect", [Effect.MASK, Effect.COLOR, Effect.BLUR])
+def test_composites_make_no_float64_copies(effect: Effect, photo_and_alpha: tuple[np.ndarray, np.ndarray]) -> None:
+    """A 50-megapixel upload is allowed: two float32 RGB buffers (24 bytes a pixel) are the most an effect may
+    hold. One float64 RGB copy alone is 24 bytes a pixel, so any float64 work fails this (it took 40-43)."""
+    image, alpha = photo_and_alpha
+    assert traced_peak_per_pixel(lambda: apply_effect(image, alpha, effect), alpha.size) <= 32
+
+
+def test_rgba_adds_nothing_to_pymattings_own_memory(photo_and_alpha: tuple[np.ndarray, np.ndarray]) -> None:
+    """pymatting works in float32 whatever it gets (~75 bytes a pixel of its own); float64 input only added
+    copies (20 bytes a pixel more)."""
+    from pymatting import estimate_foreground_ml
+
+    image, alpha = photo_and_alpha
+    pymatting_alone = traced_peak_per_pixel(lambda: estimate_foreground_ml(image.astype(np.float32), alpha), alpha.size)
+    ours = traced_peak_per_pixel(lambda: apply_effect(image, alpha, Effect.RGBA), alpha.size)
+    assert ours <= pymatting_alone + 4, (ours, pymatting_alone)
