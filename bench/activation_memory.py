@@ -3,7 +3,7 @@
 Each (size, batch) runs in a fresh process so ru_maxrss is that run's peak. The tensors an inference keeps alive
 are the same on CUDA; add the CUDA context (~0.5 GB) and allocator slack to size a GPU share.
 
-    python bench/activation_memory.py            # prints a Markdown table
+    python -m bench.activation_memory            # prints a Markdown table
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for label, height, width, batch in CASES:
         out = subprocess.run(
-            [sys.executable, __file__, str(height), str(width), str(batch)], check=True, capture_output=True, text=True
+            [sys.executable, "-m", "bench.activation_memory", str(height), str(width), str(batch)],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         r = json.loads(out.strip().splitlines()[-1])
         print(

@@ -3,7 +3,7 @@ side by side in one run, parity with the fp32 export and seconds per image again
 
     python -m serve_app.export --tier fast --weights <test weights> --weights-dir /tmp/q --base-size 160
     python -m serve_app.export --tier fast --weights <test weights> --weights-dir /tmp/q
-    python bench/onnx_quant.py --weights <test weights> --weights-dir /tmp/q
+    python -m bench.onnx_quant --weights <test weights> --weights-dir /tmp/q
 
 Variants (onnxruntime.quantization): dynamic INT8 MatMul (weights int8, activations quantised per call), and
 static QDQ (activations calibrated on scenes and photos) of MatMul, of Conv, and of both. Parity is measured at
@@ -26,15 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from serve_app.export import EXPORT_DIR, export_paths  # noqa: E402
-from serve_app.runtimes import RuntimeSettings, create_runtime  # noqa: E402
-from serve_app.runtimes.onnx import OnnxSession, quantise_matmul_weights  # noqa: E402
-from serve_app.runtimes.parity import compare  # noqa: E402
-from serve_app.weights import ResolvedWeights  # noqa: E402
-from tests.support.scenes import iou, make_scenes  # noqa: E402
+from bench.common import RESULTS
+from serve_app.runtimes import RUNTIMES, RuntimeSettings, create_runtime
+from serve_app.runtimes.onnx import OnnxSession, quantise_matmul_weights
+from serve_app.runtimes.onnx_artifacts import EXPORT_DIR, export_paths
+from serve_app.runtimes.parity import compare, iou
+from serve_app.weights import ResolvedWeights
+from tests.support.scenes import make_scenes
 
 VARIANTS = {  # name: (static?, op types)
     "dynamic-matmul": (False, ["MatMul"]),
@@ -63,7 +61,7 @@ def quantise(source: Path, target: Path, static: bool, ops: list[str], size: int
         quantize_static,
     )
 
-    from serve_app.runtimes.model import to_model_tensor
+    from serve_app.runtimes.inspyrenet import to_model_tensor
 
     if not static:  # exactly what the onnx_int8 runtime ships
         quantise_matmul_weights(source, target)
@@ -99,7 +97,7 @@ def main() -> None:
     parser.add_argument("--parity-size", type=int, default=160)
     parser.add_argument("--speed-size", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()  # quantised variants are kept beside the exports; delete them after a re-export
     weights = ResolvedWeights(Path(args.weights), Path(args.weights).name)
     threads = torch.get_num_threads()
@@ -125,7 +123,7 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {}
     for name, session in sessions[args.parity_size].items():
         masks = session.masks(held_out)
-        parity = compare("int8", reference, masks)
+        parity = compare(RUNTIMES["int8"], reference, masks)  # the reduced-precision rule
         rows[name] = {
             "mean_abs": parity.mean_abs,
             "max_abs": parity.max_abs,

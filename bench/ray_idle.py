@@ -2,7 +2,7 @@
 resized as the ingress does) alone, then beside the running but idle service, alternated ``--cycles`` times so
 drift of a shared machine hits both alike.
 
-    python bench/ray_idle.py --runtime onnx --weights-dir /tmp/bw      # needs the fast tier's ONNX export there
+    python -m bench.ray_idle --runtime onnx --weights-dir /tmp/bw      # needs the fast tier's ONNX export there
 """
 
 from __future__ import annotations
@@ -10,14 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.serve import bare_runtime, start_service  # noqa: E402
+from bench.serve import bare_runtime, start_service
 
 
 def main() -> None:

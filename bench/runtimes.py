@@ -5,9 +5,9 @@ parity with eager fp32 (max/mean abs, IoU), and the ratio to eager measured in t
 seed's baseline: ``transparent_background.Remover(mode=...).process()`` on the same 1920x1080 photo and weights.
 Each (tier, runtime) runs in a fresh process, so peak memory is its own.
 
-    python bench/runtimes.py                                   # CPU defaults (see --help), ~30 min on 2 cores
-    python bench/runtimes.py --tiers fast --batches 1,2,4,8 --device cuda
-    python bench/runtimes.py --record ~/.cache/bgserve/weights/runtime-measurements.json   # feeds runtime: auto
+    python -m bench.runtimes                                   # CPU defaults (see --help), ~30 min on 2 cores
+    python -m bench.runtimes --tiers fast --batches 1,2,4,8 --device cuda
+    python -m bench.runtimes --record ~/.cache/bgserve/weights/runtime-measurements.json   # feeds runtime: auto
 
 Writes ``<out>/runtimes.json``, ``runtimes.md`` and ``runtimes.png``. Without --weights it uses the segmenting test
 weights (same architecture and cost as the real checkpoints; parity on them is meaningful, unlike untrained).
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -29,31 +28,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-PHOTOS = ("rocket", "astronaut", "coffee", "chelsea", "hubble_deep_field", "immunohistochemistry", "motorcycle_left")
-
-
-def photo_1080p(name: str = "rocket") -> np.ndarray:
-    from PIL import Image
-    from skimage import data
-
-    image = getattr(data, name)()
-    image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
-    return np.asarray(Image.fromarray(image).resize((1920, 1080), Image.Resampling.BICUBIC))
-
-
-def model_inputs(tier: str, count: int, base_size: int | None = None) -> np.ndarray:
-    """``count`` different photos at the tier's model input size, as the ingress would send them."""
-    from serve_app.resize import to_model_input
-    from serve_app.tiers import CATALOGUE, DynamicResize, StaticResize, Tier
-
-    spec = CATALOGUE[Tier(tier)]
-    size = base_size or spec.base_size
-    policy = StaticResize() if base_size and isinstance(spec.resize, DynamicResize) else spec.resize
-    return np.stack([to_model_input(photo_1080p(PHOTOS[i % len(PHOTOS)]), policy, size) for i in range(count)])
-
+from bench.common import RESULTS, ROOT, load_runtime, model_inputs, photo_1080p, served_tier
 
 PARITY_FALLBACK_SIZE = 128
 
@@ -84,40 +59,27 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One (tier, runtime) in this process: load, time each batch size, compare with eager's masks."""
     import torch
 
-    from serve_app.export import EXPORT_DIR, export, export_paths
-    from serve_app.runtimes import RuntimeSettings, create_runtime
+    from serve_app.export import export
+    from serve_app.runtimes.onnx_artifacts import EXPORT_DIR, export_paths
     from serve_app.runtimes.parity import compare
-    from serve_app.tiers import CATALOGUE, DynamicResize, Tier
-    from serve_app.weights import ResolvedWeights
+    from serve_app.weights import resolve
 
-    tier = Tier(args.tier)
-    spec = CATALOGUE[tier]
-    weights = (
-        ResolvedWeights(None, "untrained")
-        if args.weights == "untrained"
-        else ResolvedWeights(Path(args.weights), Path(args.weights).name)
-    )
-    export_dir = Path(args.scratch) / EXPORT_DIR
-
-    def make(base_size: int) -> tuple[Any, float | None, float]:
+    def make(base_size: int | None) -> tuple[Any, float | None, float]:
+        """The runtime as the service builds it (exports under the scratch directory, made here if missing)."""
+        tier = served_tier(args.tier, args.weights, args.runtime, Path(args.scratch), args.device, base_size)
         export_seconds = None
-        if args.runtime in ("onnx", "onnx_int8") and not export_paths(export_dir, weights, base_size)[0].exists():
-            started = time.perf_counter()
-            export(tier, weights, base_size, export_dir)
-            export_seconds = time.perf_counter() - started
-        settings = RuntimeSettings(
-            weights,
-            base_size,
-            args.device,
-            export_dir=export_dir,
-            static_size=not isinstance(spec.resize, DynamicResize),
-        )
-        runtime = create_runtime(args.runtime, settings)
+        if args.runtime in ("onnx", "onnx_int8"):
+            weights = resolve(tier.spec.checkpoint, args.weights, tier.weights_dir)
+            export_dir = tier.weights_dir / EXPORT_DIR
+            if not export_paths(export_dir, weights, tier.base_size)[0].exists():
+                started = time.perf_counter()
+                export(tier.tier, weights, tier.base_size, export_dir)
+                export_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        runtime.load()
+        runtime = load_runtime(tier)
         return runtime, export_seconds, time.perf_counter() - started
 
-    runtime, export_seconds, load_seconds = make(spec.base_size)
+    runtime, export_seconds, load_seconds = make(None)
     batches = [int(b) for b in args.batches.split(",")]
     images = model_inputs(args.tier, max(batches))
     rows = []
@@ -137,7 +99,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     # "match"), as the test weights do away from the 128 px they were trained at; then at 128 px, where they are
     # soft. Eager decides and leaves its reference at the size it chose; the others follow it.
     fallback_file = reference_file.with_name(f"eager-{args.tier}-{PARITY_FALLBACK_SIZE}.npy")
-    parity_size = spec.base_size
+    parity_size = runtime.settings.base_size
     masks = None
     if not fallback_file.exists():
         masks = runtime.predict(parity_inputs(images))
@@ -150,7 +112,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         reference_file = fallback_file
     if args.runtime == "eager":
         np.save(reference_file, masks)
-    parity = compare(args.runtime, np.load(reference_file), masks)
+    parity = compare(type(runtime), np.load(reference_file), masks)
     return {
         "tier": args.tier,
         "runtime": args.runtime,
@@ -164,26 +126,19 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def remover_worker(args: argparse.Namespace) -> dict[str, Any]:
-    import warnings
-
     from PIL import Image
 
-    from serve_app.tiers import Tier
-    from tests.support.reference import REMOVER_MODES
+    from serve_app.catalogue import Tier
+    from tests.support.reference import reference_remover
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from transparent_background import Remover
-    mode, resize = REMOVER_MODES[Tier(args.tier)]
-    os.environ["TRANSPARENT_BACKGROUND_FILE_PATH"] = args.scratch  # its stock config.yaml
-    remover = Remover(mode=mode, ckpt=args.weights, resize=resize, device=args.device)
-    image = Image.fromarray(photo_1080p())
-    remover.process(image, type="map")
-    times = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
+    with reference_remover(Tier(args.tier), Path(args.weights), device=args.device) as remover:
+        image = Image.fromarray(photo_1080p())
         remover.process(image, type="map")
-        times.append(time.perf_counter() - started)
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            remover.process(image, type="map")
+            times.append(time.perf_counter() - started)
     return {
         "tier": args.tier,
         "seconds_per_image": statistics.median(times),
@@ -192,7 +147,7 @@ def remover_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_child(*argv: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "bench.runtimes", *argv], capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout)[-2000:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -282,7 +237,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default=None, help="a checkpoint path, or untrained; default: test weights")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--record", type=Path, default=None, help="append measurements for runtime: auto")
     parser.add_argument("--no-remover", action="store_true")
     parser.add_argument("--worker", nargs=2, metavar=("TIER", "RUNTIME"), help=argparse.SUPPRESS)

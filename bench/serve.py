@@ -9,8 +9,8 @@
   where the time goes (decode, resize, queue, model, upsample, effect, encode: means of the service's
   Server-Timing headers).
 
-    python bench/serve.py                                     # fast tier, its configured runtime, mask + rgba
-    python bench/serve.py --tiers fast,balanced --runtime fast=onnx --effects mask
+    python -m bench.serve                                     # fast tier, its configured runtime, mask + rgba
+    python -m bench.serve --tiers fast,balanced --runtime fast=onnx --effects mask
 
 Writes ``<out>/serve.json``, ``serve.md`` and ``serve.png``. Without --weights it uses the segmenting test
 weights (the real checkpoints' architecture and cost).
@@ -19,14 +19,11 @@ weights (the real checkpoints' architecture and cost).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,22 +32,12 @@ import httpx
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.runtimes import PHOTOS, photo_1080p  # noqa: E402
-from serve_app.tiers import Tier  # noqa: E402
-from tests.support.reference import REMOVER_MODES  # noqa: E402
+from bench.common import PHOTOS, RESULTS, ROOT, jpeg, load_runtime, photo_1080p, served_tier
+from serve_app.catalogue import Tier
+from serve_app.resize import to_model_input
+from tests.support.reference import reference_remover
 
 PORT = 8797
-
-
-def jpeg(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue()
 
 
 def start_service(weights: str, runtimes: dict[str, str], tiers: list[str], weights_dir: Path) -> None:
@@ -98,25 +85,9 @@ def load(client: httpx.Client, uploads: list[bytes], tier: str, effect: str, con
 
 def bare_runtime(tier: str, runtime_name: str, weights: str, weights_dir: Path, count: int) -> float:
     """Images/s of the runtime alone, batch 1, on the photos resized as the ingress sends them."""
-    from serve_app.export import EXPORT_DIR
-    from serve_app.resize import to_model_input
-    from serve_app.runtimes import RuntimeSettings, create_runtime
-    from serve_app.tiers import CATALOGUE, DynamicResize, Tier
-    from serve_app.weights import ResolvedWeights
-
-    spec = CATALOGUE[Tier(tier)]
-    runtime = create_runtime(
-        runtime_name,
-        RuntimeSettings(
-            ResolvedWeights(Path(weights), Path(weights).name),
-            spec.base_size,
-            "cpu",
-            static_size=not isinstance(spec.resize, DynamicResize),
-            export_dir=weights_dir / EXPORT_DIR,
-        ),
-    )
-    runtime.load()
-    inputs = [to_model_input(photo_1080p(p), spec.resize, spec.base_size)[None] for p in PHOTOS[:count]]
+    served = served_tier(tier, weights, runtime_name, weights_dir)
+    runtime = load_runtime(served)
+    inputs = [to_model_input(photo_1080p(p), served.resize, served.base_size)[None] for p in PHOTOS[:count]]
     runtime.predict(inputs[0])
     started = time.perf_counter()
     for x in inputs * 2:  # two passes: a steadier number on a noisy box
@@ -127,14 +98,8 @@ def bare_runtime(tier: str, runtime_name: str, weights: str, weights_dir: Path, 
 def remover_seconds(tier: str, weights: str, photos: list[np.ndarray], effect: str) -> float:
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from transparent_background import Remover
-    mode, resize = REMOVER_MODES[Tier(tier)]
-    with tempfile.TemporaryDirectory() as home:
-        os.environ["TRANSPARENT_BACKGROUND_FILE_PATH"] = home
-        remover = Remover(mode=mode, ckpt=weights, resize=resize, device="cpu")
-        kind = "map" if effect == "mask" else effect
+    kind = "map" if effect == "mask" else effect
+    with reference_remover(Tier(tier), Path(weights)) as remover:
         remover.process(Image.fromarray(photos[0]), type=kind)
         started = time.perf_counter()
         for photo in photos:
@@ -151,7 +116,7 @@ def main() -> None:
     parser.add_argument("--weights", default=None)
     parser.add_argument("--photos", type=int, default=4)
     parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.weights is None:
         from tests.support.segmenting_weights import segmenting_checkpoint

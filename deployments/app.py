@@ -1,20 +1,25 @@
 """The application builder: ``serve_config.yaml`` names ``deployments.app:build_app`` and its ``args`` validate
-into ``AppConfig``. One ``TierDeployment`` is bound per served tier (named after the tier), plus the ingress.
+into ``AppConfig``. One ``ModelDeployment`` is bound per served tier (named after the tier), plus the ingress.
 
-Every option lives under ``args`` (resources too), because a ``ray_actor_options`` under ``deployments:`` in the
-config file replaces the whole dict the code sets (leaving out num_cpus there silently means 1 CPU again).
+Each deployment's Serve options are our defaults with the config's ``deployment:`` mapping merged over them
+(``AppConfig`` does the merge; Serve's own ``Deployment.options`` validates the result, so every option works as
+Serve documents it). The config file's ``deployments:`` list is for what Serve applies live: each tier's
+``user_config`` (its batching).
 """
 
 # No `from __future__ import annotations` here: Serve reads the builder's annotation to validate `args` into
 # AppConfig, and a string annotation makes it pass a plain dict instead.
 import logging
+from typing import Any
 
 import ray
 from ray.serve import Application
+from ray.serve.deployment import Deployment
 
 from deployments import SERVE_LOGGER
 from deployments.ingress import Ingress
-from deployments.tier import TierDeployment
+from deployments.model import ModelDeployment
+from serve_app.errors import ConfigurationError
 from serve_app.schemas import AppConfig, gpu_missing_message
 from serve_app.weights import default_weights_dir
 
@@ -29,22 +34,31 @@ def build_app(args: AppConfig) -> Application:
     config = args.model_copy(update={"weights_dir": weights_dir})
     logger.info("bgserve configuration: %s", config.model_dump_json())
     warn_if_gpus_missing(config)
-    tiers = {
-        tier.value: TierDeployment.options(
-            name=tier.value,
-            num_replicas=tier_args.config.num_replicas,
-            max_ongoing_requests=tier_args.config.max_ongoing_requests,
-            max_queued_requests=tier_args.config.max_queued_requests,
-            ray_actor_options={"num_cpus": tier_args.config.num_cpus, "num_gpus": tier_args.config.num_gpus},
-            user_config=tier_args.config.batching.model_dump(),
-        ).bind(tier_args)
-        for tier, tier_args in config.tier_args(weights_dir).items()
+    tiers = config.served_tiers(weights_dir)
+    models = {
+        tier.value: with_options(
+            ModelDeployment,
+            f"tiers.{tier.value}.deployment",
+            {
+                "name": tier.value,
+                "user_config": served.config.batching.model_dump(),
+                **served.config.deployment_options(),
+            },
+        ).bind(served)
+        for tier, served in tiers.items()
     }
-    return Ingress.options(
-        num_replicas=config.ingress.num_replicas,
-        max_ongoing_requests=config.ingress.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.ingress.num_cpus},
-    ).bind(config, tiers)
+    ingress = with_options(Ingress, "ingress.deployment", config.ingress.deployment_options())
+    return ingress.bind(config, tiers, models)
+
+
+def with_options(deployment: Any, where: str, options: dict[str, Any]) -> Deployment:
+    """``deployment.options(**options)``, with Serve's complaint about a bad option named by its config path.
+    (``deployment`` is a ``Deployment``; mypy sees the decorated class, as @serve.deployment's typing keeps it.)"""
+    logger.info("%s: %s", where, options)
+    try:
+        return deployment.options(**options)
+    except (TypeError, ValueError) as exc:  # an unknown option, or a value Serve's schema refuses
+        raise ConfigurationError(f"{where}: {exc}") from exc
 
 
 def warn_if_gpus_missing(config: AppConfig) -> None:

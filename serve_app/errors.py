@@ -1,7 +1,8 @@
 """Domain errors, each carrying its HTTP status and a stable machine-readable code.
 
-The ingress has one handler that turns any of them into ``{"error": {"code", "message"}}``; nothing else in the
-code base picks HTTP statuses. The errors are plain picklable exceptions so they cross Ray process boundaries.
+The ingress has one handler that turns any of them into ``{"error": {"code", "message"}}``
+(``deployments/http_errors.py``); nothing else in the code base picks HTTP statuses. Each takes its message as
+its only argument, so it pickles as a plain exception and crosses Ray's process boundaries intact.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ class ServiceError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-    def __reduce__(self):  # keep the message when Ray pickles the error across processes
-        return (type(self), (self.message,))
 
 
 # --- the request is wrong (4xx) -------------------------------------------------------------------------------

@@ -1,15 +1,13 @@
-"""Export a tier's model to ONNX (``python -m serve_app.export``), for the ``onnx`` runtime.
+"""Export a tier's model to ONNX (``python -m serve_app.export``), for the ``onnx`` runtimes.
 
     python -m serve_app.export --tier fast                      # the cached ckpt_fast.pth, at 384
     python -m serve_app.export --tier balanced --weights-dir /models
     python -m serve_app.export --tier fast --weights ./mine.pth --base-size 128
 
-Writes ``<weights_dir>/onnx/<checkpoint>-<base_size>.onnx`` (+ ``.onnx.data``, the weights) and a manifest
-``.json`` beside it: the source checkpoint's sha256, the input size, the dynamic axes (the batch: the quality
-tier's varying size does not export), the opset, and the parity with eager fp32 measured at export. The
-``onnx`` runtime refuses an export whose manifest names other weights and says which command to run.
-
-TorchScript's legacy exporter fails on this model; the dynamo exporter (``dynamo=True``) works.
+Writes the export and its manifest where ``serve_app.runtimes.onnx_artifacts`` says (``<weights_dir>/onnx/``),
+with the parity with eager fp32 measured at export. Only the batch axis is dynamic: the quality tier's varying
+size does not export. TorchScript's legacy exporter fails on this model; the dynamo exporter (``dynamo=True``)
+works.
 """
 
 from __future__ import annotations
@@ -20,55 +18,24 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from serve_app.catalogue import CATALOGUE, Tier
 from serve_app.errors import ConfigurationError
-from serve_app.tiers import CATALOGUE, DynamicResize, Tier
-from serve_app.weights import AUTO, ResolvedWeights, default_weights_dir, file_digests, resolve
+from serve_app.resize import DynamicResize
+from serve_app.runtimes.inspyrenet import LogitsModel, load_model, normalise_per_sample, to_model_tensor
+from serve_app.runtimes.onnx import OnnxSession
+from serve_app.runtimes.onnx_artifacts import EXPORT_DIR, OPSET, Manifest, export_paths, source_fingerprint
+from serve_app.weights import AUTO, ResolvedWeights, default_weights_dir, resolve
 
 logger = logging.getLogger(__name__)
 
-OPSET = 18
-EXPORT_DIR = "onnx"
-
-
-@dataclass(frozen=True)
-class Manifest:
-    tier: str
-    source: str  # the weights label: checkpoint file name, or "untrained"
-    source_sha256: str  # of the checkpoint file; "untrained" for the seeded model
-    base_size: int
-    opset: int
-    torch: str
-    parity_max_abs: float  # largest difference of the normalised mask vs eager fp32, measured at export
-    export_seconds: float
-
-
-def source_fingerprint(weights: ResolvedWeights) -> str:
-    return "untrained" if weights.path is None else file_digests(weights.path)[1]
-
-
-def export_paths(export_dir: Path, weights: ResolvedWeights, base_size: int) -> tuple[Path, Path]:
-    stem = f"{Path(weights.label).stem}-{base_size}"
-    return export_dir / f"{stem}.onnx", export_dir / f"{stem}.json"
-
-
-def export_command(tier: Tier, weights_choice: str, weights_dir: Path, base_size: int) -> str:
-    parts = ["python -m serve_app.export", f"--tier {tier.value}", f"--weights-dir {weights_dir}"]
-    if weights_choice != AUTO:
-        parts.append(f"--weights {weights_choice}")
-    if base_size != CATALOGUE[tier].base_size:
-        parts.append(f"--base-size {base_size}")
-    return " ".join(parts)
-
 
 def export(tier: Tier, weights: ResolvedWeights, base_size: int, export_dir: Path) -> Manifest:
-    from serve_app.runtimes.model import LogitsModel, load_model, normalise_per_sample, to_model_tensor
-
     if isinstance(CATALOGUE[tier].resize, DynamicResize):
         raise ConfigurationError(
             f"the {tier.value} tier's input size varies, and this model does not export with a dynamic height and "
@@ -101,8 +68,6 @@ def export(tier: Tier, weights: ResolvedWeights, base_size: int, export_dir: Pat
     ).astype(np.uint8)
     with torch.inference_mode():
         expected = normalise_per_sample(model(to_model_tensor(images, torch.device("cpu"))))[:, 0].numpy()
-    from serve_app.runtimes.onnx import OnnxSession
-
     got = OnnxSession(onnx_path, ["CPUExecutionProvider"], None, torch.device("cpu")).masks(images)
     manifest = Manifest(
         tier=tier.value,
@@ -114,7 +79,7 @@ def export(tier: Tier, weights: ResolvedWeights, base_size: int, export_dir: Pat
         parity_max_abs=float(np.abs(got - expected).max()),
         export_seconds=round(seconds, 1),
     )
-    manifest_path.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    manifest.write(manifest_path)
     logger.info("exported %s in %.0f s: %s", onnx_path, seconds, manifest)
     return manifest
 

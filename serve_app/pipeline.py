@@ -1,4 +1,6 @@
-"""The ingress's CPU work as two plain functions around the model call: ``prepare`` before, ``render`` after."""
+"""The ingress's CPU work, as two plain functions around the model call: ``preprocess`` before it (decode,
+upright, resize to the tier's input) and ``postprocess`` after it (upsample the mask, apply the effect, encode),
+plus the response headers that say how a result was made."""
 
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ import numpy as np
 
 from serve_app.codec import MEDIA_TYPES, decode_image, encode_image
 from serve_app.effects import apply_effect, finalize_alpha
-from serve_app.resize import to_model_input, upsample_mask
-from serve_app.schemas import RemoveParams
-from serve_app.tiers import ResizePolicy
+from serve_app.resize import ResizePolicy, to_model_input, upsample_mask
+from serve_app.schemas import MaskResult, RemoveParams
 
 
 class Stopwatch:
@@ -28,7 +29,7 @@ class Stopwatch:
 
 
 @dataclass(frozen=True)
-class Prepared:
+class Preprocessed:
     image: np.ndarray  # upright RGB upload, HxWx3 uint8
     model_input: np.ndarray  # resized for the tier, hxwx3 uint8
     timings: dict[str, float] = field(default_factory=dict)  # decode, resize
@@ -38,27 +39,46 @@ class Prepared:
 class Rendered:
     body: bytes
     media_type: str
-    width: int
-    height: int
     timings: dict[str, float] = field(default_factory=dict)  # upsample, effect, encode
 
 
-def prepare(data: bytes, policy: ResizePolicy, base_size: int, max_pixels: int) -> Prepared:
+def preprocess(data: bytes, policy: ResizePolicy, base_size: int, max_pixels: int) -> Preprocessed:
     watch = Stopwatch()
     image = decode_image(data, max_pixels=max_pixels)
     watch.lap("decode")
     model_input = to_model_input(image, policy, base_size)
     watch.lap("resize")
-    return Prepared(image=image, model_input=model_input, timings=watch.timings)
+    return Preprocessed(image=image, model_input=model_input, timings=watch.timings)
 
 
-def render(image: np.ndarray, model_mask: np.ndarray, params: RemoveParams) -> Rendered:
+def postprocess(image: np.ndarray, model_mask: np.ndarray, params: RemoveParams) -> Rendered:
     watch = Stopwatch()
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
     watch.lap("upsample")
     output = apply_effect(image, alpha, params.effect, params.rgb, estimate_colours=params.threshold is None)
+    del alpha
     watch.lap("effect")
     body = encode_image(output, params.format)
     watch.lap("encode")
-    return Rendered(body=body, media_type=MEDIA_TYPES[params.format], width=width, height=height, timings=watch.timings)
+    return Rendered(body=body, media_type=MEDIA_TYPES[params.format], timings=watch.timings)
+
+
+def result_headers(
+    tier: str, weights: str, prepared: Preprocessed, result: MaskResult, round_trip_s: float, rendered: Rendered
+) -> dict[str, str]:
+    """X-Tier, X-Weights, X-Batch-Size, X-Model-Input and Server-Timing (ms per step, in request order)."""
+    steps = {
+        **prepared.timings,
+        "queue": max(0.0, round_trip_s - result.model_seconds),  # batching wait, transfer, replica hand-off
+        "model": result.model_seconds,
+        **rendered.timings,
+    }
+    height, width = prepared.model_input.shape[:2]
+    return {
+        "X-Tier": tier,
+        "X-Weights": weights,
+        "X-Batch-Size": str(result.batch_size),
+        "X-Model-Input": f"{width}x{height}",
+        "Server-Timing": ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in steps.items()),
+    }

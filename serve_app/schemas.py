@@ -1,23 +1,34 @@
 """Typed request, response and configuration models, with every default in one place.
 
 ``AppConfig`` is what ``serve_config.yaml`` passes as ``args`` to the application builder; ``TierConfig`` is one
-tier's part of it; ``BatchingConfig`` is the tier deployment's ``user_config`` (changed live, no redeploy);
-``RemoveParams`` are the query parameters of ``POST /v1/remove``.
+tier's part of it; ``BatchingConfig`` is the model deployment's ``user_config`` (changed live, no redeploy);
+``ServedTier`` is one tier as this application serves it (what its model deployment is built with);
+``RemoveParams`` are the query parameters of ``POST /v1/remove``; ``MaskResult`` is what a model deployment sends
+back for one image.
+
+Serve's own deployment options (replicas, autoscaling, health checks, queue limits, ``ray_actor_options``) are
+not shadowed here: each tier and the ingress take a ``deployment:`` mapping of them, merged over the defaults
+below (``ray_actor_options`` key by key), and Serve validates it as it documents it.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from PIL import ImageColor
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from serve_app.tiers import CATALOGUE, DynamicResize, Tier, TierSpec
-from serve_app.weights import weights_label
+from serve_app.catalogue import CATALOGUE, ModelSpec, Tier
+from serve_app.resize import DynamicResize, ResizePolicy, StaticResize
+from serve_app.runtimes import RuntimeSettings, runtime_choices
+from serve_app.runtimes.onnx_artifacts import EXPORT_DIR, export_command
+from serve_app.weights import ResolvedWeights, weights_label
 
 
 class Effect(str, Enum):
@@ -33,16 +44,17 @@ class OutputFormat(str, Enum):
     JPEG = "jpeg"
 
 
-class RuntimeName(str, Enum):
-    EAGER = "eager"  # PyTorch fp32: the reference
-    TORCHSCRIPT = "torchscript"  # traced at the tier's size (the quality tier runs eager)
-    ONNX = "onnx"  # ONNX Runtime on an export from `python -m serve_app.export`
-    ONNX_INT8 = "onnx_int8"  # CPU only: the same export with INT8 MatMul weights, quantised at first load
-    FP16 = "fp16"  # CUDA only
-    BF16 = "bf16"
-    INT8 = "int8"  # CPU only: dynamic quantisation of the Linear layers
-    COMPILE = "compile"  # torch.compile; minutes of compiling at start on CPU
-    AUTO = "auto"  # the fastest one that held parity here, from bench/runtimes.py's recorded measurements
+def _known_runtime(name: str) -> str:
+    if name not in runtime_choices():
+        raise ValueError(f"unknown runtime {name!r}; valid: {', '.join(runtime_choices())}")
+    return name
+
+
+# A tier's runtime: a name from the runtime registry (serve_app/runtimes), or auto. Not an Enum, so the registry
+# stays the only list.
+RuntimeChoice = Annotated[
+    str, AfterValidator(_known_runtime), WithJsonSchema({"type": "string", "enum": runtime_choices()})
+]
 
 
 class Device(str, Enum):
@@ -108,10 +120,100 @@ class BatchingConfig(BaseModel):
     )
 
 
-class TierConfig(BaseModel):
-    """One tier's settings in the builder's ``args.tiers``."""
+# Serve's deployment options that the builder sets unless a `deployment:` mapping says otherwise.
+TIER_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "num_replicas": 1,
+    "max_ongoing_requests": 32,  # per replica; at least max_batch_size, or batches are never full
+    "max_queued_requests": 256,  # waiting for a replica beyond this: 503 with Retry-After
+    "ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0.0},  # torch still uses every core (cpu_threads)
+}
+INGRESS_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "num_replicas": 1,
+    "max_ongoing_requests": 64,  # requests in flight per replica (most of them wait for a tier)
+    "ray_actor_options": {"num_cpus": 1.0},  # also sizes the ingress's pool for decode, effects and encode
+}
+# Set by the builder from other settings: a tier's deployment is named after the tier, its user_config is
+# `batching`.
+_BUILDER_OWNED = ("name", "user_config")
+# Serve options that used to be fields of their own, with where they live now.
+_MOVED_TO_DEPLOYMENT = {
+    "num_replicas": "deployment: {num_replicas: ...}",
+    "max_ongoing_requests": "deployment: {max_ongoing_requests: ...}",
+    "max_queued_requests": "deployment: {max_queued_requests: ...}",
+    "num_cpus": "deployment: {ray_actor_options: {num_cpus: ...}}",
+    "num_gpus": "deployment: {ray_actor_options: {num_gpus: ...}}",
+}
+
+DEPLOYMENT_DESCRIPTION = (
+    "Serve deployment options, as Serve documents them (num_replicas, autoscaling_config, max_ongoing_requests, "
+    "max_queued_requests, health_check_period_s, health_check_timeout_s, graceful_shutdown_timeout_s, "
+    "ray_actor_options, ...), merged over the defaults; ray_actor_options is merged key by key."
+)
+
+
+def merge_options(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` over ``defaults``, nested mappings merged key by key. With an ``autoscaling_config`` and no
+    ``num_replicas`` of its own, the default replica count is left out (Serve refuses both)."""
+    merged = copy.deepcopy(defaults)
+    if "autoscaling_config" in overrides and "num_replicas" not in overrides:
+        merged.pop("num_replicas", None)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_options(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+class _DeploymentOptions(BaseModel):
+    """A config section with a ``deployment:`` mapping of Serve options over ``DEFAULTS``."""
 
     model_config = ConfigDict(extra="forbid")
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    deployment: dict[str, Any] = Field(default_factory=dict, description=DEPLOYMENT_DESCRIPTION)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _serve_options_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [f"{key} (now {_MOVED_TO_DEPLOYMENT[key]})" for key in _MOVED_TO_DEPLOYMENT if key in data]
+            if moved:
+                raise ValueError(f"Serve's options go under `deployment:`: {'; '.join(moved)}")
+        return data
+
+    @field_validator("deployment")
+    @classmethod
+    def _builder_owned_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        owned = [key for key in _BUILDER_OWNED if key in value]
+        if owned:
+            raise ValueError(
+                f"{', '.join(owned)}: set by the builder (the deployment is named after its tier; its user_config "
+                f"is `batching`, changed live under the config file's `deployments:`)"
+            )
+        return value
+
+    def deployment_options(self) -> dict[str, Any]:
+        """The Serve options this deployment is built with: ``deployment`` merged over the defaults."""
+        return merge_options(self.DEFAULTS, self.deployment)
+
+    @property
+    def num_cpus(self) -> float:
+        return float(self.deployment_options().get("ray_actor_options", {}).get("num_cpus", 1.0))
+
+    @property
+    def num_gpus(self) -> float:
+        return float(self.deployment_options().get("ray_actor_options", {}).get("num_gpus", 0.0))
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        return int(self.deployment_options().get("max_ongoing_requests", 5))  # Serve's own default
+
+
+class TierConfig(_DeploymentOptions):
+    """One tier's settings in the builder's ``args.tiers``."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = TIER_DEPLOYMENT_DEFAULTS
 
     weights: str = Field(
         "auto",
@@ -119,13 +221,13 @@ class TierConfig(BaseModel):
         "or a checkpoint path (absolute or relative to weights_dir) loaded without the published checksum.",
     )
     allow_download: bool = Field(True, description="Download a missing checkpoint; off: fail with what to do.")
-    runtime: RuntimeName = Field(RuntimeName.EAGER, description="How the model runs; see docs/benchmarks.md.")
+    runtime: RuntimeChoice = Field("eager", description="How the model runs; see the README's Runtimes.")
     cudnn_benchmark: bool = Field(True, description="CUDA: cuDNN autotuning per input shape.")
     allow_tf32: bool = Field(False, description="CUDA: TF32 matmuls (faster on Ampere+, not bit-comparable to fp32).")
     onnx_providers: list[str] | None = Field(
         None, description="onnx runtime: execution providers in order; default TensorRT, CUDA, CPU as present."
     )
-    device: Device = Device.AUTO
+    device: Device = Field(Device.AUTO, description="auto: cuda when the tier asks for a GPU share, else cpu.")
     base_size: int | None = Field(
         None, ge=32, multiple_of=32, description="Override the catalogue's model size (small sizes are for tests)."
     )
@@ -133,13 +235,6 @@ class TierConfig(BaseModel):
         default_factory=BatchingConfig,
         description="Batching at start; a `user_config` for the tier under `deployments:` overrides it, live.",
     )
-    max_ongoing_requests: int = Field(32, ge=1, description="Per replica; at least max_batch_size for full batches.")
-    max_queued_requests: int = Field(
-        256, ge=-1, description="Requests waiting for a replica beyond which the tier answers 503 (-1: no limit)."
-    )
-    num_replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(0.25, ge=0.0, description="Ray CPU share per replica (scheduling only).")
-    num_gpus: float = Field(0.0, ge=0.0, le=1.0, description="GPU share per replica; > 0 runs the model on CUDA.")
     cpu_threads: int | None = Field(
         None, ge=1, description="torch threads on CPU; default all cores (Ray would set 1 for a fractional CPU)."
     )
@@ -153,7 +248,10 @@ class TierConfig(BaseModel):
                 f"({self.batching.max_batch_size}): Serve would never send a full batch"
             )
         if self.device == Device.CUDA and self.num_gpus == 0:
-            raise ValueError("device: cuda needs num_gpus > 0 (Ray hides GPUs from replicas that reserve none)")
+            raise ValueError(
+                "device: cuda needs a GPU share (deployment: {ray_actor_options: {num_gpus: ...}}): Ray hides GPUs "
+                "from replicas that reserve none"
+            )
         return self
 
     @property
@@ -167,14 +265,16 @@ def _all_tiers() -> dict[Tier, TierConfig]:
     return {tier: TierConfig() for tier in Tier}
 
 
-class IngressConfig(BaseModel):
+class IngressConfig(_DeploymentOptions):
     """The HTTP ingress deployment: decode, resize, effects and encode run here, on CPU."""
 
-    model_config = ConfigDict(extra="forbid")
+    DEFAULTS: ClassVar[dict[str, Any]] = INGRESS_DEPLOYMENT_DEFAULTS
 
-    num_replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(1.0, ge=0.0)
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests in flight per replica (they wait for tiers).")
+    @property
+    def cpu_workers(self) -> int:
+        """Threads for the ingress's CPU work (decode, resize, upsample, effects, encode): its CPU share, at
+        least one. More would only contend for the cores Ray gave it, and hold more full-size images at once."""
+        return max(1, math.ceil(self.num_cpus))
 
 
 class AppConfig(BaseModel):
@@ -193,10 +293,10 @@ class AppConfig(BaseModel):
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger uploads get 413.")
     max_image_pixels: int = Field(50_000_000, ge=1, description="Larger images (width x height) get 413.")
 
-    def tier_args(self, weights_dir: Path) -> dict[Tier, TierModelArgs]:
+    def served_tiers(self, weights_dir: Path) -> dict[Tier, ServedTier]:
         """The served tiers in catalogue order (fast, balanced, quality), whatever order the config lists them."""
         return {
-            tier: TierModelArgs(tier=tier, config=self.tiers[tier], weights_dir=weights_dir)
+            tier: ServedTier(tier=tier, config=self.tiers[tier], weights_dir=weights_dir)
             for tier in Tier
             if tier in self.tiers
         }
@@ -212,15 +312,16 @@ class AppConfig(BaseModel):
         return self
 
 
-class TierModelArgs(BaseModel):
-    """What one tier deployment is built with: its catalogue entry, its settings, where weights live."""
+class ServedTier(BaseModel):
+    """One tier as this application serves it: its catalogue entry, its settings, where its weights live.
+    The model deployment is built with it; the ingress reads its resize policy, size and weights label."""
 
     tier: Tier
     config: TierConfig
     weights_dir: Path
 
     @property
-    def spec(self) -> TierSpec:
+    def spec(self) -> ModelSpec:
         return CATALOGUE[self.tier]
 
     @property
@@ -228,18 +329,39 @@ class TierModelArgs(BaseModel):
         return self.config.base_size or self.spec.base_size
 
     @property
+    def resize(self) -> ResizePolicy:
+        return self.spec.resize
+
+    @property
     def weights_label(self) -> str:
+        """What X-Weights and /v1/tiers report: the one source of it."""
         return weights_label(self.spec.checkpoint, self.config.weights)
 
     @property
     def input_size(self) -> str:
-        resize = self.spec.resize
+        resize = self.resize
         if isinstance(resize, DynamicResize):
             return (
                 f"dynamic (shorter side <= {resize.max_short_side}, longer side <= {resize.max_long_side}, "
                 f"multiples of {resize.multiple})"
             )
         return f"{self.base_size}x{self.base_size}"
+
+    def runtime_settings(self, weights: ResolvedWeights) -> RuntimeSettings:
+        """What this tier's runtime is built with (the service and the benchmarks alike)."""
+        config = self.config
+        return RuntimeSettings(
+            weights=weights,
+            base_size=self.base_size,
+            device=config.resolved_device,
+            cpu_threads=config.cpu_threads,
+            static_size=isinstance(self.resize, StaticResize),
+            export_dir=self.weights_dir / EXPORT_DIR,
+            export_command=export_command(self.tier, config.weights, self.weights_dir, self.base_size),
+            onnx_providers=tuple(config.onnx_providers) if config.onnx_providers else None,
+            cudnn_benchmark=config.cudnn_benchmark,
+            allow_tf32=config.allow_tf32,
+        )
 
 
 def gpu_missing_message(gpu_shares: dict[str, float]) -> str:
@@ -258,7 +380,7 @@ class TierInfo(BaseModel):
     checkpoint: str
     weights: str | None = Field(description="Checkpoint the replicas loaded (untrained when so configured).")
     input_size: str = Field(description="Model input: NxN for static tiers, 'dynamic (...)' for quality.")
-    runtime: RuntimeName
+    runtime: str
     device: Device
     ready: bool
     status: str
@@ -276,9 +398,9 @@ class ErrorBody(BaseModel):
 
 @dataclass(frozen=True)
 class MaskResult:
-    """What a tier deployment sends back per request: the model-resolution mask and how it was made."""
+    """One image's result, from the runtime's batch to the HTTP response: the mask at the model's resolution
+    and the model call it came from. Which weights made it is the ingress's to know (``ServedTier``)."""
 
     mask: Annotated[np.ndarray, "float32 HxW in [0, 1] at the model's input size"]
-    batch_size: int
-    weights: str
-    model_seconds: float = 0.0  # the model call this mask came from
+    batch_size: int  # images in the model call it ran in
+    model_seconds: float  # that call's duration

@@ -22,8 +22,8 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from serve_app.catalogue import Checkpoint
 from serve_app.errors import ChecksumMismatchError, WeightsUnavailableError
-from serve_app.tiers import Checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from serve_app.catalogue import CATALOGUE, Tier
 from serve_app.errors import ConfigurationError
-from serve_app.tiers import CATALOGUE, Tier
 from serve_app.weights import AUTO, default_weights_dir, place, resolve, verify
 
 TIER_NAMES = [t.value for t in Tier]

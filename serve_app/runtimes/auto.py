@@ -1,6 +1,6 @@
 """``runtime: auto``: the fastest runtime that held parity on this device, from recorded measurements.
 
-``bench/runtimes.py --record`` measures every runtime per tier on the machine it runs on and appends the results
+``python -m bench.runtimes --record`` measures every runtime per tier on the machine it runs on and appends the results
 to ``<weights_dir>/runtime-measurements.json``. ``auto`` reads that file, keeps the entries for this device and
 tier that held parity, and tries them fastest first (batch-1 latency); a runtime that fails to load (an ONNX
 export not made yet, say) is skipped. With no measurements for this device it runs eager and says so.
@@ -19,6 +19,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+AUTO = "auto"  # the config value that asks for this choice
 MEASUREMENTS_FILE = "runtime-measurements.json"
 
 

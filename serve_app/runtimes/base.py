@@ -1,4 +1,4 @@
-"""The runtime protocol every tier deployment drives: ``load``, ``warmup``, ``predict``, ``check_health``."""
+"""The runtime protocol every model deployment drives: ``load``, ``warmup``, ``predict``, ``check_health``."""
 
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RuntimeSettings:
+    """Everything a runtime is built with. Made in one place, ``ServedTier.runtime_settings`` (the service and
+    the benchmarks alike); tests build it directly."""
+
     weights: ResolvedWeights
     base_size: int
     device: str  # "cpu" or "cuda[:N]"
     cpu_threads: int | None = None
     static_size: bool = True  # every input is base_size x base_size (false for the quality tier)
-    export_dir: Path | None = None  # where ONNX exports live (the onnx runtime)
+    export_dir: Path | None = None  # where ONNX exports live (the onnx runtimes)
     export_command: str | None = None  # what to run when the export is missing or stale
     onnx_providers: tuple[str, ...] | None = None  # None: the best present for the device
     cudnn_benchmark: bool = True  # let cuDNN pick the fastest kernels per shape (static tiers benefit)
@@ -34,9 +37,15 @@ class RuntimeSettings:
 
 class Runtime(ABC):
     """One way of running InSPyReNet on a batch. A batch in (NxHxWx3 uint8, all the same size), a batch of
-    masks out (NxHxW float32 in [0, 1]), each exactly what that image gives alone."""
+    masks out (NxHxW float32 in [0, 1]), each exactly what that image gives alone.
+
+    A subclass names itself and says what it is; the registry (``serve_app.runtimes``), the config's choices,
+    the parity rule and the README's runtime table all read these attributes."""
 
     name: ClassVar[str]
+    exact: ClassVar[bool]  # fp32 throughout: held to eager within EXACT_MAX_ABS, else to the reduced bound
+    summary: ClassVar[str]  # one line for the docs' table
+    devices: ClassVar[str]  # where it runs, for the docs' table
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
@@ -46,10 +55,6 @@ class Runtime(ABC):
             torch.backends.cudnn.benchmark = settings.cudnn_benchmark
             torch.backends.cuda.matmul.allow_tf32 = settings.allow_tf32
             torch.backends.cudnn.allow_tf32 = settings.allow_tf32
-
-    @property
-    def weights_label(self) -> str:
-        return self.settings.weights.label
 
     @abstractmethod
     def load(self) -> None:
@@ -73,12 +78,10 @@ class Runtime(ABC):
         self.predict(rng.integers(0, 256, (batch_size, height, width, 3), dtype=np.uint8))
 
     def check_health(self) -> None:
-        """Touch the device; raises if it is gone (a lost GPU, say)."""
-        probe = torch.ones(1, device=self.device) + 1
+        """Raise if the device is gone (a lost or wedged GPU); Serve replaces a replica that fails this."""
         if self.device.type == "cuda":
+            torch.ones(1, device=self.device).add_(1).item()  # a kernel launch and a copy back
             torch.cuda.synchronize(self.device)
-        if float(probe.item()) != 2.0:
-            raise RuntimeError(f"device {self.device} computed 1 + 1 = {float(probe.item())}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,6 +90,6 @@ def resolve_device(name: str) -> torch.device:
         raise DeviceUnavailableError(
             f"this tier is set to run on {name}, but torch sees no CUDA device here "
             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Use a CPU config "
-            f"(configs/cpu.yaml) or set the tier's device: cpu and num_gpus: 0."
+            f"(configs/cpu.yaml), or set the tier's device: cpu and leave num_gpus out of its deployment options."
         )
     return device

@@ -1,18 +1,22 @@
-"""What operators rely on: live batching changes, and start-up failures that explain themselves, all through
-`serve deploy`."""
+"""What operators rely on, all through `serve deploy`: live batching changes, Serve's own deployment options
+passing through, start-up failures that explain themselves, and requests that never wait for Serve's
+controller."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from ray.util.state import list_actors
 
 from tests.conftest import png_bytes
-from tests.integration.conftest import APP_NAME, read_test_config, serve_deploy, with_extra_app
+from tests.integration.conftest import APP_NAME, DASHBOARD, read_test_config, serve_deploy, with_extra_app
 from tests.support import scenes
 
 
@@ -82,8 +86,10 @@ def test_gpu_config_without_gpu_explains_itself(service: str, deploy_dir: Path) 
     """Ray would leave GPU replicas pending forever on this machine: the service says so instead of hanging."""
     args = {
         "default_tier": "fast",
-        "ingress": {"num_cpus": 0.1},
-        "tiers": {"fast": {"weights": "untrained", "num_gpus": 0.5, "num_cpus": 0.1}},
+        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
+        "tiers": {
+            "fast": {"weights": "untrained", "deployment": {"ray_actor_options": {"num_gpus": 0.5, "num_cpus": 0.1}}}
+        },
     }
     serve_deploy(with_extra_app("gpu-check", "/gpu", args), deploy_dir)
     try:
@@ -107,8 +113,10 @@ def test_missing_weights_offline_explain_what_to_do(service: str, deploy_dir: Pa
     args = {
         "weights_dir": str(tmp_path),
         "default_tier": "fast",
-        "ingress": {"num_cpus": 0.1},
-        "tiers": {"fast": {"weights": "auto", "allow_download": False, "num_cpus": 0.1}},
+        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
+        "tiers": {
+            "fast": {"weights": "auto", "allow_download": False, "deployment": {"ray_actor_options": {"num_cpus": 0.1}}}
+        },
     }
     serve_deploy(with_extra_app("offline-check", "/offline", args), deploy_dir)
     try:
@@ -120,3 +128,80 @@ def test_missing_weights_offline_explain_what_to_do(service: str, deploy_dir: Pa
             assert "ckpt_fast.pth" in response.json()["error"]["message"]
     finally:
         serve_deploy(read_test_config(), deploy_dir)
+
+
+def deployed_config(app: str, deployment: str) -> dict[str, Any] | None:
+    """The options Serve applied to a deployment, as the dashboard's REST API reports them (Ray's own client,
+    which carries the cluster's auth token)."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    details = ServeSubmissionClient(DASHBOARD).get_serve_details()
+    deployments = details.get("applications", {}).get(app, {}).get("deployments", {})
+    return deployments.get(deployment, {}).get("deployment_config")
+
+
+def test_serve_options_pass_through_and_merge(service: str, deploy_dir: Path) -> None:
+    """A tier's and the ingress's `deployment:` reach Serve as Serve documents them, over the builder's defaults
+    (ray_actor_options merged key by key, not replaced)."""
+    autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 3}
+    args = {
+        "default_tier": "fast",
+        "ingress": {"deployment": {"health_check_period_s": 7, "ray_actor_options": {"num_cpus": 0.1}}},
+        "tiers": {
+            "fast": {
+                "weights": "untrained",
+                "base_size": 64,
+                "warmup": False,
+                "deployment": {
+                    "autoscaling_config": autoscaling,
+                    "health_check_timeout_s": 12,
+                    "graceful_shutdown_timeout_s": 5,
+                    "ray_actor_options": {"memory": 100 * 2**20},
+                },
+            }
+        },
+    }
+    serve_deploy(with_extra_app("options-check", "/options", args), deploy_dir)
+    try:
+        assert until(lambda: deployed_config("options-check", "fast") is not None), "the app never appeared"
+        fast = deployed_config("options-check", "fast")
+        ingress = deployed_config("options-check", "ingress")
+        assert fast is not None and ingress is not None
+        assert {k: fast["autoscaling_config"][k] for k in autoscaling} == autoscaling
+        assert fast["health_check_timeout_s"] == 12 and fast["graceful_shutdown_timeout_s"] == 5
+        assert fast["ray_actor_options"]["memory"] == 100 * 2**20
+        assert fast["ray_actor_options"]["num_cpus"] == 0.25  # the default, kept beside the user's key
+        assert fast["max_ongoing_requests"] == 32 and fast["max_queued_requests"] == 256
+        assert fast["user_config"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.02}  # from `batching`
+        assert ingress["health_check_period_s"] == 7 and ingress["ray_actor_options"]["num_cpus"] == 0.1
+        with httpx.Client(base_url=f"{service}/options", timeout=60) as client:
+            assert until(lambda: client.get("/readyz").status_code == 200, 120)
+            image = png_bytes(scenes.make_scenes(2, 1, 64, 64)[0].image)
+            assert client.post("/v1/remove", content=image, params={"effect": "mask"}).status_code == 200
+    finally:
+        serve_deploy(read_test_config(), deploy_dir)
+
+
+def test_requests_never_wait_for_serves_controller(client: httpx.Client) -> None:
+    """Readiness comes from a snapshot a background thread refreshes: a stopped (or slow, or overloaded) Serve
+    controller delays the next snapshot, never a request. (Requests used to await a controller call with a 3 s
+    timeout first: 3.4 s each while it was stopped.)"""
+    (controller,) = list_actors(filters=[("class_name", "=", "ServeController"), ("state", "=", "ALIVE")])
+    image = png_bytes(scenes.make_scenes(seed=12, count=1, height=96, width=96)[0].image)
+
+    def timed_remove() -> float:
+        started = time.monotonic()
+        response = client.post("/v1/remove", params={"tier": "balanced", "effect": "mask"}, content=image)
+        assert response.status_code == 200, response.text
+        return time.monotonic() - started
+
+    timed_remove()
+    os.kill(controller.pid, signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # well past the snapshot's refresh period
+        seconds = [timed_remove() for _ in range(3)]
+        assert max(seconds) < 2.5, seconds
+        started = time.monotonic()
+        assert client.get("/readyz").status_code == 200 and time.monotonic() - started < 1.0
+    finally:
+        os.kill(controller.pid, signal.SIGCONT)

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.tiers import Tier
+from serve_app.catalogue import Tier
+from serve_app.runtimes.parity import iou
 from tests.conftest import png_bytes, skimage_photo
 from tests.support import scenes
-from tests.support.reference import make_remover, reference_mask, remover_home
+from tests.support.reference import base_size_in_test_config, reference_mask, reference_remover
 
 TIERS = [t.value for t in Tier]
 # 160x128: the quality tier's dynamic resize keeps it as it is; the static tiers stretch it to their square.
@@ -68,8 +69,8 @@ def test_mask_covers_the_subject(client: httpx.Client, tier: str) -> None:
         steps = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
         assert list(steps) == ["decode", "resize", "queue", "model", "upsample", "effect", "encode"]
         assert float(steps["model"]) > 0
-        assert scenes.iou(mask > 127, scene.mask) >= MIN_IOU
-        assert scenes.iou(mask[::-1] > 127, scene.mask) < MIN_IOU  # a flipped mask would fail
+        assert iou(mask > 127, scene.mask) >= MIN_IOU
+        assert iou(mask[::-1] > 127, scene.mask) < MIN_IOU  # a flipped mask would fail
 
 
 def test_exif_rotated_upload_is_masked_upright(client: httpx.Client) -> None:
@@ -82,7 +83,7 @@ def test_exif_rotated_upload_is_masked_upright(client: httpx.Client) -> None:
     for tier in TIERS:
         mask = decode(remove(client, buffer.getvalue(), tier=tier, effect="mask"))
         assert mask.shape == scene.mask.shape  # width and height of the upright image
-        assert scenes.iou(mask > 127, scene.mask) >= MIN_IOU
+        assert iou(mask > 127, scene.mask) >= MIN_IOU
 
 
 @pytest.mark.parametrize("effect", ["rgba", "mask", "color", "blur"])
@@ -140,14 +141,12 @@ def test_raw_body_equals_multipart(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_real_photo_matches_the_reference(
-    client: httpx.Client, tier: str, segmenting_weights: Path, tmp_path: Path
-) -> None:
+def test_real_photo_matches_the_reference(client: httpx.Client, tier: str, segmenting_weights: Path) -> None:
     photo = skimage_photo("astronaut")[::2, ::2].copy()  # 256x256
     response = remove(client, png_bytes(photo), tier=tier, effect="mask")
     ours = decode(response).astype(int)
-    with remover_home(tmp_path):
-        reference = reference_mask(make_remover(Tier(tier), segmenting_weights), photo).astype(int)
+    with reference_remover(Tier(tier), segmenting_weights, base_size_in_test_config(Tier(tier))) as remover:
+        reference = reference_mask(remover, photo).astype(int)
     assert ours.shape == reference.shape == photo.shape[:2]
     assert np.abs(ours - reference).mean() <= 1.0
     assert np.abs(ours - reference).max() <= 1  # identical up to float noise: the whole HTTP path is Remover's
@@ -181,15 +180,6 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_result(client: ht
         assert np.abs(decode(single).astype(int) - decode(together).astype(int)).max() <= 1
 
 
-def test_corrupt_image_in_a_burst_fails_alone(client: httpx.Client) -> None:
-    uploads = mixed_uploads()
-    uploads[1] = uploads[1][: len(uploads[1]) // 3]  # truncated PNG
-    responses = burst(client, uploads, tier="fast", effect="mask")
-    assert responses[1].status_code == 400
-    assert responses[1].json()["error"]["code"] == "invalid_image"
-    assert [r.status_code for i, r in enumerate(responses) if i != 1] == [200, 200, 200]
-
-
 def test_quality_tier_caps_a_panorama(client: httpx.Client) -> None:
     """Remover would feed a 3008x192 panorama to the model as it is; the quality tier caps the long side."""
     panorama = np.tile(scenes.make_scenes(seed=3, count=1, height=200, width=200)[0].image, (1, 15, 1))
@@ -219,8 +209,9 @@ def test_unknown_paths_and_methods_answer_json(client: httpx.Client) -> None:
         assert response.json()["error"]["code"] in ("not_found", "method_not_allowed")
 
 
-def test_bad_item_in_a_tier_batch_fails_alone(service: str) -> None:
-    """Straight at the tier deployment: an invalid array batched with good ones gets its error, they succeed."""
+def test_invalid_item_in_a_model_batch_fails_alone(service: str) -> None:
+    """Straight at the model deployment (the ingress would refuse a bad upload before it reaches a batch): an
+    invalid array batched with three good ones gets its own error, and the three still share one model call."""
     from ray import serve
 
     from serve_app.errors import InvalidImageError

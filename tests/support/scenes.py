@@ -59,8 +59,3 @@ def make_scene(rng: np.random.Generator, height: int = 128, width: int = 128, su
 def make_scenes(seed: int, count: int, height: int = 128, width: int = 128) -> list[Scene]:
     rng = np.random.default_rng(seed)
     return [make_scene(rng, height, width) for _ in range(count)]
-
-
-def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
-    union = np.logical_or(predicted, truth).sum()
-    return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0

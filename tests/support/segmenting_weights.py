@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from serve_app.runtimes.inspyrenet import build_model, to_model_tensor
+from serve_app.runtimes.parity import iou
 from tests.support import scenes
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -57,16 +57,7 @@ def recipe_key(recipe: Recipe) -> str:
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def build_model(base_size: int) -> torch.nn.Module:
-    from serve_app.runtimes.model import build_model as build_inspyrenet  # Remover's construction, quietly
-
-    return build_inspyrenet(base_size)
+    return to_model_tensor(images, CPU)
 
 
 def held_out_iou(model: torch.nn.Module, recipe: Recipe, size: int) -> float:
@@ -76,7 +67,7 @@ def held_out_iou(model: torch.nn.Module, recipe: Recipe, size: int) -> float:
     with torch.inference_mode():
         for scene in held_out:
             pred = model(to_input(scene.image[None]))[0, 0].numpy()
-            ious.append(scenes.iou(pred > 0.5, scene.mask))
+            ious.append(iou(pred > 0.5, scene.mask))
     return float(np.mean(ious))
 
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.pipeline import prepare, render
+from serve_app.catalogue import CATALOGUE, Tier
+from serve_app.pipeline import postprocess, preprocess
 from serve_app.runtimes import RuntimeSettings, create_runtime
 from serve_app.schemas import RemoveParams
-from serve_app.tiers import CATALOGUE, Tier
 from serve_app.weights import ResolvedWeights
 from tests.conftest import png_bytes, skimage_photo
 from tests.support import scenes
-from tests.support.reference import TEST_TIERS, make_remover, reference_mask, remover_home
+from tests.support.reference import base_size_in_test_config, reference_mask, reference_remover
 
 
 def images() -> dict[str, np.ndarray]:
@@ -24,18 +24,19 @@ def images() -> dict[str, np.ndarray]:
     return {"scene": scene, "coffee": coffee, "chelsea": skimage_photo("chelsea")[::2, ::2].copy()}
 
 
-@pytest.mark.parametrize("tier", list(TEST_TIERS), ids=lambda t: t.value)
-def test_mask_matches_remover(tier: Tier, segmenting_weights: Path, tmp_path: Path) -> None:
-    size = TEST_TIERS[tier][2]
+@pytest.mark.parametrize("tier", list(Tier), ids=lambda t: t.value)
+def test_mask_matches_remover(tier: Tier, segmenting_weights: Path) -> None:
+    size = base_size_in_test_config(tier)
     runtime = create_runtime("eager", RuntimeSettings(ResolvedWeights(segmenting_weights, "seg"), size, "cpu"))
     runtime.load()
-    with remover_home(tmp_path):
-        remover = make_remover(tier, segmenting_weights)
+    with reference_remover(tier, segmenting_weights, size) as remover:
+        references = {name: reference_mask(remover, image).astype(int) for name, image in images().items()}
     for name, image in images().items():
-        reference = reference_mask(remover, image).astype(int)
-        prepared = prepare(png_bytes(image), CATALOGUE[tier].resize, size, max_pixels=10**8)
+        reference = references[name]
+        prepared = preprocess(png_bytes(image), CATALOGUE[tier].resize, size, max_pixels=10**8)
         mask = runtime.predict(prepared.model_input[None])[0]
-        ours = np.asarray(Image.open(io.BytesIO(render(prepared.image, mask, RemoveParams(effect="mask")).body)))
+        rendered = postprocess(prepared.image, mask, RemoveParams(effect="mask"))
+        ours = np.asarray(Image.open(io.BytesIO(rendered.body)))
         assert ours.shape == reference.shape, name
         difference = np.abs(ours.astype(int) - reference)
         assert difference.mean() <= 1.0, (name, difference.mean(), difference.max())

@@ -14,21 +14,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
+from serve_app.catalogue import Tier
 from serve_app.errors import ConfigurationError
-from serve_app.export import export, export_paths
-from serve_app.runtimes import RUNTIMES, Runtime, RuntimeSettings, create_runtime
-from serve_app.runtimes import eager as eager_module
-from serve_app.runtimes.eager import native_bf16
-from serve_app.runtimes.parity import EXACT_MAX_ABS, EXACT_RUNTIMES, compare
-from serve_app.schemas import RuntimeName
-from serve_app.tiers import Tier
+from serve_app.export import export
+from serve_app.runtimes import RUNTIMES, Runtime, RuntimeSettings, create_runtime, runtime_table
+from serve_app.runtimes import precision as precision_module
+from serve_app.runtimes.onnx_artifacts import export_paths
+from serve_app.runtimes.parity import EXACT_MAX_ABS, compare
+from serve_app.runtimes.precision import native_bf16
+from serve_app.schemas import TierConfig
 from serve_app.weights import ResolvedWeights
+from tests.conftest import ROOT
 from tests.unit.test_runtime import SIZE, mixed_batch
 
 
-def test_registry_matches_the_config_choices() -> None:
-    assert set(RUNTIMES) | {"auto"} == {r.value for r in RuntimeName}
+def test_the_config_accepts_exactly_the_registered_runtimes() -> None:
+    for name in [*RUNTIMES, "auto"]:
+        assert TierConfig(runtime=name).runtime == name
+    with pytest.raises(ValidationError, match="valid: eager, onnx"):
+        TierConfig(runtime="tensorrt")
+    schema = TierConfig.model_json_schema()["properties"]["runtime"]
+    assert schema["enum"] == [*RUNTIMES, "auto"]  # what /docs and editors offer
+
+
+def test_readme_runtime_table_is_the_registrys() -> None:
+    """The README's table is made by `python -m serve_app.runtimes`: a runtime added without it fails here."""
+    assert runtime_table() in (ROOT / "README.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +82,14 @@ def check(runtime: Runtime, batch: np.ndarray, reference: np.ndarray) -> None:
     differently, and min-max normalisation magnifies that on a background-only image)."""
     masks = runtime.predict(batch)
     assert masks.shape == reference.shape and masks.dtype == np.float32
-    report = compare(runtime.name, reference, masks)
+    report = compare(type(runtime), reference, masks)
     print(report)  # the max abs of reduced-precision runtimes, reported
     assert report.holds, report
     singles = np.stack([runtime.predict(batch[i : i + 1])[0] for i in range(len(batch))])
-    if runtime.name in EXACT_RUNTIMES:
+    if runtime.exact:
         assert np.abs(masks - singles).max() <= 1e-5, runtime.name
     else:
-        assert compare(runtime.name, singles, masks).holds, compare(runtime.name, singles, masks)
+        assert compare(type(runtime), singles, masks).holds, compare(type(runtime), singles, masks)
 
 
 @pytest.mark.parametrize("name", ["torchscript", "int8"])
@@ -101,7 +114,7 @@ def test_bf16_numerics_hold_parity_even_emulated(
     weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same autocast numbers, computed slowly where the CPU lacks bf16 (a few minutes)."""
-    monkeypatch.setattr(eager_module, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device: True)
     check(loaded("bf16", weights), batch, reference)
 
 
@@ -119,7 +132,7 @@ def test_onnx_int8_stays_near_eager_and_keeps_its_quantised_model(
     state, and each image of a batch gets exactly its single-image result."""
     runtime = loaded("onnx_int8", weights, export_dir)
     masks = runtime.predict(batch)
-    report = compare("onnx_int8", reference, masks)
+    report = compare(type(runtime), reference, masks)
     print(report)
     assert report.mean_abs <= 2 / 255 and report.iou >= 0.98, report
     singles = np.stack([runtime.predict(batch[i : i + 1])[0] for i in range(len(batch))])
@@ -236,9 +249,9 @@ def test_auto_ranks_measured_runtimes_that_held_parity() -> None:
 
 def test_auto_skips_what_does_not_load_and_falls_back_to_eager(segmenting_weights: Path, tmp_path: Path) -> None:
     """Measured fastest here: onnx (no export made) then int8; auto must land on int8."""
+    from serve_app.predictor import Predictor
     from serve_app.runtimes.auto import MEASUREMENTS_FILE, device_signature
-    from serve_app.schemas import TierConfig, TierModelArgs
-    from serve_app.tier_model import TierModel
+    from serve_app.schemas import ServedTier
 
     (tmp_path / "seg.pth").symlink_to(segmenting_weights)
     here = device_signature(torch.device("cpu"))
@@ -248,10 +261,10 @@ def test_auto_skips_what_does_not_load_and_falls_back_to_eager(segmenting_weight
     ]
     (tmp_path / MEASUREMENTS_FILE).write_text(json.dumps({"measurements": rows}))
     config = TierConfig(weights="seg.pth", runtime="auto", base_size=SIZE, warmup=False)
-    model = TierModel(TierModelArgs(tier=Tier.FAST, config=config, weights_dir=tmp_path))
-    assert model.runtime.name == "int8"
+    tier = ServedTier(tier=Tier.FAST, config=config, weights_dir=tmp_path)
+    assert Predictor(tier).runtime.name == "int8"
     (tmp_path / MEASUREMENTS_FILE).unlink()
-    assert TierModel(TierModelArgs(tier=Tier.FAST, config=config, weights_dir=tmp_path)).runtime.name == "eager"
+    assert Predictor(tier).runtime.name == "eager"
 
 
 def test_quality_tier_refuses_onnx_clearly(weights: ResolvedWeights, tmp_path: Path) -> None:

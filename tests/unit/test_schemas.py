@@ -1,8 +1,16 @@
 import pytest
 from pydantic import ValidationError
 
-from serve_app.schemas import AppConfig, BatchingConfig, RemoveParams, TierConfig, parse_color
-from serve_app.tiers import Tier
+from serve_app.catalogue import Tier
+from serve_app.schemas import (
+    TIER_DEPLOYMENT_DEFAULTS,
+    AppConfig,
+    BatchingConfig,
+    IngressConfig,
+    RemoveParams,
+    TierConfig,
+    parse_color,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,19 +46,56 @@ def test_request_defaults_and_bounds() -> None:
             RemoveParams.model_validate(bad)
 
 
+def gpus(share: float) -> dict:  # type: ignore[type-arg]
+    return {"ray_actor_options": {"num_gpus": share}}
+
+
 def test_full_batches_must_fit_max_ongoing_requests() -> None:
     with pytest.raises(ValidationError, match="never send a full batch"):
-        TierConfig(max_ongoing_requests=4, batching=BatchingConfig(max_batch_size=8))
-    assert TierConfig(max_ongoing_requests=8, batching=BatchingConfig(max_batch_size=8))
+        TierConfig(deployment={"max_ongoing_requests": 4}, batching=BatchingConfig(max_batch_size=8))
+    assert TierConfig(deployment={"max_ongoing_requests": 8}, batching=BatchingConfig(max_batch_size=8))
 
 
 def test_gpu_share_selects_cuda() -> None:
     assert TierConfig().resolved_device == "cpu"
-    assert TierConfig(num_gpus=0.3).resolved_device == "cuda"
-    assert TierConfig(device="cuda", num_gpus=0.5).resolved_device == "cuda"
-    assert TierConfig(num_gpus=0.3, device="cpu").resolved_device == "cpu"
-    with pytest.raises(ValidationError, match="num_gpus > 0"):
+    assert TierConfig(deployment=gpus(0.3)).resolved_device == "cuda"
+    assert TierConfig(device="cuda", deployment=gpus(0.5)).resolved_device == "cuda"
+    assert TierConfig(deployment=gpus(0.3), device="cpu").resolved_device == "cpu"
+    with pytest.raises(ValidationError, match="needs a GPU share"):
         TierConfig(device="cuda")
+
+
+def test_deployment_options_merge_over_the_defaults() -> None:
+    """Serve's options pass through; ray_actor_options merges key by key instead of replacing the defaults."""
+    config = TierConfig(deployment={"health_check_period_s": 3, "ray_actor_options": {"num_gpus": 0.5}})
+    assert config.deployment_options() == {
+        **TIER_DEPLOYMENT_DEFAULTS,
+        "health_check_period_s": 3,
+        "ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0.5},
+    }
+    assert TIER_DEPLOYMENT_DEFAULTS["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.0}  # not mutated
+    autoscaled = TierConfig(deployment={"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}})
+    assert "num_replicas" not in autoscaled.deployment_options()  # Serve refuses both
+    assert TierConfig().num_cpus == 0.25 and IngressConfig().num_cpus == 1.0
+
+
+def test_ingress_cpu_pool_follows_its_cpu_share() -> None:
+    assert IngressConfig().cpu_workers == 1
+    assert IngressConfig(deployment={"ray_actor_options": {"num_cpus": 2}}).cpu_workers == 2
+    assert IngressConfig(deployment={"ray_actor_options": {"num_cpus": 0.5}}).cpu_workers == 1
+    assert IngressConfig(deployment={"ray_actor_options": {"num_cpus": 2.5}}).cpu_workers == 3
+
+
+@pytest.mark.parametrize("key", ["num_cpus", "num_gpus", "num_replicas", "max_ongoing_requests", "max_queued_requests"])
+def test_serve_options_outside_deployment_say_where_they_go(key: str) -> None:
+    with pytest.raises(ValidationError, match=f"{key} \\(now deployment:"):
+        TierConfig.model_validate({key: 1})
+
+
+def test_builder_owned_deployment_options_are_refused() -> None:
+    for key in ("name", "user_config"):
+        with pytest.raises(ValidationError, match="set by the builder"):
+            TierConfig(deployment={key: "x"})
 
 
 def test_base_size_must_suit_the_backbone() -> None:

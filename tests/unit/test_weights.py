@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from serve_app import weights_cli
+from serve_app.catalogue import CATALOGUE, Checkpoint, Tier
 from serve_app.errors import ChecksumMismatchError, WeightsUnavailableError
-from serve_app.tiers import CATALOGUE, Checkpoint, Tier
 from serve_app.weights import AUTO, UNTRAINED, place, resolve, verify
 
 PAYLOAD = b"pretend checkpoint " * 5000

@@ -6,7 +6,8 @@ import transparent_background
 import yaml
 from PIL import Image
 
-from serve_app.tiers import CATALOGUE, DynamicResize, StaticResize, Tier
+from serve_app.catalogue import CATALOGUE, Tier
+from serve_app.resize import DynamicResize, StaticResize
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

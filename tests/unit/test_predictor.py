@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from serve_app.errors import InferenceError, InvalidImageError
-from serve_app.tier_model import GroupResult, predict_grouped
+from serve_app.predictor import predict_grouped
+from serve_app.schemas import MaskResult
 
 
 class Recorder:
@@ -28,9 +29,9 @@ def test_same_shapes_share_one_call_and_shapes_never_mix() -> None:
     results = predict_grouped(images, model)
     assert sorted(model.calls) == [(2, 8, 16, 3), (3, 8, 8, 3)]
     for img, result in zip(images, results, strict=True):
-        assert isinstance(result, GroupResult)
+        assert isinstance(result, MaskResult)
         np.testing.assert_allclose(result.mask, img[..., 0] / 255.0)  # each result belongs to its own image
-        assert result.batch_size == (3 if img.shape[1] == 8 else 2) and result.seconds >= 0
+        assert result.batch_size == (3 if img.shape[1] == 8 else 2) and result.model_seconds >= 0
 
 
 def test_invalid_item_fails_alone() -> None:

@@ -1,5 +1,6 @@
-"""One tier's model work, free of Ray: load the weights into a runtime, then turn batches of model-sized
-images into masks. The Serve tier deployment is a thin shell around this class."""
+"""One tier's model work, free of Ray: resolve the weights, load them into a runtime, then turn batches of
+model-sized images into masks. The model deployment (``deployments/model.py``) is a thin shim around this class.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +8,17 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
 import torch
 
 from serve_app.errors import ConfigurationError, InferenceError, InvalidImageError, ServiceError
-from serve_app.export import EXPORT_DIR, export_command
+from serve_app.resize import StaticResize
 from serve_app.runtimes import Runtime, RuntimeSettings, create_runtime
-from serve_app.runtimes.auto import MEASUREMENTS_FILE, device_signature, load_measurements, ranked_runtimes
-from serve_app.schemas import MaskResult, RuntimeName, TierModelArgs
-from serve_app.tiers import StaticResize
+from serve_app.runtimes.auto import AUTO, MEASUREMENTS_FILE, device_signature, load_measurements, ranked_runtimes
+from serve_app.runtimes.eager import EagerRuntime
+from serve_app.schemas import MaskResult, ServedTier
 from serve_app.weights import resolve
 
 logger = logging.getLogger(__name__)
@@ -33,23 +33,16 @@ def check_model_input(image: object) -> np.ndarray:
     return image
 
 
-@dataclass(frozen=True)
-class GroupResult:
-    mask: np.ndarray
-    batch_size: int  # images in the model call it ran in
-    seconds: float  # that call's duration
-
-
 def predict_grouped(
     images: Sequence[object], predict: Callable[[np.ndarray], np.ndarray]
-) -> list[GroupResult | ServiceError]:
+) -> list[MaskResult | ServiceError]:
     """Masks for a list of images, one ``predict`` call per group of same-shaped images.
 
-    Each result is a ``GroupResult`` or the error for that image alone: an invalid image fails only itself, and
+    Each result is a ``MaskResult`` or the error for that image alone: an invalid image fails only itself, and
     a group whose call fails is retried one image at a time, so one bad item never fails the other requests it
     was batched with.
     """
-    results: list[GroupResult | ServiceError] = [InferenceError("not run")] * len(images)
+    results: list[MaskResult | ServiceError] = [InferenceError("not run")] * len(images)
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for index, image in enumerate(images):
         try:
@@ -66,7 +59,7 @@ def predict_grouped(
                 "model call: batch of %d at %dx%d in %.3f s", len(batch), batch.shape[2], batch.shape[1], seconds
             )
             for i, mask in zip(indices, masks, strict=True):
-                results[i] = GroupResult(mask, len(indices), seconds)
+                results[i] = MaskResult(mask=mask, batch_size=len(indices), model_seconds=seconds)
         except Exception:
             logger.exception("a batch of %d failed; retrying its images one at a time", len(indices))
             if len(indices) == 1:
@@ -77,50 +70,43 @@ def predict_grouped(
     return results
 
 
-class TierModel:
-    def __init__(self, args: TierModelArgs) -> None:
-        self.args = args
-        config = args.config
+class Predictor:
+    """A tier's loaded runtime: ``predict_many`` in, one ``MaskResult`` (or error) per image out."""
+
+    def __init__(self, tier: ServedTier) -> None:
+        self.tier = tier
+        config = tier.config
         started = time.monotonic()
-        weights = resolve(args.spec.checkpoint, config.weights, args.weights_dir, config.allow_download)
-        settings = RuntimeSettings(
-            weights=weights,
-            base_size=args.base_size,
-            device=config.resolved_device,
-            cpu_threads=config.cpu_threads,
-            static_size=isinstance(args.spec.resize, StaticResize),
-            export_dir=args.weights_dir / EXPORT_DIR,
-            export_command=export_command(args.tier, config.weights, args.weights_dir, args.base_size),
-            onnx_providers=tuple(config.onnx_providers) if config.onnx_providers else None,
-            cudnn_benchmark=config.cudnn_benchmark,
-            allow_tf32=config.allow_tf32,
-        )
-        if config.runtime == RuntimeName.AUTO:
+        weights = resolve(tier.spec.checkpoint, config.weights, tier.weights_dir, config.allow_download)
+        settings = tier.runtime_settings(weights)
+        if config.runtime == AUTO:
             self.runtime = self._load_auto(settings)
         else:
-            self.runtime = create_runtime(config.runtime.value, settings)
+            self.runtime = create_runtime(config.runtime, settings)
             self.runtime.load()
         if config.warmup:
-            side = args.base_size if isinstance(args.spec.resize, StaticResize) else min(args.base_size, 512)
+            side = tier.base_size if isinstance(tier.resize, StaticResize) else min(tier.base_size, 512)
             self.runtime.warmup(1, side, side)
         logger.info(
             "tier %s ready in %.1f s: weights=%s runtime=%s device=%s base_size=%d",
-            args.tier.value,
+            tier.tier.value,
             time.monotonic() - started,
             weights.label,
             self.runtime.name,
             self.runtime.device,
-            args.base_size,
+            tier.base_size,
         )
 
     def _load_auto(self, settings: RuntimeSettings) -> Runtime:
         """The fastest runtime measured here that held parity and loads; eager when none was measured."""
         signature = device_signature(torch.device(settings.device))
-        path = self.args.weights_dir / MEASUREMENTS_FILE
-        ranked = ranked_runtimes(load_measurements(path), signature, self.args.tier.value)
+        path = self.tier.weights_dir / MEASUREMENTS_FILE
+        ranked = ranked_runtimes(load_measurements(path), signature, self.tier.tier.value)
         if not ranked:
             logger.warning(
-                "runtime auto: no measurements for %r in %s; running eager (see bench/runtimes.py)", signature, path
+                "runtime auto: no measurements for %r in %s; running eager (see `python -m bench.runtimes --record`)",
+                signature,
+                path,
             )
         for name in ranked:
             runtime = create_runtime(name, settings)
@@ -131,22 +117,12 @@ class TierModel:
                 continue
             logger.info("runtime auto: %s (ranked here: %s)", name, ranked)
             return runtime
-        runtime = create_runtime(RuntimeName.EAGER.value, settings)
+        runtime = EagerRuntime(settings)
         runtime.load()  # errors here (bad weights) are the tier's to report
         return runtime
 
-    @property
-    def weights_label(self) -> str:
-        return self.runtime.weights_label
-
     def predict_many(self, images: Sequence[object]) -> list[MaskResult | ServiceError]:
-        label = self.weights_label
-        return [
-            r
-            if isinstance(r, ServiceError)
-            else MaskResult(mask=r.mask, batch_size=r.batch_size, weights=label, model_seconds=r.seconds)
-            for r in predict_grouped(images, self.runtime.predict)
-        ]
+        return predict_grouped(images, self.runtime.predict)
 
     def check_health(self) -> None:
         self.runtime.check_health()

@@ -1,0 +1,59 @@
+"""Every error becomes the same JSON, ``{"error": {"code", "message"}}``, in one place: our domain errors with
+the status they carry (``serve_app/errors.py``), FastAPI's parameter validation as 422, Starlette's 404/405, and
+anything unexpected as a logged 500."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments import SERVE_LOGGER
+from serve_app.errors import InvalidParameterError, ServiceError
+from serve_app.schemas import ErrorBody
+
+logger = logging.getLogger(SERVE_LOGGER)
+
+RETRY_AFTER_S = "5"  # what a 503 tells a client to wait
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody.model_validate({"error": {"code": code, "message": message}})
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
+
+
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    if exc.status >= 500:
+        logger.error("%s: %s", exc.code, exc.message)
+    headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else None
+    return error_response(exc.status, exc.code, exc.message, headers)
+
+
+async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    return service_error_response(exc)
+
+
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'query')}: {e.get('msg', '')}" for e in exc.errors()
+    )
+    return error_response(InvalidParameterError.status, InvalidParameterError.code, problems)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404, 405: same JSON shape
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error while serving a request")
+    return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); see the ingress log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    # Starlette types handlers as taking any Exception; each here is registered for the one it handles.
+    app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)

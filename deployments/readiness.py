@@ -1,0 +1,101 @@
+"""Which tiers can take a request, as a snapshot that requests read and never wait for.
+
+A background thread asks Serve's controller (``serve.status()``) which tier deployments have a running replica,
+and the cluster whether it has a GPU, every ``REFRESH_S``. A request only reads the last snapshot: a slow or
+stopped controller delays the next snapshot, never a request. If the controller stops answering, the last known
+state stands; with none known, requests are let through (and Serve's own errors on the call say what is wrong:
+``model_client.py``).
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import serve
+
+from deployments import SERVE_LOGGER
+from serve_app.errors import TierUnavailableError
+from serve_app.schemas import ServedTier, TierInfo, gpu_missing_message
+
+logger = logging.getLogger(SERVE_LOGGER)
+
+REFRESH_S = 1.0
+# Replica states that hold a loaded model and take requests: RUNNING, and UPDATING (a live user_config change,
+# i.e. new batching) and RECOVERING (a restarted controller re-attaching), which return to RUNNING as they are.
+SERVING_STATES = frozenset({"RUNNING", "UPDATING", "RECOVERING"})
+
+
+@dataclass(frozen=True)
+class ServeSnapshot:
+    deployments: dict[str, Any] | None = None  # deployment name → Serve's DeploymentStatusInfo; None: never read
+    cluster_gpus: float = 0.0
+    taken_at: float = field(default_factory=time.monotonic)
+
+
+def _value(enum_or_str: Any) -> str:
+    return str(getattr(enum_or_str, "value", enum_or_str))
+
+
+class TierReadiness:
+    """The tiers' states from a snapshot of Serve's status that a background thread keeps fresh."""
+
+    def __init__(self, app_name: str, refresh_s: float = REFRESH_S) -> None:
+        self.app_name = app_name
+        self.refresh_s = refresh_s
+        self.snapshot = ServeSnapshot()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh_forever, name="tier-readiness", daemon=True)
+        self._thread.start()
+
+    def _take_snapshot(self) -> ServeSnapshot:
+        application = serve.status().applications.get(self.app_name)
+        deployments = dict(application.deployments) if application else {}
+        return ServeSnapshot(deployments=deployments, cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)))
+
+    def _refresh_forever(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            try:
+                self.snapshot = self._take_snapshot()  # one reference swap: readers see the old or the new one
+                if failing:
+                    logger.info("Serve's status is readable again")
+                failing = False
+            except Exception:
+                if not failing:  # once per outage, not once a second
+                    logger.warning("could not read Serve's status; keeping the last known tier states", exc_info=True)
+                failing = True
+            self._stop.wait(self.refresh_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def tier_info(self, tier: ServedTier) -> TierInfo:
+        snapshot, config, name = self.snapshot, tier.config, tier.tier.value
+        if snapshot.deployments is None:
+            running, status, message = None, "UNKNOWN", "Serve's status has not been read yet"
+        elif (deployment := snapshot.deployments.get(name)) is None:
+            running, status, message = 0, "NOT_DEPLOYED", "no such deployment in this application"
+        else:
+            running = sum(n for state, n in deployment.replica_states.items() if _value(state) in SERVING_STATES)
+            status, message = _value(deployment.status), deployment.message
+        if running == 0 and config.num_gpus > 0 and snapshot.cluster_gpus == 0:
+            message = f"{gpu_missing_message({name: config.num_gpus})} {message}".strip()
+        return TierInfo(
+            tier=tier.tier,
+            checkpoint=tier.spec.checkpoint.filename,
+            weights=tier.weights_label,
+            input_size=tier.input_size,
+            runtime=config.runtime,
+            device=config.resolved_device,
+            ready=running != 0,  # unknown (None) counts as ready: never refuse for want of a status
+            status=status,
+            message=message,
+        )
+
+    def raise_if_unavailable(self, tier: ServedTier) -> None:
+        info = self.tier_info(tier)
+        if not info.ready:
+            raise TierUnavailableError(f"the {tier.tier.value} tier is not ready ({info.status}): {info.message}")
