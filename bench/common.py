@@ -16,7 +16,7 @@ from serve_app.catalogue import CATALOGUE, Tier
 from serve_app.resize import DynamicResize, StaticResize, to_model_input
 from serve_app.runtimes import Runtime, create_runtime
 from serve_app.schemas import ServedTier, TierConfig
-from serve_app.weights import resolve
+from serve_app.weights import UNTRAINED, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -52,6 +52,8 @@ def served_tier(
     """The tier as a config would serve it: ``weights`` is a checkpoint path or ``untrained``; ONNX exports live
     under ``weights_dir``."""
     share = {"ray_actor_options": {"num_gpus": 1.0}} if device == "cuda" else {}
+    if weights != UNTRAINED:
+        weights = str(Path(weights).resolve())  # a path from the command line, not one inside weights_dir
     config = TierConfig(weights=weights, runtime=runtime, device=device, base_size=base_size, deployment=share)
     return ServedTier(tier=Tier(tier), config=config, weights_dir=weights_dir)
 

@@ -9,8 +9,8 @@ one sitting), sends ``--requests`` sequential 160x128 PNGs to one tier (mask, PN
 - ``outside model+queue``: wall minus model minus queue: everything the service adds (HTTP proxy, reading the
   upload, readiness checks, the ingress's steps, the handle call's hand-offs);
 
-first with the controller answering, then with the Serve controller process stopped (SIGSTOP), the way a slow or
-overloaded controller looks to a request. The controller is resumed before the script exits.
+first with the controller answering, then with this service's Serve controller process stopped (SIGSTOP), the way
+a slow or overloaded controller looks to a request. The controller is resumed before the script exits.
 
     python -m bench.ingress_latency                        # this tree
     python -m bench.ingress_latency --root /tmp/old-tree   # another checkout, same measurement
@@ -24,21 +24,18 @@ import json
 import os
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import yaml
 from PIL import Image
 
+from bench.common import ROOT
 from tests.support import scenes
 from tests.support.segmenting_weights import segmenting_checkpoint
+from tests.support.serve_run import descendant_pids, serve_run
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS_OUTSIDE_MODEL = ("decode", "resize", "upsample", "effect", "encode")
 
 
@@ -46,11 +43,6 @@ def small_png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(scenes.make_scenes(seed=1, count=1, height=128, width=160)[0].image).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def controller_pids() -> list[int]:
-    done = subprocess.run(["pgrep", "-f", "ray::ServeController"], capture_output=True, text=True)
-    return [int(p) for p in done.stdout.split()]
 
 
 def measure(client: httpx.Client, data: bytes, tier: str, count: int) -> dict[str, float]:
@@ -83,56 +75,26 @@ def main() -> None:
     parser.add_argument("--frozen-requests", type=int, default=5)
     args = parser.parse_args()
     root = args.root.resolve()
-    config_path = root / "configs" / "test.yaml"
-    http = yaml.safe_load(config_path.read_text())["http_options"]
-    url = f"http://{http['host']}:{http['port']}"
     weights_dir = Path(tempfile.mkdtemp())
     (weights_dir / "test-segmenting.pth").symlink_to(segmenting_checkpoint()[0])
-    env = {**os.environ, "BGSERVE_WEIGHTS_DIR": str(weights_dir), "PYTHONPATH": str(root)}
-    serve_cli = Path(sys.executable).with_name("serve")
-    log = weights_dir / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(serve_cli), "run", str(config_path)],
-            cwd=root,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     frozen: list[int] = []
-    try:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(1)
-            else:
-                raise SystemExit(f"not ready; log:\n{log.read_text()[-3000:]}")
-            data = small_png()
-            measure(client, data, args.tier, 3)  # warm-up
-            answering = measure(client, data, args.tier, args.requests)
-            frozen = controller_pids()
-            for pid in frozen:
-                os.kill(pid, signal.SIGSTOP)
-            time.sleep(2)  # past the ingress's status cache
-            stopped = measure(client, data, args.tier, args.frozen_requests)
-    finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
-        process.send_signal(signal.SIGINT)
+    with serve_run(root / "configs" / "test.yaml", weights_dir, weights_dir / "serve.log", root) as served:
         try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            with httpx.Client(base_url=served.url, timeout=120) as client:
+                data = small_png()
+                measure(client, data, args.tier, 3)  # warm-up
+                answering = measure(client, data, args.tier, args.requests)
+                frozen = descendant_pids(served.pid, "ray::ServeController")  # this service's controller only
+                for pid in frozen:
+                    os.kill(pid, signal.SIGSTOP)
+                time.sleep(2)  # past the ingress's status cache
+                stopped = measure(client, data, args.tier, args.frozen_requests)
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
     report = {"root": str(root), "tier": args.tier, "controller_answering": answering, "controller_frozen": stopped}
     print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()

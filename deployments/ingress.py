@@ -9,6 +9,7 @@ batched.
 """
 
 import asyncio
+import contextvars
 import functools
 import threading
 import time
@@ -90,7 +91,7 @@ class Ingress:
 
     async def readyz(self) -> JSONResponse:
         tiers = self.tier_infos()
-        ready = all(t.ready for t in tiers)
+        ready = self.readiness.all_ready(tiers)
         body = {"ready": ready, "tiers": {t.tier.value: t.status for t in tiers}}
         return JSONResponse(status_code=200 if ready else 503, content=body)
 
@@ -100,9 +101,8 @@ class Ingress:
     async def remove(self, request: Request, params: Annotated[RemoveParams, Query()]) -> Response:
         tier = self.served_tier(params.tier or self.config.default_tier)
         self.readiness.raise_if_unavailable(tier)
-        data = await read_upload(request, self.config.max_upload_bytes)
+        data = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
         prepared = await self.on_cpu(preprocess, data, tier.resize, tier.base_size, self.config.max_image_pixels)
-        del data
         called = time.perf_counter()
         result = await self.models[tier.tier].predict(prepared.model_input)
         round_trip = time.perf_counter() - called
@@ -121,5 +121,7 @@ class Ingress:
         return [self.readiness.tier_info(tier) for tier in self.tiers.values()]
 
     async def on_cpu(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run CPU-bound work on the ingress's pool, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, functools.partial(work, *args, **kwargs))
+        """Run CPU-bound work on the ingress's pool, off the event loop, in this request's context (Serve's request
+        id in log lines), as asyncio.to_thread would."""
+        call = functools.partial(contextvars.copy_context().run, work, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, call)

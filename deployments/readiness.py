@@ -10,7 +10,7 @@ state stands; with none known, requests are let through (and Serve's own errors 
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -23,6 +23,7 @@ from serve_app.schemas import ServedTier, TierInfo, gpu_missing_message
 logger = logging.getLogger(SERVE_LOGGER)
 
 REFRESH_S = 1.0
+FIRST_SNAPSHOT_WAIT_S = 5.0  # at start only: how long the ingress waits for its first look at the tiers
 # Replica states that hold a loaded model and take requests: RUNNING, and UPDATING (a live user_config change,
 # i.e. new batching) and RECOVERING (a restarted controller re-attaching), which return to RUNNING as they are.
 SERVING_STATES = frozenset({"RUNNING", "UPDATING", "RECOVERING"})
@@ -32,7 +33,6 @@ SERVING_STATES = frozenset({"RUNNING", "UPDATING", "RECOVERING"})
 class ServeSnapshot:
     deployments: dict[str, Any] | None = None  # deployment name → Serve's DeploymentStatusInfo; None: never read
     cluster_gpus: float = 0.0
-    taken_at: float = field(default_factory=time.monotonic)
 
 
 def _value(enum_or_str: Any) -> str:
@@ -46,9 +46,10 @@ class TierReadiness:
         self.app_name = app_name
         self.refresh_s = refresh_s
         self.snapshot = ServeSnapshot()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._refresh_forever, name="tier-readiness", daemon=True)
-        self._thread.start()
+        self._first = threading.Event()
+        # A daemon thread: it lives as long as the replica's process, and dies with it.
+        threading.Thread(target=self._refresh_forever, name="tier-readiness", daemon=True).start()
+        self._first.wait(FIRST_SNAPSHOT_WAIT_S)  # start with a real answer if the controller gives one soon
 
     def _take_snapshot(self) -> ServeSnapshot:
         application = serve.status().applications.get(self.app_name)
@@ -57,9 +58,10 @@ class TierReadiness:
 
     def _refresh_forever(self) -> None:
         failing = False
-        while not self._stop.is_set():
+        while True:
             try:
                 self.snapshot = self._take_snapshot()  # one reference swap: readers see the old or the new one
+                self._first.set()
                 if failing:
                     logger.info("Serve's status is readable again")
                 failing = False
@@ -67,10 +69,7 @@ class TierReadiness:
                 if not failing:  # once per outage, not once a second
                     logger.warning("could not read Serve's status; keeping the last known tier states", exc_info=True)
                 failing = True
-            self._stop.wait(self.refresh_s)
-
-    def stop(self) -> None:
-        self._stop.set()
+            time.sleep(self.refresh_s)
 
     def tier_info(self, tier: ServedTier) -> TierInfo:
         snapshot, config, name = self.snapshot, tier.config, tier.tier.value
@@ -94,6 +93,11 @@ class TierReadiness:
             status=status,
             message=message,
         )
+
+    def all_ready(self, tiers: list[TierInfo]) -> bool:
+        """For /readyz: every tier has a serving replica, as far as a snapshot has shown (a probe that cannot
+        know yet says not ready; a request, by contrast, is let through)."""
+        return self.snapshot.deployments is not None and all(t.ready for t in tiers)
 
     def raise_if_unavailable(self, tier: ServedTier) -> None:
         info = self.tier_info(tier)

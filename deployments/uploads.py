@@ -57,8 +57,10 @@ class BodySizeLimit:
         await self.app(scope, limited, send)
 
 
-async def read_upload(request: Request, max_bytes: int) -> bytes:
-    """The image bytes: multipart field ``image`` (or ``file``), or the raw body."""
+async def read_upload(request: Request, max_field_bytes: int) -> bytes:
+    """The image bytes: multipart field ``image`` (or ``file``), or the raw body. The body as a whole is bounded
+    by ``BodySizeLimit``; ``max_field_bytes`` bounds each non-file multipart field (Starlette's ``max_part_size``,
+    which does not apply to files)."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith(NOT_IMAGE_TYPES):
         raise UnsupportedMediaTypeError(
@@ -66,13 +68,13 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
             f"body (image/*, application/octet-stream, or curl's default for --data-binary)"
         )
     if content_type.startswith("multipart/form-data"):
-        return await _multipart_image(request, max_bytes)
+        return await _multipart_image(request, max_field_bytes)
     return await request.body()
 
 
-async def _multipart_image(request: Request, max_bytes: int) -> bytes:
+async def _multipart_image(request: Request, max_field_bytes: int) -> bytes:
     try:
-        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=max_bytes)
+        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=max_field_bytes)
     except HTTPException as exc:  # Starlette's answer to a malformed body; ours has our JSON shape and code
         raise MalformedRequestError(f"malformed multipart body: {exc.detail}") from None
     try:

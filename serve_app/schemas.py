@@ -188,8 +188,8 @@ class _DeploymentOptions(BaseModel):
         owned = [key for key in _BUILDER_OWNED if key in value]
         if owned:
             raise ValueError(
-                f"{', '.join(owned)}: set by the builder (the deployment is named after its tier; its user_config "
-                f"is `batching`, changed live under the config file's `deployments:`)"
+                f"{', '.join(owned)}: set by the builder (deployments are named ingress and after their tiers; a "
+                f"tier's user_config is its `batching`, changed live under the config file's `deployments:`)"
             )
         return value
 
@@ -199,11 +199,14 @@ class _DeploymentOptions(BaseModel):
 
     @property
     def num_cpus(self) -> float:
-        return float(self.deployment_options().get("ray_actor_options", {}).get("num_cpus", 1.0))
+        return float(self._actor_options().get("num_cpus", 1.0))  # Ray's default for an actor
 
     @property
     def num_gpus(self) -> float:
-        return float(self.deployment_options().get("ray_actor_options", {}).get("num_gpus", 0.0))
+        return float(self._actor_options().get("num_gpus", 0.0))
+
+    def _actor_options(self) -> dict[str, Any]:
+        return self.deployment_options().get("ray_actor_options") or {}
 
     @property
     def max_ongoing_requests(self) -> int:

@@ -41,10 +41,6 @@ class ResolvedWeights:
     path: Path | None
     label: str
 
-    @property
-    def untrained(self) -> bool:
-        return self.path is None
-
 
 def default_weights_dir() -> Path:
     return Path(os.environ.get(WEIGHTS_DIR_ENV) or DEFAULT_WEIGHTS_DIR).expanduser()

@@ -78,10 +78,12 @@ class Runtime(ABC):
         self.predict(rng.integers(0, 256, (batch_size, height, width, 3), dtype=np.uint8))
 
     def check_health(self) -> None:
-        """Raise if the device is gone (a lost or wedged GPU); Serve replaces a replica that fails this."""
+        """Touch the device; raises if it is gone (a lost or wedged GPU). Serve replaces a replica that fails."""
+        probe = torch.ones(1, device=self.device) + 1  # a kernel launch, and a copy back below
         if self.device.type == "cuda":
-            torch.ones(1, device=self.device).add_(1).item()  # a kernel launch and a copy back
             torch.cuda.synchronize(self.device)
+        if float(probe.item()) != 2.0:
+            raise RuntimeError(f"device {self.device} computed 1 + 1 = {float(probe.item())}")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -2,54 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tests.conftest import ROOT, png_bytes
-from tests.integration.conftest import place_test_weights, wait_until_ready
+from tests.conftest import png_bytes
+from tests.integration.conftest import place_test_weights
 from tests.support import scenes
 from tests.support.reference import TEST_CONFIG
+from tests.support.serve_run import serve_run
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path) -> Iterator[str]:
     weights_dir = place_test_weights(tmp_path_factory, segmenting_weights)
-    log = tmp_path_factory.mktemp("serve-run") / "serve.log"
-    env = {**os.environ, "BGSERVE_WEIGHTS_DIR": str(weights_dir)}
-    serve_cli = Path(sys.executable).with_name("serve")
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(serve_cli), "run", str(TEST_CONFIG)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    http = yaml.safe_load(TEST_CONFIG.read_text())["http_options"]
-    url = f"http://{http['host']}:{http['port']}"
-    try:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            try:
-                wait_until_ready(client)
-            except TimeoutError:
-                pytest.fail(f"`serve run` never became ready; its log:\n{log.read_text()[-5000:]}")
-        yield url
-    finally:
-        process.send_signal(signal.SIGINT)  # what Ctrl-C does: serve run shuts Serve and its Ray down
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    with serve_run(TEST_CONFIG, weights_dir, tmp_path_factory.mktemp("serve-run") / "serve.log") as served:
+        yield served.url
 
 
 def test_serve_run_config_serves_every_tier(served: str) -> None:

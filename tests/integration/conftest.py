@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from tests.support.reference import TEST_CONFIG
+from tests.support.serve_run import wait_until_ready
 
 APP_NAME = "bgserve"
-READY_TIMEOUT_S = 600
 DASHBOARD = "http://127.0.0.1:8265"
 
 
@@ -27,21 +27,6 @@ def place_test_weights(tmp_path_factory: pytest.TempPathFactory, segmenting_weig
     directory = tmp_path_factory.mktemp("weights")
     (directory / "test-segmenting.pth").symlink_to(segmenting_weights)
     return directory
-
-
-def wait_until_ready(client: httpx.Client, timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            response = client.get("/readyz")
-            if response.status_code == 200:
-                return
-            last = response.text
-        except httpx.TransportError as exc:
-            last = repr(exc)
-        time.sleep(1.0)
-    raise TimeoutError(f"service not ready after {timeout_s}s: {last}")
 
 
 def read_test_config() -> dict[str, Any]:

@@ -180,6 +180,17 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_result(client: ht
         assert np.abs(decode(single).astype(int) - decode(together).astype(int)).max() <= 1
 
 
+def test_corrupt_upload_in_a_burst_fails_alone(client: httpx.Client) -> None:
+    """A truncated PNG sent together with good uploads: it fails at decode in the ingress (400, before any model
+    call), and the requests beside it are answered."""
+    uploads = mixed_uploads()
+    uploads[1] = uploads[1][: len(uploads[1]) // 3]  # truncated PNG
+    responses = burst(client, uploads, tier="fast", effect="mask")
+    assert responses[1].status_code == 400
+    assert responses[1].json()["error"]["code"] == "invalid_image"
+    assert [r.status_code for i, r in enumerate(responses) if i != 1] == [200, 200, 200]
+
+
 def test_quality_tier_caps_a_panorama(client: httpx.Client) -> None:
     """Remover would feed a 3008x192 panorama to the model as it is; the quality tier caps the long side."""
     panorama = np.tile(scenes.make_scenes(seed=3, count=1, height=200, width=200)[0].image, (1, 15, 1))

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -8,9 +10,11 @@ from serve_app.schemas import (
     BatchingConfig,
     IngressConfig,
     RemoveParams,
+    ServedTier,
     TierConfig,
     parse_color,
 )
+from serve_app.weights import ResolvedWeights
 
 
 @pytest.mark.parametrize(
@@ -113,3 +117,22 @@ def test_app_config_tiers() -> None:
         AppConfig.model_validate({"tiers": {"fast": {}}})
     with pytest.raises(ValidationError):
         AppConfig.model_validate({"tiers": {"fast": {"wieghts": "x"}}})  # typos are errors, not ignored
+
+
+def test_served_tier_names_its_weights_and_sizes(tmp_path: Path) -> None:
+    """X-Weights and /v1/tiers come from here, the one source of the label."""
+
+    def served(tier: Tier, **config: object) -> ServedTier:
+        return ServedTier(tier=tier, config=TierConfig.model_validate(config), weights_dir=tmp_path)
+
+    assert served(Tier.FAST).weights_label == "ckpt_fast.pth"
+    assert served(Tier.FAST, weights="untrained").weights_label == "untrained"
+    assert served(Tier.BALANCED, weights="/models/mine.pth").weights_label == "mine.pth"
+    assert served(Tier.FAST, base_size=128).input_size == "128x128"
+    assert served(Tier.QUALITY).input_size.startswith("dynamic")
+    settings = served(Tier.FAST, weights="untrained", base_size=128).runtime_settings(
+        ResolvedWeights(None, "untrained")
+    )
+    assert settings.base_size == 128 and settings.static_size and settings.export_dir == tmp_path / "onnx"
+    assert settings.device == "cpu" and "--base-size 128" in (settings.export_command or "")
+    assert not served(Tier.QUALITY).runtime_settings(ResolvedWeights(None, "untrained")).static_size

@@ -131,7 +131,7 @@ def test_configured_path_wins_and_skips_the_checksum(tmp_path: Path) -> None:
 
 def test_untrained_is_labelled() -> None:
     resolved = resolve(checkpoint("http://127.0.0.1:9/x"), UNTRAINED, Path("/nonexistent"))
-    assert resolved.untrained and resolved.path is None and resolved.label == "untrained"
+    assert resolved.path is None and resolved.label == "untrained"
 
 
 def test_place_copies_and_verifies(tmp_path: Path) -> None:

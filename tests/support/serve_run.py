@@ -1,0 +1,95 @@
+"""`serve run CONFIG` as an operator types it, in a subprocess: for the end-to-end tests and the latency
+benchmark."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 600
+
+
+def wait_until_ready(client: httpx.Client, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = client.get("/readyz")
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(1.0)
+    raise TimeoutError(f"service not ready after {timeout_s}s: {last}")
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    pid: int  # of `serve run`: Ray's processes for this service (raylet, workers, controller) descend from it
+
+
+@contextmanager
+def serve_run(config: Path, weights_dir: Path, log: Path, root: Path = ROOT) -> Iterator[Served]:
+    """Serve ``config`` from the checkout at ``root`` with ``$BGSERVE_WEIGHTS_DIR=weights_dir``; yields it once
+    ``/readyz`` answers 200, and stops it as Ctrl-C does (Serve and its Ray shut down) on the way out."""
+    env = {**os.environ, "BGSERVE_WEIGHTS_DIR": str(weights_dir), "PYTHONPATH": str(root)}
+    serve_cli = Path(sys.executable).with_name("serve")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(serve_cli), "run", str(config)],
+            cwd=root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    http = yaml.safe_load(config.read_text())["http_options"]
+    url = f"http://{http['host']}:{http['port']}"
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            try:
+                wait_until_ready(client)
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"`serve run` never became ready ({exc}); its log:\n{log.read_text()[-5000:]}"
+                ) from None
+        yield Served(url=url, pid=process.pid)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def descendant_pids(root_pid: int, command_contains: str) -> list[int]:
+    """Processes below ``root_pid`` (children, their children, ...) whose command line contains the text."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for line in table.splitlines():
+        fields = line.split(None, 2)
+        pid, ppid = int(fields[0]), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        commands[pid] = fields[2] if len(fields) > 2 else ""
+    found, pending = [], list(children.get(root_pid, []))
+    while pending:
+        pid = pending.pop()
+        pending.extend(children.get(pid, []))
+        if command_contains in commands.get(pid, ""):
+            found.append(pid)
+    return found
