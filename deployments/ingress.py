@@ -19,13 +19,14 @@ from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments import route_core_logs_to_serve
 from deployments.http_errors import install_error_handlers
 from deployments.model_client import ModelClient
-from deployments.openapi import REMOVE_REQUEST_BODY, REMOVE_RESPONSES
+from deployments.openapi import READY_RESPONSES, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
 from deployments.readiness import TierReadiness
 from deployments.uploads import BodySizeLimit, read_upload
 from serve_app.catalogue import Tier
@@ -52,7 +53,7 @@ class Ingress:
         threading.Thread(target=warm_up_matting, name="warm-up-matting", daemon=True).start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        app = FastAPI(
+        app = FastAPIOffline(  # /docs and /redoc from files the package ships: they render offline
             title="bgserve: background removal",
             version="0.1.0",
             description="InSPyReNet (transparent-background) on Ray Serve. Send an image, get the cut-out, its mask "
@@ -63,7 +64,10 @@ class Ingress:
         app.add_api_route("/", self.root, include_in_schema=False)
         app.add_api_route("/healthz", self.healthz, summary="Liveness: answers while the service is up")
         app.add_api_route(
-            "/readyz", self.readyz, summary="Readiness: 200 once every tier has a running replica, else 503"
+            "/readyz",
+            self.readyz,
+            summary="Readiness: 200 once every tier has a running replica, else 503",
+            responses=READY_RESPONSES,
         )
         app.add_api_route(
             "/v1/tiers",

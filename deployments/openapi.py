@@ -1,6 +1,6 @@
-"""What ``/docs`` and ``/openapi.json`` say about ``POST /v1/remove`` beyond what FastAPI infers: the upload
-reaches the route as a raw ``Request`` (multipart or body), so its schema and the error answers are spelled out
-here."""
+"""What ``/docs`` and ``/openapi.json`` say beyond what FastAPI infers: the upload reaches ``POST /v1/remove`` as a
+raw ``Request`` (multipart or body), so its schema, its response headers and the error answers are spelled out
+here, as the README documents them (an integration test compares the two)."""
 
 from typing import Any
 
@@ -11,21 +11,52 @@ REMOVE_REQUEST_BODY: dict[str, Any] = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "The image."},
+                        "file": {"type": "string", "format": "binary", "description": "The same, as rembg sends it."},
+                    },
+                    "description": "One of `image` or `file`.",
+                }
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
     },
 }
+
+
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
 REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The result image; X-Tier, X-Weights and X-Batch-Size say how it was made.",
+        "description": "The result image, at the width and height of the upright upload.",
         "content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}},
+        "headers": {
+            "X-Tier": _header("The tier that made it."),
+            "X-Weights": _header("The checkpoint that made it, or `untrained`."),
+            "X-Batch-Size": _header("How many images shared its model call."),
+            "X-Model-Input": _header("The size the model saw, WIDTHxHEIGHT."),
+            "Server-Timing": _header(
+                "Milliseconds per step: decode, resize, queue, model, upsample, effect, encode "
+                "(e.g. `model;dur=1234.5`)."
+            ),
+        },
     },
     400: {"model": ErrorBody, "description": "Empty upload, undecodable image or malformed multipart body."},
     413: {"model": ErrorBody, "description": "Upload or image too large."},
     415: {"model": ErrorBody, "description": "A JSON or text body."},
     422: {"model": ErrorBody, "description": "Invalid query parameter, or no 'image' field."},
-    503: {"model": ErrorBody, "description": "The tier is not running, cannot be scheduled, or is overloaded."},
+    503: {
+        "model": ErrorBody,
+        "description": "The tier is not running, cannot be scheduled, or is overloaded; retry after Retry-After.",
+        "headers": {"Retry-After": _header("Seconds to wait before retrying.")},
+    },
+}
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Every tier has a serving replica: {ready: true, tiers: {name: status}}."},
+    503: {"description": "A tier has none yet (or its state is not known yet): {ready: false, tiers: {name: status}}."},
 }

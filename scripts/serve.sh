@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Set up and start the service on this machine: CPU config by default, any Serve config as the first argument.
-#   scripts/serve.sh                     # configs/cpu.yaml on http://localhost:8000
-#   scripts/serve.sh serve_config.yaml   # the NVIDIA L4 config
+# Set up and start the service on this machine, in the foreground (Ctrl-C stops it):
+#   scripts/serve.sh                     # configs/cpu.yaml on http://localhost:8000: fetches the checkpoints it needs
+#   scripts/serve.sh serve_config.yaml   # the NVIDIA L4 config (or any Serve config of yours)
+#   scripts/serve.sh --try               # no checkpoint needed (offline too): the fast tier on untrained weights
 set -euo pipefail
 cd "$(dirname "$0")/.."
-config="${1:-configs/cpu.yaml}"
+case "${1:-}" in
+  --try) config=configs/try.yaml ;;
+  -h|--help) sed -n 2,5p "$0"; exit 0 ;;
+  *) config="${1:-configs/cpu.yaml}" ;;
+esac
 scripts/setup.sh cpu
-. .venv/bin/activate
-# Fetch and verify the three checkpoints first (progress bars here, not buried in replica logs). Offline, this
-# prints which file to put where; see README "Weights".
-bgserve-weights fetch
-exec serve run "$config"
+# The checkpoints this config downloads itself, fetched and verified first (progress bars here, not buried in
+# replica logs). Offline, this prints which file to put where, and how to try the service without them.
+if ! .venv/bin/bgserve-weights fetch --config "$config"; then
+  echo >&2
+  echo "Could not get the checkpoints $config needs (see above). To try the service without them:" >&2
+  echo "  scripts/serve.sh --try" >&2
+  exit 1
+fi
+echo "Starting $config: http://localhost:8000/docs once /readyz answers 200 (Ctrl-C stops the service)."
+exec .venv/bin/serve run "$config"

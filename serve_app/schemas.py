@@ -91,7 +91,11 @@ class RemoveParams(BaseModel):
 
     tier: Tier | None = Field(None, description="fast, balanced or quality; default: the service's default_tier.")
     effect: Effect = Field(Effect.RGBA, description="What to return: rgba cut-out, mask, color or blur background.")
-    color: str = Field("#ffffff", description="Background for effect=color: #rrggbb (send # as %23), rrggbb, r,g,b.")
+    color: str = Field(
+        "#ffffff",
+        description="Background for effect=color: #rrggbb (send # as %23), rrggbb, #rgb, a CSS colour name "
+        "(white, orange, ...) or r,g,b.",
+    )
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Hard mask: alpha = 1 where above, else 0.")
     reverse: bool = Field(False, description="Swap subject and background (keep the background, remove the subject).")
     format: OutputFormat = Field(OutputFormat.PNG, description="png, webp or jpeg (rgba as jpeg is put on white).")

@@ -165,7 +165,8 @@ def offline_help(checkpoint: Checkpoint, destination: Path, reason: str) -> str:
         f"On a machine that can reach it, fetch {checkpoint.url} and put the file at {destination} "
         f"(`bgserve-weights place {checkpoint.filename} --dir {destination.parent}` checks and copies it), or run "
         f"`bgserve-weights fetch --dir {destination.parent}` where there is internet; "
-        f"or set the tier's `weights:` to the path of a checkpoint you have."
+        f"or set the tier's `weights:` to the path of a checkpoint you have. To try the service without any "
+        f"checkpoint (untrained weights: it runs, but its masks mean nothing), run `scripts/serve.sh --try`."
     )
 
 

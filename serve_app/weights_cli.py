@@ -2,6 +2,7 @@
 
 bgserve-weights fetch                       # all three, into $BGSERVE_WEIGHTS_DIR or ~/.cache/bgserve/weights
 bgserve-weights fetch --tier fast --dir /models
+bgserve-weights fetch --config configs/cpu.yaml          # what that config needs (its tiers with `weights: auto`)
 bgserve-weights place ~/Downloads/ckpt_base.pth          # the tier is known from the file name
 bgserve-weights place ./renamed.pth --tier balanced
 bgserve-weights verify
@@ -14,8 +15,12 @@ import logging
 import sys
 from pathlib import Path
 
+import yaml
+from pydantic import ValidationError
+
 from serve_app.catalogue import CATALOGUE, Tier
 from serve_app.errors import ConfigurationError
+from serve_app.schemas import AppConfig
 from serve_app.weights import AUTO, default_weights_dir, place, resolve, verify
 
 TIER_NAMES = [t.value for t in Tier]
@@ -30,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--tier", action="append", choices=TIER_NAMES, help="tier(s) to act on; default: all")
         sub.add_argument("--dir", type=Path, default=None, help="weights directory")
+        sub.add_argument(
+            "--config", type=Path, default=None, help="a Serve config: its tiers with `weights: auto`, its weights_dir"
+        )
     sub = commands.add_parser("place", help="copy a checkpoint you already have into the weights directory")
     sub.add_argument("file", type=Path)
     sub.add_argument("--tier", choices=TIER_NAMES, help="default: the tier whose checkpoint has the file's name")
@@ -43,6 +51,17 @@ def tier_of_file(path: Path) -> Tier:
             return tier
     names = ", ".join(f"{s.checkpoint.filename} ({t.value})" for t, s in CATALOGUE.items())
     raise ConfigurationError(f"cannot tell the tier of {path.name}: name it with --tier (checkpoints: {names})")
+
+
+def app_config(path: Path) -> AppConfig:
+    """The bgserve application's args in a Serve config file, validated."""
+    for application in yaml.safe_load(path.read_text()).get("applications", []):
+        if application.get("import_path") == "deployments.app:build_app":
+            try:
+                return AppConfig.model_validate(application.get("args") or {})
+            except ValidationError as exc:
+                raise ConfigurationError(f"{path}: {exc}") from None
+    raise ConfigurationError(f"{path} has no application with import_path deployments.app:build_app")
 
 
 def _act(command: str, tier: Tier, weights_dir: Path) -> str:
@@ -69,8 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigurationError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 1
+    tiers = [Tier(t) for t in (args.tier or TIER_NAMES)]
+    if args.config is not None:  # only what the config downloads itself: untrained and own paths need nothing
+        try:
+            config = app_config(args.config)
+        except ConfigurationError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+        weights_dir = (args.dir or config.weights_dir or default_weights_dir()).expanduser()
+        for tier, tier_config in config.tiers.items():
+            if tier_config.weights != AUTO:
+                print(f"{tier.value}: weights {tier_config.weights!r} (nothing to fetch)", flush=True)
+        tiers = [t for t in tiers if t in config.tiers and config.tiers[t].weights == AUTO]
     failed = False
-    for tier in [Tier(t) for t in (args.tier or TIER_NAMES)]:
+    for tier in tiers:
         try:
             print(_act(args.command, tier, weights_dir), flush=True)
         except ConfigurationError as exc:

@@ -23,9 +23,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def segmenting_weights() -> Path:
-    """A checkpoint whose decoder was trained on synthetic scenes (cached; a few minutes the first time)."""
-    path, report = segmenting_checkpoint()
+def segmenting_weights(request: pytest.FixtureRequest) -> Path:
+    """A checkpoint whose decoder was trained on synthetic scenes (cached; ~4-5 minutes the first time, with its
+    progress on the terminal)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def progress(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(line, flush=True)
+
+    path, report = segmenting_checkpoint(progress=progress)
     for key, value in report.items():
         if key.startswith("iou_"):
             assert value >= MIN_HELD_OUT_IOU, f"test weights segment poorly ({key}={value:.3f}): {report}"

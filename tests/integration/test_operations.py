@@ -16,12 +16,12 @@ import pytest
 from ray.util.state import list_actors
 
 from tests.conftest import png_bytes
-from tests.integration.conftest import APP_NAME, DASHBOARD, read_test_config, serve_deploy, with_extra_app
+from tests.integration.conftest import APP_NAME, Cluster
 from tests.support import scenes
 
 
-def fast_replica_actors() -> set[str]:
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=False)
+def fast_replica_actors(cluster: Cluster) -> set[str]:
+    actors = list_actors(address=cluster.dashboard, filters=[("state", "=", "ALIVE")], detail=False)
     return {a.actor_id for a in actors if a.class_name == f"ServeReplica:{APP_NAME}:fast"}
 
 
@@ -46,21 +46,21 @@ def until(condition, timeout_s: float = 60.0) -> bool:  # type: ignore[no-untype
     return False
 
 
-def test_batching_changes_live_without_reloading_the_model(client: httpx.Client, deploy_dir: Path) -> None:
-    before = fast_replica_actors()
+def test_batching_changes_live_without_reloading_the_model(client: httpx.Client, cluster: Cluster) -> None:
+    before = fast_replica_actors(cluster)
     assert len(before) == 1
-    config = read_test_config()
+    config = cluster.test_config()
     config["applications"][0]["deployments"] = [
         {"name": "fast", "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.5}}
     ]
     try:
-        serve_deploy(config, deploy_dir)
+        cluster.deploy(config)
         assert until(lambda: burst_batch_sizes(client) == [1, 1, 1, 1]), "max_batch_size=1 never took effect"
-        assert fast_replica_actors() == before  # the same replica: reconfigured, not restarted
+        assert fast_replica_actors(cluster) == before  # the same replica: reconfigured, not restarted
     finally:
-        serve_deploy(read_test_config(), deploy_dir)  # back to the builder's batching (4)
+        cluster.deploy(cluster.test_config())  # back to the builder's batching (4)
     assert until(lambda: max(burst_batch_sizes(client)) > 1)
-    assert fast_replica_actors() == before
+    assert fast_replica_actors(cluster) == before
 
 
 def explanation(client: httpx.Client, needle: str, timeout_s: float = 240) -> dict:  # type: ignore[type-arg]
@@ -82,7 +82,7 @@ def explanation(client: httpx.Client, needle: str, timeout_s: float = 240) -> di
     return found
 
 
-def test_gpu_config_without_gpu_explains_itself(service: str, deploy_dir: Path) -> None:
+def test_gpu_config_without_gpu_explains_itself(service: str, cluster: Cluster) -> None:
     """Ray would leave GPU replicas pending forever on this machine: the service says so instead of hanging."""
     args = {
         "default_tier": "fast",
@@ -91,7 +91,7 @@ def test_gpu_config_without_gpu_explains_itself(service: str, deploy_dir: Path) 
             "fast": {"weights": "untrained", "deployment": {"ray_actor_options": {"num_gpus": 0.5, "num_cpus": 0.1}}}
         },
     }
-    serve_deploy(with_extra_app("gpu-check", "/gpu", args), deploy_dir)
+    cluster.deploy(cluster.with_extra_app("gpu-check", "/gpu", args))
     try:
         with httpx.Client(base_url=f"{service}/gpu", timeout=30) as client:
             tier = explanation(client, "no GPU")
@@ -106,10 +106,10 @@ def test_gpu_config_without_gpu_explains_itself(service: str, deploy_dir: Path) 
             error = response.json()["error"]
             assert error["code"] == "tier_unavailable" and "no GPU" in error["message"]
     finally:
-        serve_deploy(read_test_config(), deploy_dir)
+        cluster.deploy(cluster.test_config())
 
 
-def test_missing_weights_offline_explain_what_to_do(service: str, deploy_dir: Path, tmp_path: Path) -> None:
+def test_missing_weights_offline_explain_what_to_do(service: str, cluster: Cluster, tmp_path: Path) -> None:
     args = {
         "weights_dir": str(tmp_path),
         "default_tier": "fast",
@@ -118,7 +118,7 @@ def test_missing_weights_offline_explain_what_to_do(service: str, deploy_dir: Pa
             "fast": {"weights": "auto", "allow_download": False, "deployment": {"ray_actor_options": {"num_cpus": 0.1}}}
         },
     }
-    serve_deploy(with_extra_app("offline-check", "/offline", args), deploy_dir)
+    cluster.deploy(cluster.with_extra_app("offline-check", "/offline", args))
     try:
         with httpx.Client(base_url=f"{service}/offline", timeout=30) as client:
             tier = explanation(client, "downloads are turned off")
@@ -127,20 +127,20 @@ def test_missing_weights_offline_explain_what_to_do(service: str, deploy_dir: Pa
             assert response.status_code == 503
             assert "ckpt_fast.pth" in response.json()["error"]["message"]
     finally:
-        serve_deploy(read_test_config(), deploy_dir)
+        cluster.deploy(cluster.test_config())
 
 
-def deployed_config(app: str, deployment: str) -> dict[str, Any] | None:
+def deployed_config(cluster: Cluster, app: str, deployment: str) -> dict[str, Any] | None:
     """The options Serve applied to a deployment, as the dashboard's REST API reports them (Ray's own client,
     which carries the cluster's auth token)."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    details = ServeSubmissionClient(DASHBOARD).get_serve_details()
+    details = ServeSubmissionClient(cluster.dashboard).get_serve_details()
     deployments = details.get("applications", {}).get(app, {}).get("deployments", {})
     return deployments.get(deployment, {}).get("deployment_config")
 
 
-def test_serve_options_pass_through_and_merge(service: str, deploy_dir: Path) -> None:
+def test_serve_options_pass_through_and_merge(service: str, cluster: Cluster) -> None:
     """A tier's and the ingress's `deployment:` reach Serve as Serve documents them, over the builder's defaults
     (ray_actor_options merged key by key, not replaced)."""
     autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 3}
@@ -161,11 +161,11 @@ def test_serve_options_pass_through_and_merge(service: str, deploy_dir: Path) ->
             }
         },
     }
-    serve_deploy(with_extra_app("options-check", "/options", args), deploy_dir)
+    cluster.deploy(cluster.with_extra_app("options-check", "/options", args))
     try:
-        assert until(lambda: deployed_config("options-check", "fast") is not None), "the app never appeared"
-        fast = deployed_config("options-check", "fast")
-        ingress = deployed_config("options-check", "ingress")
+        assert until(lambda: deployed_config(cluster, "options-check", "fast") is not None), "the app never appeared"
+        fast = deployed_config(cluster, "options-check", "fast")
+        ingress = deployed_config(cluster, "options-check", "ingress")
         assert fast is not None and ingress is not None
         assert {k: fast["autoscaling_config"][k] for k in autoscaling} == autoscaling
         assert fast["health_check_timeout_s"] == 12 and fast["graceful_shutdown_timeout_s"] == 5
@@ -179,14 +179,15 @@ def test_serve_options_pass_through_and_merge(service: str, deploy_dir: Path) ->
             image = png_bytes(scenes.make_scenes(2, 1, 64, 64)[0].image)
             assert client.post("/v1/remove", content=image, params={"effect": "mask"}).status_code == 200
     finally:
-        serve_deploy(read_test_config(), deploy_dir)
+        cluster.deploy(cluster.test_config())
 
 
-def test_requests_never_wait_for_serves_controller(client: httpx.Client) -> None:
+def test_requests_never_wait_for_serves_controller(client: httpx.Client, cluster: Cluster) -> None:
     """Readiness comes from a snapshot a background thread refreshes: a stopped (or slow, or overloaded) Serve
     controller delays the next snapshot, never a request. (Requests used to await a controller call with a 3 s
     timeout first: 3.4 s each while it was stopped.)"""
-    (controller,) = list_actors(filters=[("class_name", "=", "ServeController"), ("state", "=", "ALIVE")])
+    alive_controllers = [("class_name", "=", "ServeController"), ("state", "=", "ALIVE")]
+    (controller,) = list_actors(address=cluster.dashboard, filters=alive_controllers)
     image = png_bytes(scenes.make_scenes(seed=12, count=1, height=96, width=96)[0].image)
 
     def timed_remove() -> float:

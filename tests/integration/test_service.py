@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
+import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from PIL import Image
 
 from serve_app.catalogue import Tier
 from serve_app.runtimes.parity import iou
-from tests.conftest import png_bytes, skimage_photo
+from tests.conftest import ROOT, png_bytes, skimage_photo
 from tests.support import scenes
 from tests.support.reference import base_size_in_test_config, reference_mask, reference_remover
 
@@ -53,6 +56,64 @@ def test_openapi_docs(client: httpx.Client) -> None:
     assert "/v1/remove" in spec["paths"] and "/v1/tiers" in spec["paths"]
     body = spec["paths"]["/v1/remove"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "image/*" in body
+
+
+def test_openapi_documents_what_the_readme_does(client: httpx.Client) -> None:
+    """Every parameter, upload field, colour form, header and status the README gives for POST /v1/remove (and
+    /readyz's 503) is in the spec that /docs shows."""
+    spec = client.get("/openapi.json").json()
+    remove = spec["paths"]["/v1/remove"]["post"]
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### `POST /v1/remove`") : readme.index("## Weights")]
+    parameters = re.findall(r"^\| `(\w+)` \|", section, re.MULTILINE)
+    assert parameters == [p["name"] for p in remove["parameters"]]
+    color_row = next(line for line in section.splitlines() if line.startswith("| `color` |"))
+    color_doc = next(p for p in remove["parameters"] if p["name"] == "color")["description"]
+    for form in re.findall(r"`([^`]+)`", color_row.split("|")[2]):
+        assert form in color_doc, form
+    assert "CSS" in color_row and "CSS" in color_doc
+    fields = re.findall(r"multipart field `(\w+)` \(rembg's `(\w+)`", section)[0]
+    multipart = remove["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert set(fields) == set(multipart)
+    headers = set(re.findall(r"`((?:X-[A-Za-z-]+)|Server-Timing|Retry-After)`", section))
+    assert headers == set(remove["responses"]["200"]["headers"]) | set(remove["responses"]["503"]["headers"])
+    statuses = set(re.findall(r"^\| (\d{3}) \|", section, re.MULTILINE))
+    assert statuses and statuses <= set(remove["responses"])
+    assert "503" in spec["paths"]["/readyz"]["get"]["responses"] and "else 503" in readme
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (scripts/test.sh installs Debian's chromium)")
+@pytest.mark.parametrize(("page", "rendered"), [("/docs", 'class="opblock'), ("/redoc", "Remove the background")])
+def test_docs_render_offline_in_a_real_browser(service: str, tmp_path: Path, page: str, rendered: str) -> None:
+    """Headless Chromium that can resolve no host but 127.0.0.1 renders the API docs: their scripts and styles come
+    from the service itself (FastAPI's own pages load them from a CDN and stay blank offline)."""
+    html = httpx.get(f"{service}{page}").text
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    dom = subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path}",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            f"{service}{page}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert rendered in dom and "/v1/remove" in dom, dom[-2000:]
 
 
 MODEL_INPUT = {"fast": "128x128", "balanced": "160x160", "quality": "160x128"}  # from configs/test.yaml

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a test's own server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def wait_until_ready(client: httpx.Client, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -44,20 +52,27 @@ class Served:
 @contextmanager
 def serve_run(config: Path, weights_dir: Path, log: Path, root: Path = ROOT) -> Iterator[Served]:
     """Serve ``config`` from the checkout at ``root`` with ``$BGSERVE_WEIGHTS_DIR=weights_dir``; yields it once
-    ``/readyz`` answers 200, and stops it as Ctrl-C does (Serve and its Ray shut down) on the way out."""
+    ``/readyz`` answers 200, and stops it as Ctrl-C does (Serve and its Ray shut down) on the way out.
+
+    It keeps to itself: a Ray of its own (``--address local``; without it `serve run` joins any Ray running on the
+    machine) and a free HTTP port (a copy of the config, beside the log)."""
+    served_config = yaml.safe_load(config.read_text())
+    served_config["http_options"] = {**served_config.get("http_options", {}), "port": free_port()}
+    config = log.with_name(f"{config.stem}-{served_config['http_options']['port']}.yaml")
+    config.write_text(yaml.safe_dump(served_config, sort_keys=False))
     env = {**os.environ, "BGSERVE_WEIGHTS_DIR": str(weights_dir), "PYTHONPATH": str(root)}
+    env.pop("RAY_ADDRESS", None)  # it would win over --address
     serve_cli = Path(sys.executable).with_name("serve")
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(serve_cli), "run", str(config)],
+            [str(serve_cli), "run", "--address", "local", str(config)],
             cwd=root,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    http = yaml.safe_load(config.read_text())["http_options"]
-    url = f"http://{http['host']}:{http['port']}"
+    url = f"http://127.0.0.1:{served_config['http_options']['port']}"
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             try:
