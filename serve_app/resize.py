@@ -64,7 +64,8 @@ def to_model_input(image: np.ndarray, policy: ResizePolicy, base_size: int) -> n
 
 def upsample_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     """hxw float mask → HxW float32, bilinear with aligned corners."""
-    tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    # A copy (the mask is model-sized, small): a mask from Ray arrives read-only, which torch.from_numpy warns about.
+    tensor = torch.tensor(mask, dtype=torch.float32)[None, None]
     with torch.inference_mode():
         up = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=True)
     return up[0, 0].numpy()

@@ -11,7 +11,7 @@ from serve_app.schemas import AppConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("path", ["serve_config.yaml", "configs/cpu.yaml", "configs/test.yaml"])
+@pytest.mark.parametrize("path", ["serve_config.yaml", "configs/cpu.yaml", "configs/test.yaml", "configs/try.yaml"])
 def test_shipped_configs_validate(path: str) -> None:
     text = (ROOT / path).read_text()
     schema = ServeDeploySchema.model_validate(yaml.safe_load(text))
@@ -37,3 +37,10 @@ def test_batching_overrides_are_user_config_only(path: str) -> None:
         assert override["name"] in {t.value for t in tiers} and set(override) == {"name", "user_config"}
         batching = BatchingConfig.model_validate(override["user_config"])
         assert tiers[override["name"]].max_ongoing_requests >= batching.max_batch_size
+
+
+def test_try_config_needs_no_checkpoint() -> None:
+    """`scripts/serve.sh --try` must serve on a machine with no checkpoint and no internet."""
+    (application,) = yaml.safe_load((ROOT / "configs/try.yaml").read_text())["applications"]
+    config = AppConfig.model_validate(application["args"])
+    assert {t.weights for t in config.tiers.values()} == {"untrained"}

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from serve_app import weights_cli
 from serve_app.catalogue import CATALOGUE, Checkpoint, Tier
@@ -169,3 +170,28 @@ def test_cli_fetch_verify_place(
     named.write_bytes(PAYLOAD)
     assert weights_cli.main(["place", str(named), "--dir", str(tmp_path / "third")]) == 0  # known by its name
     assert (tmp_path / "third" / "ckpt_fast.pth").read_bytes() == PAYLOAD
+
+
+def test_cli_fetches_only_what_a_config_downloads(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """scripts/serve.sh runs `fetch --config`: tiers on untrained weights or an own checkpoint need no download
+    (offline, they would otherwise stop the service from starting)."""
+    fast = CATALOGUE[Tier.FAST]
+    served = replace(fast.checkpoint, url=f"{server.url}/good", md5=hashlib.md5(PAYLOAD).hexdigest())
+    monkeypatch.setitem(CATALOGUE, Tier.FAST, replace(fast, checkpoint=served))
+    config = tmp_path / "serve.yaml"
+    args = {
+        "weights_dir": str(tmp_path / "cache"),
+        "default_tier": "fast",
+        "tiers": {"fast": {}, "balanced": {"weights": "untrained"}, "quality": {"weights": "/models/mine.pth"}},
+    }
+    app = {"name": "bgserve", "import_path": "deployments.app:build_app", "args": args}
+    config.write_text(yaml.safe_dump({"applications": [app]}))
+    assert weights_cli.main(["fetch", "--config", str(config)]) == 0
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["ckpt_fast.pth"]  # balanced/quality: none
+    out = capsys.readouterr().out
+    assert "balanced: weights 'untrained' (nothing to fetch)" in out and "fast: OK" in out
+    try_config = Path(__file__).resolve().parents[2] / "configs" / "try.yaml"
+    assert weights_cli.main(["fetch", "--config", str(try_config), "--dir", str(tmp_path / "empty")]) == 0
+    assert not (tmp_path / "empty").exists()  # nothing downloaded, nothing needed
