@@ -48,13 +48,14 @@ REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: {"model": ErrorBody, "description": "Empty upload, undecodable image or malformed multipart body."},
     413: {"model": ErrorBody, "description": "Upload or image too large."},
-    415: {"model": ErrorBody, "description": "A JSON or text body."},
+    415: {"model": ErrorBody, "description": "A JSON, XML or text body."},
     422: {"model": ErrorBody, "description": "Invalid query parameter, or no 'image' field."},
     503: {
         "model": ErrorBody,
         "description": "The tier is not running, cannot be scheduled, or is overloaded; retry after Retry-After.",
         "headers": {"Retry-After": _header("Seconds to wait before retrying.")},
     },
+    500: {"model": ErrorBody, "description": "The model failed on this image, or an unexpected error (logged)."},
 }
 READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Every tier has a serving replica: {ready: true, tiers: {name: status}}."},

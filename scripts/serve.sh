@@ -3,14 +3,16 @@
 #   scripts/serve.sh                     # configs/cpu.yaml on http://localhost:8000: fetches the checkpoints it needs
 #   scripts/serve.sh serve_config.yaml   # the NVIDIA L4 config (or any Serve config of yours)
 #   scripts/serve.sh --try               # no checkpoint needed (offline too): the fast tier on untrained weights
+#   BGSERVE_EXTRAS=gpu scripts/serve.sh serve_config.yaml   # install the gpu extra (onnxruntime-gpu) instead of cpu
 set -euo pipefail
-cd "$(dirname "$0")/.."
 case "${1:-}" in
   --try) config=configs/try.yaml ;;
-  -h|--help) sed -n 2,5p "$0"; exit 0 ;;
-  *) config="${1:-configs/cpu.yaml}" ;;
+  -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+  "") config=configs/cpu.yaml ;;
+  *) config="$(realpath "$1")" ;;  # a path from the caller's directory, before the cd below
 esac
-scripts/setup.sh cpu
+cd "$(dirname "$0")/.."
+scripts/setup.sh "${BGSERVE_EXTRAS:-cpu}"
 # The checkpoints this config downloads itself, fetched and verified first (progress bars here, not buried in
 # replica logs). Offline, this prints which file to put where, and how to try the service without them.
 if ! .venv/bin/bgserve-weights fetch --config "$config"; then
