@@ -24,7 +24,10 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 def service_error_response(exc: ServiceError) -> JSONResponse:
-    if exc.status >= 500:
+    # One line each, no traceback: a 503 is expected under load (WARNING), a 500 is ours to look at (ERROR).
+    if exc.status == 503:
+        logger.warning("%s: %s", exc.code, exc.message)
+    elif exc.status >= 500:
         logger.error("%s: %s", exc.code, exc.message)
     headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else None
     return error_response(exc.status, exc.code, exc.message, headers)

@@ -62,6 +62,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     input, without two full-size float64 copies."""
     from pymatting import estimate_foreground_ml  # heavy import (numba): only when an rgba is asked for
 
+    if max(alpha.shape) < 2:  # pymatting divides by its pyramid's depth, 0 for one pixel: its colour is its own
+        return image.copy()
     scaled = np.divide(image, np.float32(255.0), dtype=np.float32)
     with _matting_guard():
         foreground = estimate_foreground_ml(scaled, alpha.astype(np.float32, copy=False))

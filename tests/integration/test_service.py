@@ -252,6 +252,17 @@ def test_corrupt_upload_in_a_burst_fails_alone(client: httpx.Client) -> None:
     assert [r.status_code for i, r in enumerate(responses) if i != 1] == [200, 200, 200]
 
 
+@pytest.mark.parametrize("tier", TIERS)
+def test_one_pixel_wide_images_are_answered_at_their_size(client: httpx.Client, tier: str) -> None:
+    """1x1 (pymatting divides by zero on it), 1xN and Nx1: 200 at the upload's size, soft rgba included."""
+    rng = np.random.default_rng(1)
+    for height, width in ((1, 1), (1, 37), (37, 1)):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        for effect in ("rgba", "mask"):
+            response = remove(client, png_bytes(image), tier=tier, effect=effect)
+            assert decode(response).shape[:2] == (height, width), (height, width, effect)
+
+
 def test_quality_tier_caps_a_panorama(client: httpx.Client) -> None:
     """Remover would feed a 3008x192 panorama to the model as it is; the quality tier caps the long side."""
     panorama = np.tile(scenes.make_scenes(seed=3, count=1, height=200, width=200)[0].image, (1, 15, 1))
