@@ -18,17 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import FastAPI, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments import route_core_logs_to_serve
+from deployments.access import ApiKeyCheck
 from deployments.http_errors import install_error_handlers
 from deployments.model_client import ModelClient
 from deployments.openapi import READY_RESPONSES, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
 from deployments.readiness import TierReadiness
 from deployments.uploads import BodySizeLimit, read_upload
+from serve_app.auth import ApiKeys
 from serve_app.catalogue import Tier
 from serve_app.effects import warm_up_matting
 from serve_app.errors import InvalidParameterError
@@ -60,7 +63,20 @@ class Ingress:
             "or an effect. Three quality tiers: fast (384 px), balanced (1024 px), quality (the photo's own size).",
         )
         install_error_handlers(app)
+        # Middleware runs outermost last-added first: CORS (answers a browser's preflight), API keys, body limit.
         app.add_middleware(BodySizeLimit, limit=self.config.max_upload_bytes)
+        access = self.config.access
+        keys = ApiKeys(access.api_keys_env, access.api_keys_file)
+        if keys.enabled:
+            app.add_middleware(ApiKeyCheck, keys=keys)
+        if access.cors_origins:
+            app.add_middleware(
+                CORSMiddleware,
+                allow_origins=access.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+                expose_headers=["X-Tier", "X-Weights", "X-Batch-Size", "X-Model-Input", "Server-Timing"],
+            )
         app.add_api_route("/", self.root, include_in_schema=False)
         app.add_api_route("/healthz", self.healthz, summary="Liveness: answers while the service is up")
         app.add_api_route(

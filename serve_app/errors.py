@@ -45,6 +45,13 @@ class UnsupportedMediaTypeError(ServiceError):
     code = "unsupported_media_type"
 
 
+class UnauthorizedError(ServiceError):
+    """API keys are on and the request carries none, or not a valid one."""
+
+    status = 401
+    code = "unauthorized"
+
+
 class PayloadTooLargeError(ServiceError):
     status = 413
     code = "payload_too_large"

@@ -284,6 +284,22 @@ class IngressConfig(_DeploymentOptions):
         return max(1, math.ceil(self.num_cpus))
 
 
+class AccessConfig(BaseModel):
+    """Who may call the service: API keys (off unless a source is set) and browser origins (CORS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys_env: str | None = Field(
+        None, description="Environment variable of the ingress holding API keys, comma-separated (runtime_env)."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one API key a line; read again when it changes (rotate keys without a restart)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins a browser page may call the API from (CORS); none by default."
+    )
+
+
 class AppConfig(BaseModel):
     """The application builder's ``args`` in ``serve_config.yaml``."""
 
@@ -297,6 +313,7 @@ class AppConfig(BaseModel):
     )
     default_tier: Tier = Field(Tier.BALANCED, description="The tier of a request that names none.")
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger uploads get 413.")
     max_image_pixels: int = Field(50_000_000, ge=1, description="Larger images (width x height) get 413.")
 

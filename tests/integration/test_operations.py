@@ -206,3 +206,43 @@ def test_requests_never_wait_for_serves_controller(client: httpx.Client, cluster
         assert client.get("/readyz").status_code == 200 and time.monotonic() - started < 1.0
     finally:
         os.kill(controller.pid, signal.SIGCONT)
+
+
+def test_api_keys_and_cors(service: str, cluster: Cluster, tmp_path: Path) -> None:
+    """Keys from a file (rotated without a restart), Bearer or X-API-Key, 401 JSON without; health, readiness and
+    docs open; CORS for the configured origin only."""
+    keys = tmp_path / "api-keys"
+    keys.write_text("# one key a line\nfirst-key\n")
+    args = {
+        "default_tier": "fast",
+        "access": {"api_keys_file": str(keys), "cors_origins": ["https://app.example"]},
+        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
+        "tiers": {"fast": {"weights": "untrained", "base_size": 64, "warmup": False}},
+    }
+    cluster.deploy(cluster.with_extra_app("keys-check", "/keys", args))
+    image = png_bytes(scenes.make_scenes(4, 1, 64, 64)[0].image)
+    try:
+        with httpx.Client(base_url=f"{service}/keys", timeout=60) as client:
+            assert until(lambda: client.get("/readyz").status_code == 200, 120)  # no key needed
+            assert client.get("/healthz").status_code == 200 and client.get("/docs").status_code == 200
+
+            def remove(**headers: str) -> httpx.Response:
+                return client.post("/v1/remove", params={"effect": "mask"}, content=image, headers=headers)
+
+            refused = remove()
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert remove(authorization="Bearer wrong-key").status_code == 401
+            assert client.get("/v1/tiers").status_code == 401
+            assert remove(authorization="Bearer first-key").status_code == 200
+            assert remove(**{"x-api-key": "first-key"}).status_code == 200
+            keys.write_text("second-key-rotated-in\n")  # rotation: no restart
+            assert remove(authorization="Bearer second-key-rotated-in").status_code == 200
+            assert remove(authorization="Bearer first-key").status_code == 401
+            preflight = {"origin": "https://app.example", "access-control-request-method": "POST"}
+            allowed = client.options("/v1/remove", headers=preflight)
+            assert allowed.headers.get("access-control-allow-origin") == "https://app.example"
+            other = client.options("/v1/remove", headers={**preflight, "origin": "https://evil.example"})
+            assert "access-control-allow-origin" not in other.headers
+    finally:
+        cluster.deploy(cluster.test_config())

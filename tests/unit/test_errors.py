@@ -13,6 +13,7 @@ EXPECTED = {
     errors.InvalidImageError: (400, "invalid_image"),
     errors.UnsupportedMediaTypeError: (415, "unsupported_media_type"),
     errors.PayloadTooLargeError: (413, "payload_too_large"),
+    errors.UnauthorizedError: (401, "unauthorized"),
     errors.TierUnavailableError: (503, "tier_unavailable"),
     errors.InferenceError: (500, "inference_failed"),
     errors.ConfigurationError: (500, "configuration_error"),

@@ -1,0 +1,47 @@
+"""API keys at the door: an ASGI middleware that answers 401 (our JSON) to a request without a valid key, before
+any route runs. Health, readiness and the API docs stay open (probes and a browser carry no key)."""
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from deployments.http_errors import service_error_response
+from serve_app.auth import ApiKeys
+from serve_app.errors import UnauthorizedError
+
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/static-offline-docs/")
+
+
+def presented_key(headers: Headers) -> str:
+    """``Authorization: Bearer <key>``, else ``X-API-Key: <key>``."""
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return headers.get("x-api-key", "").strip()
+
+
+class ApiKeyCheck:
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._open(scope):
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(Headers(scope=scope))
+        if not self.keys.accepts(key):
+            reason = "an invalid API key" if key else "no API key"
+            refused = UnauthorizedError(
+                f"this service needs an API key and the request carried {reason}: send `Authorization: Bearer "
+                f"<key>` or `X-API-Key: <key>`"
+            )
+            await service_error_response(refused)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _open(scope: Scope) -> bool:
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # under a route prefix, the path Serve passes may include it
+            path = path[len(root) :]
+        return path == "/" or path.startswith(OPEN_PATHS)

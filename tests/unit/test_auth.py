@@ -1,0 +1,63 @@
+import hmac
+from pathlib import Path
+
+import pytest
+from starlette.datastructures import Headers
+
+from deployments.access import presented_key
+from serve_app.auth import ApiKeys
+
+
+def test_off_unless_a_source_is_configured() -> None:
+    assert not ApiKeys().enabled and ApiKeys(env_var="X").enabled and ApiKeys(file=Path("k")).enabled
+
+
+def test_keys_from_the_variable_and_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BGSERVE_TEST_KEYS", " alpha, beta ,")
+    file = tmp_path / "keys"
+    file.write_text("# rotated 2026-11\ngamma\n\n")
+    keys = ApiKeys(env_var="BGSERVE_TEST_KEYS", file=file)
+    assert keys.keys() == [b"alpha", b"beta", b"gamma"]
+    assert keys.accepts("beta") and keys.accepts("gamma")
+    for wrong in ("", "alph", "alpha ", "# rotated 2026-11", "delta"):
+        assert not keys.accepts(wrong), wrong
+
+
+def test_a_rewritten_file_takes_effect_without_a_restart(tmp_path: Path) -> None:
+    file = tmp_path / "keys"
+    file.write_text("old-key\n")
+    keys = ApiKeys(file=file)
+    assert keys.accepts("old-key")
+    file.write_text("new-key-after-rotation\n")
+    assert keys.accepts("new-key-after-rotation") and not keys.accepts("old-key")
+    file.unlink()  # mid-rotation: the last keys read stay in force
+    assert keys.accepts("new-key-after-rotation")
+
+
+def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hmac.compare_digest for each key, all of them even when the first matches: no early exit to time."""
+    monkeypatch.setenv("BGSERVE_TEST_KEYS", "first,second,third")
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append(b)
+        return real(a, b)
+
+    monkeypatch.setattr("serve_app.auth.hmac.compare_digest", spy)
+    assert ApiKeys(env_var="BGSERVE_TEST_KEYS").accepts("first")
+    assert compared == [b"first", b"second", b"third"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "key"),
+    [
+        ({"authorization": "Bearer abc"}, "abc"),
+        ({"authorization": "bearer  abc "}, "abc"),
+        ({"x-api-key": "abc"}, "abc"),
+        ({"authorization": "Basic abc", "x-api-key": "def"}, "def"),
+        ({}, ""),
+    ],
+)
+def test_the_key_comes_from_bearer_or_x_api_key(headers: dict[str, str], key: str) -> None:
+    assert presented_key(Headers(headers)) == key
