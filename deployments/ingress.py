@@ -30,7 +30,7 @@ from deployments.http_errors import install_error_handlers
 from deployments.model_client import ModelClient
 from deployments.openapi import READY_RESPONSES, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
 from deployments.readiness import TierReadiness
-from deployments.uploads import BodySizeLimit, read_upload
+from deployments.uploads import UploadLimits, read_upload
 from serve_app.auth import ApiKeys
 from serve_app.catalogue import Tier
 from serve_app.effects import warm_up_matting
@@ -64,8 +64,14 @@ class Ingress:
         )
         install_error_handlers(app)
         # Middleware runs outermost last-added first: CORS (answers a browser's preflight), API keys, body limit.
-        app.add_middleware(BodySizeLimit, limit=self.config.max_upload_bytes)
-        access = self.config.access
+        config = self.config
+        app.add_middleware(
+            UploadLimits,
+            max_bytes=config.max_upload_bytes,
+            stall_s=config.upload_stall_s,
+            min_bytes_per_s=config.upload_min_bytes_per_s,
+        )
+        access = config.access
         keys = ApiKeys(access.api_keys_env, access.api_keys_file)
         if keys.enabled:
             app.add_middleware(ApiKeyCheck, keys=keys)

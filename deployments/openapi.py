@@ -48,6 +48,7 @@ REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: {"model": ErrorBody, "description": "Empty upload, undecodable image or malformed multipart body."},
     401: {"model": ErrorBody, "description": "API keys are on and the request carries none, or a wrong one."},
+    408: {"model": ErrorBody, "description": "The upload paused too long or arrived too slowly."},
     413: {"model": ErrorBody, "description": "Upload or image too large."},
     415: {"model": ErrorBody, "description": "A JSON, XML or text body."},
     422: {"model": ErrorBody, "description": "Invalid query parameter, or no 'image' field."},

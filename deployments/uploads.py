@@ -1,7 +1,11 @@
 """Reading the image a request carries: multipart field ``image`` (or rembg's ``file``), parsed by Starlette's
-own form parser with its part and file limits, or the raw body. Bodies over the limit are refused by
-``BodySizeLimit`` before they are read: at once when the client declares the length, else as soon as the
-stream passes it."""
+own form parser with its part and file limits, or the raw body. ``UploadLimits`` guards every body on its way in:
+one over the size limit is refused before it is read (at once when the client declares the length, else as soon as
+the stream passes it), and one that stalls or crawls is cut off with a 408, so a slow client cannot hold one of
+the ingress's request slots for long."""
+
+import asyncio
+import time
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
@@ -14,6 +18,7 @@ from serve_app.errors import (
     MalformedRequestError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
+    UploadTooSlowError,
 )
 
 UPLOAD_FIELDS = ("image", "file")  # "file" is what rembg's clients send
@@ -23,35 +28,55 @@ MAX_FILES = 4  # the image, and room for what a later feature sends beside it (a
 MAX_FIELDS = 32
 
 
-class BodySizeLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets our JSON 413 and is not read further.
+class UploadLimits:
+    """ASGI middleware over each request body: at most ``max_bytes``; no pause longer than ``stall_s`` between
+    two parts; and, once ``stall_s`` has passed, at least ``min_bytes_per_s`` on average.
 
-    A declared ``Content-Length`` over the limit is answered before the app runs; an undeclared (chunked) body
-    raises ``PayloadTooLargeError`` from ``receive`` the moment it passes the limit, inside the route that reads
-    it, where the app's error handler answers it."""
+    A declared ``Content-Length`` over the size limit is answered (our JSON 413) before the app runs. The other
+    limits raise from ``receive``, inside the route that reads the body, where the app's error handler answers
+    them (413, or 408 for a slow upload). Once the body is complete, ``receive`` passes through untouched."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, stall_s: float, min_bytes_per_s: int) -> None:
         self.app = app
-        self.limit = limit
+        self.max_bytes = max_bytes
+        self.stall_s = stall_s
+        self.min_bytes_per_s = min_bytes_per_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.limit:
-            too_large = PayloadTooLargeError(f"upload is {declared} bytes; this service takes at most {self.limit}")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            too_large = PayloadTooLargeError(f"upload is {declared} bytes; this service takes at most {self.max_bytes}")
             await service_error_response(too_large)(scope, receive, send)
             return
+        started = time.monotonic()
         received = 0
+        complete = False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise PayloadTooLargeError(f"upload exceeds {self.limit} bytes")
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=self.stall_s)
+            except TimeoutError:
+                raise UploadTooSlowError(
+                    f"the upload paused for more than {self.stall_s:g} s after {received} bytes"
+                ) from None
+            if message["type"] != "http.request":
+                return message
+            received += len(message.get("body", b""))
+            complete = not message.get("more_body", False)
+            if received > self.max_bytes:
+                raise PayloadTooLargeError(f"upload exceeds {self.max_bytes} bytes")
+            elapsed = time.monotonic() - started
+            if not complete and elapsed > self.stall_s and received / elapsed < self.min_bytes_per_s:
+                raise UploadTooSlowError(
+                    f"the upload arrives at {received / elapsed:.0f} bytes/s; this service needs at least "
+                    f"{self.min_bytes_per_s} bytes/s"
+                )
             return message
 
         await self.app(scope, limited, send)
@@ -59,7 +84,7 @@ class BodySizeLimit:
 
 async def read_upload(request: Request, max_field_bytes: int) -> bytes:
     """The image bytes: multipart field ``image`` (or ``file``), or the raw body. The body as a whole is bounded
-    by ``BodySizeLimit``; ``max_field_bytes`` bounds each non-file multipart field (Starlette's ``max_part_size``,
+    by ``UploadLimits``; ``max_field_bytes`` bounds each non-file multipart field (Starlette's ``max_part_size``,
     which does not apply to files)."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith(NOT_IMAGE_TYPES):

@@ -52,6 +52,13 @@ class UnauthorizedError(ServiceError):
     code = "unauthorized"
 
 
+class UploadTooSlowError(ServiceError):
+    """The upload's body paused too long, or arrived too slowly: its request slot goes to someone else."""
+
+    status = 408
+    code = "upload_too_slow"
+
+
 class PayloadTooLargeError(ServiceError):
     status = 413
     code = "payload_too_large"

@@ -316,6 +316,14 @@ class AppConfig(BaseModel):
     access: AccessConfig = Field(default_factory=AccessConfig)
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger uploads get 413.")
     max_image_pixels: int = Field(50_000_000, ge=1, description="Larger images (width x height) get 413.")
+    upload_stall_s: float = Field(
+        10.0, gt=0, description="An upload that pauses longer than this between two parts gets 408."
+    )
+    upload_min_bytes_per_s: int = Field(
+        16 * 1024,
+        ge=0,
+        description="After upload_stall_s, an upload arriving slower than this on average gets 408 (0: no minimum).",
+    )
 
     def served_tiers(self, weights_dir: Path) -> dict[Tier, ServedTier]:
         """The served tiers in catalogue order (fast, balanced, quality), whatever order the config lists them."""

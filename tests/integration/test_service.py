@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import re
+import select
 import shutil
+import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import httpx
@@ -354,3 +359,51 @@ def test_bad_requests_get_json_errors(client: httpx.Client, request_kwargs: dict
     assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert body["error"]["code"] == code and body["error"]["message"]
+
+
+def slow_upload(
+    service: str, declared: int, chunk: bytes, pause_s: float, limit_s: float = 30.0
+) -> tuple[int, dict, float]:
+    """POST an image body that arrives ``chunk`` every ``pause_s`` seconds (raw HTTP: a client can be this slow);
+    the status, JSON body and seconds until the service answered."""
+    address = urlsplit(service)
+    head = (
+        f"POST /v1/remove?tier=fast HTTP/1.1\r\nHost: {address.hostname}\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {declared}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((address.hostname, address.port), timeout=limit_s) as connection:
+        connection.sendall(head)
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < limit_s:
+            if sent < declared:
+                part = chunk[: declared - sent]
+                try:
+                    connection.sendall(part)
+                except OSError:  # the service answered and closed: read what it said
+                    break
+                sent += len(part)
+            if select.select([connection], [], [], pause_s)[0]:
+                break
+        answered = time.monotonic() - started
+        raw = b""
+        while chunk_in := connection.recv(65536):
+            raw += chunk_in
+    head_part, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head_part.split(b" ", 2)[1])
+    return status, json.loads(body) if body.startswith(b"{") else {}, answered
+
+
+def test_a_stalled_upload_gets_408_and_frees_its_slot(service: str) -> None:
+    """configs/test.yaml sets upload_stall_s: 2. A body that stops after 1 KB is cut off then, not at Serve's
+    request timeout (120 s here)."""
+    status, body, seconds = slow_upload(service, declared=100_000, chunk=b"\x89PNG" + b"\0" * 996, pause_s=30)
+    assert status == 408 and body["error"]["code"] == "upload_too_slow", (status, body)
+    assert 1.5 < seconds < 10, seconds
+
+
+def test_a_crawling_upload_gets_408(service: str) -> None:
+    """200 bytes every half second never pauses for 2 s, but averages 400 bytes/s, under the 16 KiB/s minimum."""
+    status, body, seconds = slow_upload(service, declared=100_000, chunk=b"\0" * 200, pause_s=0.5)
+    assert status == 408 and body["error"]["code"] == "upload_too_slow", (status, body)
+    assert "bytes/s" in body["error"]["message"] and seconds < 10, (body, seconds)

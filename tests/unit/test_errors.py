@@ -14,6 +14,7 @@ EXPECTED = {
     errors.UnsupportedMediaTypeError: (415, "unsupported_media_type"),
     errors.PayloadTooLargeError: (413, "payload_too_large"),
     errors.UnauthorizedError: (401, "unauthorized"),
+    errors.UploadTooSlowError: (408, "upload_too_slow"),
     errors.TierUnavailableError: (503, "tier_unavailable"),
     errors.InferenceError: (500, "inference_failed"),
     errors.ConfigurationError: (500, "configuration_error"),
