@@ -71,16 +71,21 @@ class TierReadiness:
                 failing = True
             time.sleep(self.refresh_s)
 
-    def tier_info(self, tier: ServedTier) -> TierInfo:
-        snapshot, config, name = self.snapshot, tier.config, tier.tier.value
+    def _state(self, name: str) -> tuple[int | None, str, str]:
+        """(serving replicas, or None when not known yet; Serve's status; Serve's message) of a deployment."""
+        snapshot = self.snapshot
         if snapshot.deployments is None:
-            running, status, message = None, "UNKNOWN", "Serve's status has not been read yet"
-        elif (deployment := snapshot.deployments.get(name)) is None:
-            running, status, message = 0, "NOT_DEPLOYED", "no such deployment in this application"
-        else:
-            running = sum(n for state, n in deployment.replica_states.items() if _value(state) in SERVING_STATES)
-            status, message = _value(deployment.status), deployment.message
-        if running == 0 and config.num_gpus > 0 and snapshot.cluster_gpus == 0:
+            return None, "UNKNOWN", "Serve's status has not been read yet"
+        deployment = snapshot.deployments.get(name)
+        if deployment is None:
+            return 0, "NOT_DEPLOYED", "no such deployment in this application"
+        serving = sum(n for state, n in deployment.replica_states.items() if _value(state) in SERVING_STATES)
+        return serving, _value(deployment.status), deployment.message
+
+    def tier_info(self, tier: ServedTier) -> TierInfo:
+        config, name = tier.config, tier.tier.value
+        serving, status, message = self._state(name)
+        if serving == 0 and config.num_gpus > 0 and self.snapshot.cluster_gpus == 0:
             message = f"{gpu_missing_message({name: config.num_gpus})} {message}".strip()
         return TierInfo(
             tier=tier.tier,
@@ -89,7 +94,7 @@ class TierReadiness:
             input_size=tier.input_size,
             runtime=config.runtime,
             device=config.resolved_device,
-            ready=running != 0,  # unknown (None) counts as ready: never refuse for want of a status
+            ready=serving != 0,  # unknown (None) counts as ready: never refuse for want of a status
             status=status,
             message=message,
         )
@@ -100,6 +105,7 @@ class TierReadiness:
         return self.snapshot.deployments is not None and all(t.ready for t in tiers)
 
     def raise_if_unavailable(self, tier: ServedTier) -> None:
-        info = self.tier_info(tier)
-        if not info.ready:
+        """On every request: a count from the snapshot; the full explanation only for a tier that has no replica."""
+        if self._state(tier.tier.value)[0] == 0:
+            info = self.tier_info(tier)
             raise TierUnavailableError(f"the {tier.tier.value} tier is not ready ({info.status}): {info.message}")

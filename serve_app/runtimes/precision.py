@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 
@@ -22,8 +23,20 @@ def native_bf16(device: torch.device) -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-class BF16Runtime(EagerRuntime):
+class AutocastRuntime(EagerRuntime):
+    """The eager network under ``torch.autocast`` at ``dtype``; normalisation in and out stays fp32."""
+
+    dtype: ClassVar[torch.dtype]
+
+    @contextlib.contextmanager
+    def precision(self) -> Iterator[None]:
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            yield
+
+
+class BF16Runtime(AutocastRuntime):
     name = "bf16"
+    dtype = torch.bfloat16
     exact = False
     summary = "bfloat16 autocast; refused where the hardware would emulate it (~80x slower)"
     devices = "CPU with AVX-512 BF16/AMX, CUDA Ampere+"
@@ -36,16 +49,12 @@ class BF16Runtime(EagerRuntime):
             )
         super().load()
 
-    @contextlib.contextmanager
-    def precision(self) -> Iterator[None]:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            yield
 
-
-class FP16Runtime(EagerRuntime):
+class FP16Runtime(AutocastRuntime):
     """CPU float16 kernels are slow or missing: bf16 is the CPU's reduced precision."""
 
     name = "fp16"
+    dtype = torch.float16
     exact = False
     summary = "float16 autocast"
     devices = "CUDA"
@@ -54,11 +63,6 @@ class FP16Runtime(EagerRuntime):
         if self.device.type != "cuda":
             raise ConfigurationError("fp16 runs on CUDA only; on CPU use bf16 or int8")
         super().load()
-
-    @contextlib.contextmanager
-    def precision(self) -> Iterator[None]:
-        with torch.autocast("cuda", dtype=torch.float16):
-            yield
 
 
 class Int8Runtime(EagerRuntime):
