@@ -10,6 +10,7 @@ Serve documents it). The config file's ``deployments:`` list is for what Serve a
 # No `from __future__ import annotations` here: Serve reads the builder's annotation to validate `args` into
 # AppConfig, and a string annotation makes it pass a plain dict instead.
 import logging
+import os
 from typing import Any
 
 import ray
@@ -19,6 +20,7 @@ from ray.serve.deployment import Deployment
 from deployments import SERVE_LOGGER
 from deployments.ingress import Ingress
 from deployments.model import ModelDeployment
+from deployments.proxy_guard import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
 from serve_app.errors import ConfigurationError
 from serve_app.schemas import AppConfig, gpu_missing_message
 from serve_app.weights import default_weights_dir
@@ -34,6 +36,7 @@ def build_app(args: AppConfig) -> Application:
     config = args.model_copy(update={"weights_dir": weights_dir})
     logger.info("bgserve configuration: %s", config.model_dump_json())
     warn_if_gpus_missing(config)
+    warn_if_proxy_unguarded()
     tiers = config.served_tiers(weights_dir)
     models = {
         tier.value: with_options(
@@ -47,7 +50,7 @@ def build_app(args: AppConfig) -> Application:
         ).bind(served)
         for tier, served in tiers.items()
     }
-    ingress = with_options(Ingress, "ingress.deployment", config.ingress.deployment_options())
+    ingress = with_options(Ingress, "ingress.deployment", config.ingress_deployment_options())
     return ingress.bind(config, tiers, models)
 
 
@@ -59,6 +62,18 @@ def with_options(deployment: Any, where: str, options: dict[str, Any]) -> Deploy
         return deployment.options(**options)
     except (TypeError, ValueError) as exc:  # an unknown option, or a value Serve's schema refuses
         raise ConfigurationError(f"{where}: {exc}") from exc
+
+
+def warn_if_proxy_unguarded() -> None:
+    """Without the proxy guard, clients can lift the server's timeouts and a dying ingress costs a 500: say so."""
+    if os.environ.get(PROXY_CALLBACK_VARIABLE) != PROXY_CALLBACK:
+        logger.warning(
+            "Serve's proxy runs without bgserve's guard: clients can lift request_timeout_s with a header, and a "
+            "request lost with a dying ingress replica gets a plain 500. Start Ray with %s=%s (scripts/serve.sh "
+            "does; see docs/operations.md).",
+            PROXY_CALLBACK_VARIABLE,
+            PROXY_CALLBACK,
+        )
 
 
 def warn_if_gpus_missing(config: AppConfig) -> None:

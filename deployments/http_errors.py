@@ -10,26 +10,29 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import SERVE_LOGGER
-from serve_app.errors import InvalidParameterError, ServiceError
+from serve_app.errors import InvalidParameterError, ServiceError, error_body
 from serve_app.schemas import ErrorBody
 
 logger = logging.getLogger(SERVE_LOGGER)
 
-RETRY_AFTER_S = "5"  # what a 503 tells a client to wait
+RETRY_AFTER_S = "5"  # what a 503 or 504 tells a client to wait
+RETRIABLE = (503, 504)  # overload and deadlines: the same request may well succeed later
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorBody.model_validate({"error": {"code": code, "message": message}})
+    body = ErrorBody.model_validate(error_body(code, message))
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
 def service_error_response(exc: ServiceError) -> JSONResponse:
-    # One line each, no traceback: a 503 is expected under load (WARNING), a 500 is ours to look at (ERROR).
-    if exc.status == 503:
+    # One line each, no traceback: 503 and 504 are expected under load (WARNING), a 500 is ours to look at (ERROR).
+    if exc.status in RETRIABLE:
         logger.warning("%s: %s", exc.code, exc.message)
     elif exc.status >= 500:
         logger.error("%s: %s", exc.code, exc.message)
-    headers = {503: {"Retry-After": RETRY_AFTER_S}, 401: {"WWW-Authenticate": "Bearer"}}.get(exc.status)
+    headers = {401: {"WWW-Authenticate": "Bearer"}}.get(exc.status)
+    if exc.status in RETRIABLE:
+        headers = {"Retry-After": RETRY_AFTER_S}
     return error_response(exc.status, exc.code, exc.message, headers)
 
 

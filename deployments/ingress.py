@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import route_core_logs_to_serve
 from deployments.access import ApiKeyCheck
+from deployments.admission import Admission
 from deployments.http_errors import install_error_handlers
 from deployments.model_client import ModelClient
 from deployments.openapi import READY_RESPONSES, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
@@ -49,7 +50,11 @@ class Ingress:
         route_core_logs_to_serve()
         self.config = config
         self.tiers = tiers
-        self.models = {tier: ModelClient(tier.value, models[tier.value]) for tier in tiers}
+        self.models = {
+            tier: ModelClient(tier.value, models[tier.value], served.config.deadline_s)
+            for tier, served in tiers.items()
+        }
+        self.admission = Admission(config.image_request_limit())
         self.readiness = TierReadiness(serve.get_replica_context().app_name)
         self.cpu_pool = ThreadPoolExecutor(config.ingress.cpu_workers, thread_name_prefix="ingress-cpu")
         # pymatting (rgba) loads or compiles its numba kernels on first use: do it now, not in a request.
@@ -127,12 +132,13 @@ class Ingress:
     async def remove(self, request: Request, params: Annotated[RemoveParams, Query()]) -> Response:
         tier = self.served_tier(params.tier or self.config.default_tier)
         self.readiness.raise_if_unavailable(tier)
-        data = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
-        prepared = await self.on_cpu(preprocess, data, tier.resize, tier.base_size, self.config.max_image_pixels)
-        called = time.perf_counter()
-        result = await self.models[tier.tier].predict(prepared.model_input)
-        round_trip = time.perf_counter() - called
-        rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params)
+        with self.admission.slot():
+            data = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
+            prepared = await self.on_cpu(preprocess, data, tier.resize, tier.base_size, self.config.max_image_pixels)
+            called = time.perf_counter()
+            result = await self.models[tier.tier].predict(prepared.model_input)
+            round_trip = time.perf_counter() - called
+            rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params)
         headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, round_trip, rendered)
         return Response(content=rendered.body, media_type=rendered.media_type, headers=headers)
 

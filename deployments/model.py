@@ -8,13 +8,15 @@ keeps gathering the next batch meanwhile. Batch size and wait come from ``user_c
 
 import asyncio
 import logging
+import math
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from deployments import SERVE_LOGGER, route_core_logs_to_serve
-from serve_app.errors import ServiceError
+from serve_app.errors import DeadlineExceededError, ServiceError
 from serve_app.predictor import Predictor
 from serve_app.schemas import BatchingConfig, MaskResult, ServedTier
 
@@ -41,17 +43,21 @@ class ModelDeployment:
                 self.tier.config.max_ongoing_requests,
             )
 
-    async def predict(self, image: np.ndarray) -> MaskResult:
-        """One model-sized image in, its mask out; batched with concurrent calls."""
-        result = await self.predict_batch(image)
+    async def predict(self, image: np.ndarray, deadline: float | None = None) -> MaskResult:
+        """One model-sized image in, its mask out; batched with concurrent calls. ``deadline`` (epoch seconds):
+        past it the image is not run (``DeadlineExceededError``), whether it arrives late or waits too long."""
+        if deadline is not None and time.time() >= deadline:
+            raise DeadlineExceededError("its deadline passed before it reached the model; not run")
+        result = await self.predict_batch((image, math.inf if deadline is None else deadline))
         if isinstance(result, ServiceError):
             raise result
         return result
 
     @serve.batch(**BatchingConfig().model_dump())  # replaced by reconfigure() before the first request
-    async def predict_batch(self, images: list[np.ndarray]) -> list[MaskResult | ServiceError]:
+    async def predict_batch(self, requests: list[tuple[np.ndarray, float]]) -> list[MaskResult | ServiceError]:
         # Errors come back as values: an exception raised here would fail every request of the batch.
-        return await asyncio.to_thread(self.predictor.predict_many, images)
+        images, deadlines = [image for image, _ in requests], [deadline for _, deadline in requests]
+        return await asyncio.to_thread(self.predictor.predict_many, images, deadlines)
 
     def check_health(self) -> None:
         self.predictor.check_health()

@@ -1,7 +1,10 @@
-"""Calling a tier's model deployment from the ingress: Serve's errors become ours, and a replica that dies
-mid-request costs the request nothing (it goes to another replica, once)."""
+"""Calling a tier's model deployment from the ingress: Serve's errors become ours, a replica that dies
+mid-request costs the request nothing (it goes to another replica, once), and the tier's deadline is ours to
+keep: past it the call is cancelled and the model skips the image if it has not started it."""
 
+import asyncio
 import logging
+import time
 
 import numpy as np
 from ray.exceptions import RayActorError, RayTaskError
@@ -9,21 +12,32 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments import SERVE_LOGGER
-from serve_app.errors import ServiceError, TierUnavailableError
+from serve_app.errors import DeadlineExceededError, ServiceError, TierUnavailableError
 from serve_app.schemas import MaskResult
 
 logger = logging.getLogger(SERVE_LOGGER)
 
 
 class ModelClient:
-    def __init__(self, tier: str, handle: DeploymentHandle) -> None:
+    def __init__(self, tier: str, handle: DeploymentHandle, deadline_s: float) -> None:
         self.tier = tier
         self.handle = handle
+        self.deadline_s = deadline_s
 
     async def predict(self, model_input: np.ndarray) -> MaskResult:
+        # Wall-clock time: the replica may be another process or node (clocks kept by NTP); it skips the image
+        # once this moment has passed.
+        deadline = time.time() + self.deadline_s
         for attempt in (1, 2):
+            response = self.handle.predict.remote(model_input, deadline)
             try:
-                return await self.handle.predict.remote(model_input)
+                return await asyncio.wait_for(response, timeout=max(0.0, deadline - time.time()))
+            except TimeoutError:
+                response.cancel()  # frees its place in the tier's queue
+                raise DeadlineExceededError(
+                    f"the {self.tier} tier did not answer within its deadline of {self.deadline_s:g} s (queue and "
+                    "model); retry later or use a faster tier"
+                ) from None
             except RayTaskError as exc:
                 if isinstance(exc.cause, ServiceError):  # the model deployment's verdict on this image
                     raise exc.cause from None

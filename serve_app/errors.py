@@ -7,7 +7,12 @@ its only argument, so it pickles as a plain exception and crosses Ray's process 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The JSON every error answer carries (``ErrorBody`` in ``schemas.py`` documents it in the OpenAPI spec)."""
+    return {"error": {"code": code, "message": message}}
 
 
 class ServiceError(Exception):
@@ -70,6 +75,20 @@ class TierUnavailableError(ServiceError):
 
     status = 503
     code = "tier_unavailable"
+
+
+class OverloadedError(ServiceError):
+    """More image requests are in flight at this ingress replica than it admits (``ingress.max_image_requests``)."""
+
+    status = 503
+    code = "overloaded"
+
+
+class DeadlineExceededError(ServiceError):
+    """The request waited and ran longer than its tier's ``deadline_s``; what had not run by then is not run."""
+
+    status = 504
+    code = "deadline_exceeded"
 
 
 class InferenceError(ServiceError):

@@ -13,7 +13,13 @@ from typing import cast
 import numpy as np
 import torch
 
-from serve_app.errors import ConfigurationError, InferenceError, InvalidImageError, ServiceError
+from serve_app.errors import (
+    ConfigurationError,
+    DeadlineExceededError,
+    InferenceError,
+    InvalidImageError,
+    ServiceError,
+)
 from serve_app.resize import StaticResize
 from serve_app.runtimes import Runtime, RuntimeSettings, create_runtime
 from serve_app.runtimes.auto import AUTO, MEASUREMENTS_FILE, device_signature, load_measurements, ranked_runtimes
@@ -31,6 +37,29 @@ def check_model_input(image: object) -> np.ndarray:
     if min(image.shape[:2]) < 1:
         raise InvalidImageError(f"model input has no pixels: {image.shape}")
     return image
+
+
+def run_before_deadlines(
+    images: Sequence[object],
+    deadlines: Sequence[float] | None,
+    predict: Callable[[np.ndarray], np.ndarray],
+    now: Callable[[], float] = time.time,
+) -> list[MaskResult | ServiceError]:
+    """``predict_grouped`` over the images whose deadline is still ahead; the others get ``DeadlineExceededError``
+    without running."""
+    if deadlines is None:
+        return predict_grouped(images, predict)
+    moment = now()
+    live = [i for i, deadline in enumerate(deadlines) if deadline > moment]
+    results: list[MaskResult | ServiceError] = [
+        DeadlineExceededError(f"its deadline passed {moment - deadline:.1f} s before the model could take it; not run")
+        for deadline in deadlines
+    ]
+    if len(live) < len(images):
+        logger.warning("skipped %d of %d requests whose deadline had passed", len(images) - len(live), len(images))
+    for index, result in zip(live, predict_grouped([images[i] for i in live], predict), strict=True):
+        results[index] = result
+    return results
 
 
 def predict_grouped(
@@ -121,8 +150,12 @@ class Predictor:
         runtime.load()  # errors here (bad weights) are the tier's to report
         return runtime
 
-    def predict_many(self, images: Sequence[object]) -> list[MaskResult | ServiceError]:
-        return predict_grouped(images, self.runtime.predict)
+    def predict_many(
+        self, images: Sequence[object], deadlines: Sequence[float] | None = None
+    ) -> list[MaskResult | ServiceError]:
+        """Masks for a batch. With ``deadlines`` (epoch seconds, one per image), an image whose deadline has passed
+        is not run: its caller has already answered 504, and its share of the batch is free for live requests."""
+        return run_before_deadlines(images, deadlines, self.runtime.predict)
 
     def check_health(self) -> None:
         self.runtime.check_health()

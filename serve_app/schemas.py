@@ -125,17 +125,24 @@ class BatchingConfig(BaseModel):
 
 
 # Serve's deployment options that the builder sets unless a `deployment:` mapping says otherwise.
+# Admission is sized from the tiers outwards (docs/operations.md, "Admission and backpressure"): a tier holds
+# max_ongoing_requests per replica plus max_queued_requests waiting at each caller, and answers 503 beyond; each
+# ingress replica admits that much for every tier plus UPLOAD_HEADROOM image requests, and keeps CONTROL_HEADROOM
+# more slots that only /healthz, /readyz, /v1/tiers and the docs can use.
 TIER_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "num_replicas": 1,
     "max_ongoing_requests": 32,  # per replica; at least max_batch_size, or batches are never full
-    "max_queued_requests": 256,  # waiting for a replica beyond this: 503 with Retry-After
+    "max_queued_requests": 64,  # waiting for a replica beyond this: 503 with Retry-After
     "ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0.0},  # torch still uses every core (cpu_threads)
 }
 INGRESS_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "num_replicas": 1,
-    "max_ongoing_requests": 64,  # requests in flight per replica (most of them wait for a tier)
+    # max_ongoing_requests: computed from the tiers (AppConfig.ingress_deployment_options) unless set.
+    "max_queued_requests": 128,  # requests the proxy holds for a busy ingress; beyond, the proxy answers 503
     "ray_actor_options": {"num_cpus": 1.0},  # also sizes the ingress's pool for decode, effects and encode
 }
+UPLOAD_HEADROOM = 32  # image requests an ingress replica admits beyond what its tiers hold: uploads being read
+CONTROL_HEADROOM = 32  # ingress slots that image requests never take: health checks and listings always get in
 # Set by the builder from other settings: a tier's deployment is named after the tier, its user_config is
 # `batching`.
 _BUILDER_OWNED = ("name", "user_config")
@@ -216,6 +223,22 @@ class _DeploymentOptions(BaseModel):
     def max_ongoing_requests(self) -> int:
         return int(self.deployment_options().get("max_ongoing_requests", 5))  # Serve's own default
 
+    @property
+    def most_replicas(self) -> int:
+        options = self.deployment_options()
+        autoscaling = options.get("autoscaling_config") or {}
+        if "max_replicas" in autoscaling:
+            return int(autoscaling["max_replicas"])
+        replicas = options.get("num_replicas", 1)
+        return replicas if isinstance(replicas, int) else 1
+
+    @property
+    def capacity(self) -> int | None:
+        """Requests one caller can have at this deployment before Serve answers 503: max_ongoing_requests on each
+        replica (at most) plus the caller's own queue. None when the queue is unbounded (max_queued_requests -1)."""
+        queued = int(self.deployment_options().get("max_queued_requests", -1))
+        return None if queued < 0 else self.most_replicas * self.max_ongoing_requests + queued
+
 
 class TierConfig(_DeploymentOptions):
     """One tier's settings in the builder's ``args.tiers``."""
@@ -246,6 +269,12 @@ class TierConfig(_DeploymentOptions):
         None, ge=1, description="torch threads on CPU; default all cores (Ray would set 1 for a fractional CPU)."
     )
     warmup: bool = Field(True, description="Run one batch at start so the first request pays no warm-up.")
+    deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="Most time a request may spend waiting for and in this tier's model; past it: 504 "
+        "deadline_exceeded, and the model skips it if it has not started it. No client header lifts it.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TierConfig:
@@ -276,6 +305,14 @@ class IngressConfig(_DeploymentOptions):
     """The HTTP ingress deployment: decode, resize, effects and encode run here, on CPU."""
 
     DEFAULTS: ClassVar[dict[str, Any]] = INGRESS_DEPLOYMENT_DEFAULTS
+
+    max_image_requests: int | None = Field(
+        None,
+        ge=1,
+        description="Image requests (POST /v1/remove) in flight per ingress replica, uploads included; beyond it: "
+        "503 overloaded at once. Default: what the tiers hold (replicas x max_ongoing_requests + "
+        f"max_queued_requests, summed) plus {UPLOAD_HEADROOM}.",
+    )
 
     @property
     def cpu_workers(self) -> int:
@@ -324,6 +361,34 @@ class AppConfig(BaseModel):
         ge=0,
         description="After upload_stall_s, an upload arriving slower than this on average gets 408 (0: no minimum).",
     )
+
+    @model_validator(mode="after")
+    def _health_checks_keep_a_slot(self) -> AppConfig:
+        ongoing = self.ingress.deployment.get("max_ongoing_requests")
+        if ongoing is not None and int(ongoing) <= self.image_request_limit():
+            raise ValueError(
+                f"ingress max_ongoing_requests ({ongoing}) must exceed the image requests it admits "
+                f"({self.image_request_limit()}, ingress.max_image_requests), or uploads can starve /healthz; "
+                f"leave it out to get {self.image_request_limit() + CONTROL_HEADROOM}"
+            )
+        return self
+
+    def image_request_limit(self) -> int:
+        """Image requests one ingress replica admits: ``ingress.max_image_requests``, else every tier's capacity
+        plus UPLOAD_HEADROOM, so that a full tier answers its own 503 before the ingress refuses anything."""
+        if self.ingress.max_image_requests is not None:
+            return self.ingress.max_image_requests
+        held = 0
+        for tier in self.tiers.values():  # an unbounded tier queue counts its replicas' slots only
+            held += tier.capacity if tier.capacity is not None else tier.most_replicas * tier.max_ongoing_requests
+        return held + UPLOAD_HEADROOM
+
+    def ingress_deployment_options(self) -> dict[str, Any]:
+        """The ingress's Serve options; ``max_ongoing_requests``, unless set, keeps CONTROL_HEADROOM slots above the
+        image requests it admits."""
+        options = self.ingress.deployment_options()
+        options.setdefault("max_ongoing_requests", self.image_request_limit() + CONTROL_HEADROOM)
+        return options
 
     def served_tiers(self, weights_dir: Path) -> dict[Tier, ServedTier]:
         """The served tiers in catalogue order (fast, balanced, quality), whatever order the config lists them."""

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from deployments.proxy_guard import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
 from tests.support.reference import TEST_CONFIG
 from tests.support.serve_run import free_port, wait_until_ready
 
@@ -82,6 +83,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path) 
     # The app is built in a task on the cluster: it sees the environment Ray was started with.
     os.environ["BGSERVE_WEIGHTS_DIR"] = str(place_test_weights(tmp_path_factory, segmenting_weights))
     os.environ.pop("RAY_ADDRESS", None)  # it would win over address="local"
+    os.environ[PROXY_CALLBACK_VARIABLE] = PROXY_CALLBACK  # Serve's proxy loads our guard, as scripts/serve.sh has it
     dashboard_port = free_port()
     ray.init(
         address="local",  # a Ray of our own: without it, ray.init joins any Ray already running on the machine
@@ -95,6 +97,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path) 
     serve.shutdown()
     ray.shutdown()
     os.environ.pop("BGSERVE_WEIGHTS_DIR", None)
+    os.environ.pop(PROXY_CALLBACK_VARIABLE, None)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from deployments.proxy_guard import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
+
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 600
 
@@ -60,7 +62,12 @@ def serve_run(config: Path, weights_dir: Path, log: Path, root: Path = ROOT) -> 
     served_config["http_options"] = {**served_config.get("http_options", {}), "port": free_port()}
     config = log.with_name(f"{config.stem}-{served_config['http_options']['port']}.yaml")
     config.write_text(yaml.safe_dump(served_config, sort_keys=False))
-    env = {**os.environ, "BGSERVE_WEIGHTS_DIR": str(weights_dir), "PYTHONPATH": str(root)}
+    env = {
+        **os.environ,
+        "BGSERVE_WEIGHTS_DIR": str(weights_dir),
+        "PYTHONPATH": str(root),
+        PROXY_CALLBACK_VARIABLE: PROXY_CALLBACK,  # as scripts/serve.sh starts it
+    }
     env.pop("RAY_ADDRESS", None)  # it would win over --address
     serve_cli = Path(sys.executable).with_name("serve")
     with log.open("wb") as out:

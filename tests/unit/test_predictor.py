@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from serve_app.errors import InferenceError, InvalidImageError
-from serve_app.predictor import predict_grouped
+from serve_app.errors import DeadlineExceededError, InferenceError, InvalidImageError
+from serve_app.predictor import predict_grouped, run_before_deadlines
 from serve_app.schemas import MaskResult
 
 
@@ -54,3 +54,25 @@ def test_failing_batch_is_retried_per_image() -> None:
 )
 def test_model_input_checks(bad: np.ndarray) -> None:
     assert isinstance(predict_grouped([bad], Recorder())[0], InvalidImageError)
+
+
+def test_images_past_their_deadline_are_not_run() -> None:
+    model = Recorder()
+    images = [image(10), image(20), image(30)]
+    results = run_before_deadlines(images, [99.0, 101.0, 100.0], model, now=lambda: 100.0)
+    assert model.calls == [(1, 8, 8, 3)]  # only the image whose deadline is still ahead reached the model
+    assert isinstance(results[1], MaskResult) and results[1].batch_size == 1
+    for expired in (results[0], results[2]):
+        assert isinstance(expired, DeadlineExceededError) and "not run" in expired.message
+
+
+def test_nothing_runs_when_every_deadline_has_passed() -> None:
+    model = Recorder()
+    results = run_before_deadlines([image(10)], [1.0], model, now=lambda: 2.0)
+    assert model.calls == [] and isinstance(results[0], DeadlineExceededError)
+
+
+def test_without_deadlines_everything_runs() -> None:
+    model = Recorder()
+    results = run_before_deadlines([image(10), image(20)], None, model)
+    assert model.calls == [(2, 8, 8, 3)] and all(isinstance(r, MaskResult) for r in results)

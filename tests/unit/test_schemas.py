@@ -5,7 +5,9 @@ from pydantic import ValidationError
 
 from serve_app.catalogue import Tier
 from serve_app.schemas import (
+    CONTROL_HEADROOM,
     TIER_DEPLOYMENT_DEFAULTS,
+    UPLOAD_HEADROOM,
     AppConfig,
     BatchingConfig,
     IngressConfig,
@@ -136,3 +138,46 @@ def test_served_tier_names_its_weights_and_sizes(tmp_path: Path) -> None:
     assert settings.base_size == 128 and settings.static_size and settings.export_dir == tmp_path / "onnx"
     assert settings.device == "cpu" and "--base-size 128" in (settings.export_command or "")
     assert not served(Tier.QUALITY).runtime_settings(ResolvedWeights(None, "untrained")).static_size
+
+
+def test_admission_is_sized_from_the_tiers_outwards() -> None:
+    """Each tier holds replicas x max_ongoing_requests + max_queued_requests; the ingress admits all of that plus
+    the upload headroom, and keeps CONTROL_HEADROOM slots for the light routes."""
+    config = AppConfig.model_validate(
+        {
+            "tiers": {
+                "fast": {"deployment": {"num_replicas": 2, "max_ongoing_requests": 8, "max_queued_requests": 8}},
+                "balanced": {
+                    "deployment": {
+                        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3},
+                        "max_ongoing_requests": 4,
+                        "max_queued_requests": 2,
+                    }
+                },
+            }
+        }
+    )
+    assert config.tiers[Tier.FAST].capacity == 2 * 8 + 8
+    assert config.tiers[Tier.BALANCED].capacity == 3 * 4 + 2
+    assert config.image_request_limit() == 24 + 14 + UPLOAD_HEADROOM
+    assert config.ingress_deployment_options()["max_ongoing_requests"] == 24 + 14 + UPLOAD_HEADROOM + CONTROL_HEADROOM
+
+
+def test_explicit_admission_limits_win() -> None:
+    config = AppConfig.model_validate(
+        {"ingress": {"max_image_requests": 10, "deployment": {"max_ongoing_requests": 50}}}
+    )
+    assert config.image_request_limit() == 10
+    assert config.ingress_deployment_options()["max_ongoing_requests"] == 50
+
+
+def test_an_ingress_cap_that_leaves_no_room_for_health_checks_is_refused() -> None:
+    with pytest.raises(ValidationError, match="starve /healthz"):
+        AppConfig.model_validate({"ingress": {"max_image_requests": 10, "deployment": {"max_ongoing_requests": 10}}})
+
+
+def test_an_unbounded_tier_queue_counts_its_replicas_only() -> None:
+    tier = TierConfig(deployment={"max_queued_requests": -1, "max_ongoing_requests": 8})
+    assert tier.capacity is None
+    config = AppConfig(tiers={Tier.FAST: tier}, default_tier=Tier.FAST)
+    assert config.image_request_limit() == 8 + UPLOAD_HEADROOM

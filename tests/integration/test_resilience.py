@@ -1,0 +1,211 @@
+"""Overload, slow uploads, deadlines and killed replicas against the deployed test app (configs/test.yaml: each
+tier holds 8 + 8 requests, the ingress admits 80 image requests and has 112 slots, uploads stall out after 2 s).
+Every answer is a 200 or a JSON error a client can act on; none is a 500, and the service is healthy after."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import png_bytes
+from tests.integration.conftest import APP_NAME, Cluster
+from tests.support import scenes
+from tests.support.load import Outcome, burst, memory_mb, replica_pids, send, summary, wait_until_healthy
+
+FAST_CAPACITY = 16  # configs/test.yaml: max_ongoing_requests 8 + max_queued_requests 8
+INGRESS_SLOTS = 112  # 3 tiers x 16 + UPLOAD_HEADROOM 32 image requests + CONTROL_HEADROOM 32
+RETRIABLE = {"tier_unavailable", "overloaded", "ingress_unavailable", "deadline_exceeded"}
+
+
+@pytest.fixture(scope="module")
+def image() -> bytes:
+    return png_bytes(scenes.make_scenes(seed=77, count=1, height=96, width=128)[0].image)
+
+
+def assert_answered_or_retriable(outcomes: list[Outcome]) -> None:
+    report = summary(outcomes)
+    for outcome in outcomes:
+        assert outcome.status in (200, 503, 504), report
+        if outcome.status != 200:
+            assert outcome.json_body and outcome.code in RETRIABLE and outcome.retry_after, report
+
+
+def test_a_burst_over_capacity_gets_fast_503s_and_the_rest_finish(service: str, image: bytes) -> None:
+    outcomes = burst(service, image, {"tier": "fast", "effect": "mask"}, count=4 * FAST_CAPACITY)
+    print(summary(outcomes))
+    assert_answered_or_retriable(outcomes)
+    served = [o.seconds for o in outcomes if o.status == 200]
+    refused = [o.seconds for o in outcomes if o.status == 503]
+    assert served and refused, summary(outcomes)
+    assert max(refused) < 3.0, summary(outcomes)  # refused at once, not after queueing
+    assert max(served) < 30.0, summary(outcomes)  # accepted work finishes in bounded time
+    assert wait_until_healthy(service) < 5
+    assert send(service, image, {"tier": "fast", "effect": "mask"}).status == 200
+
+
+def open_slow_upload(service: str) -> socket.socket:
+    """A POST whose body stops after its first kilobyte (of 100 KB declared)."""
+    address = urlsplit(service)
+    connection = socket.create_connection((address.hostname, address.port), timeout=30)
+    connection.sendall(
+        f"POST /v1/remove?tier=fast HTTP/1.1\r\nHost: {address.hostname}\r\nContent-Type: image/png\r\n"
+        "Content-Length: 100000\r\nConnection: close\r\n\r\n".encode()
+        + b"\x89PNG"
+        + b"\0" * 1020
+    )
+    return connection
+
+
+def read_status(connection: socket.socket) -> tuple[int, bytes]:
+    raw = b""
+    while chunk := connection.recv(65536):
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_health_answers_within_a_second_while_slow_uploads_fill_the_ingress(service: str) -> None:
+    """More stalled uploads than the ingress has slots: the ones over the image-request limit get 503 at once,
+    the rest hold their slots until the 2 s stall limit, and /healthz and /readyz still answer at once."""
+    connections = [open_slow_upload(service) for _ in range(INGRESS_SLOTS + 18)]
+    try:
+        time.sleep(0.3)  # the uploads reach the ingress
+        for path in ("/healthz", "/readyz", "/healthz", "/readyz"):
+            started = time.monotonic()
+            response = httpx.get(f"{service}{path}", timeout=10)
+            seconds = time.monotonic() - started
+            assert response.status_code == 200 and seconds < 1.0, (path, response.status_code, seconds)
+        answers = [read_status(c) for c in connections]
+    finally:
+        for connection in connections:
+            connection.close()
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {408, 503}, statuses
+    assert statuses.count(503) >= len(connections) - 80, statuses  # over the 80 admitted: refused at once
+    assert all(b'"overloaded"' in body for status, body in answers if status == 503)
+    assert wait_until_healthy(service) < 5
+
+
+def test_client_headers_cannot_change_the_servers_timeouts(service: str, image: bytes) -> None:
+    """The fast tier waits 0.5 s for a batch. Serve's proxy would answer 408 at 0.2 s if it honoured the client's
+    x-request-timeout-seconds; the proxy guard drops the header, so the server's timeout applies."""
+    response = httpx.post(
+        f"{service}/v1/remove",
+        params={"tier": "fast", "effect": "mask"},
+        content=image,
+        headers={"x-request-timeout-seconds": "0.2", "x-request-disconnect-disabled": "?1"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_a_tier_deadline_no_header_lifts_and_late_work_is_not_run(cluster: Cluster, service: str, image: bytes) -> None:
+    """A tier whose deadline (0.3 s) is shorter than its batch wait (1 s): 504 deadline_exceeded at the deadline,
+    even with `x-request-timeout-seconds: 0` (which would turn Serve's timeout off), and the model never runs the
+    image: neither the one the ingress gave up on, nor one whose deadline passed while it waited for its batch."""
+    import ray
+    from ray import serve
+    from ray.util.state import get_log, list_actors
+
+    from serve_app.errors import DeadlineExceededError
+
+    weights = {"weights": "test-segmenting.pth", "base_size": 128, "warmup": False, "cpu_threads": 1}
+    args = {
+        "default_tier": "fast",
+        "tiers": {
+            "fast": {
+                **weights,
+                "deadline_s": 0.3,
+                "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 1.0},
+                "deployment": {"ray_actor_options": {"num_cpus": 0.1}},
+            }
+        },
+        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
+    }
+    cluster.deploy(cluster.with_extra_app("deadline-check", "/deadline", args))
+    try:
+        url = f"{service}/deadline"
+        wait_until_healthy(url)
+        started = time.monotonic()
+        response = httpx.post(f"{url}/v1/remove", content=image, headers={"x-request-timeout-seconds": "0"}, timeout=60)
+        seconds = time.monotonic() - started
+        assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
+        assert response.headers["retry-after"] and seconds < 1.5, seconds
+        # Straight at the tier, with no ingress to cancel the call: the request reaches the model deployment in
+        # time, but its deadline passes during the batch wait, and the batch skips it.
+        handle = serve.get_deployment_handle("fast", "deadline-check")
+        model_input = np.zeros((128, 128, 3), np.uint8)
+        with pytest.raises(DeadlineExceededError, match="not run"):
+            handle.predict.remote(model_input, time.time() + 0.3).result(timeout_s=30)
+        time.sleep(1.0)  # the replica's log reaches its file
+        (replica,) = [
+            a
+            for a in list_actors(address=cluster.dashboard, filters=[("state", "=", "ALIVE")])
+            if a.class_name == "ServeReplica:deadline-check:fast"
+        ]
+        log = "".join(
+            get_log(address=ray.get_runtime_context().gcs_address, actor_id=replica.actor_id, suffix="err", tail=-1)
+        )
+        assert "tier fast batching" in log  # the replica's log is the one we read
+        assert "skipped 1 of 1 requests whose deadline had passed" in log, log[-3000:]
+        assert "model call:" not in log, log[-3000:]
+    finally:
+        cluster.deploy(cluster.test_config())
+
+
+def test_killing_the_tier_replica_mid_request_loses_nothing(cluster: Cluster, service: str, image: bytes) -> None:
+    (pid,) = replica_pids(cluster.dashboard, APP_NAME, "fast")
+
+    def kill() -> None:
+        time.sleep(0.3)  # the requests wait for their batch at the replica
+        os.kill(pid, signal.SIGKILL)
+
+    outcomes = burst(service, image, {"tier": "fast", "effect": "mask"}, count=8, during=kill)
+    print(summary(outcomes))
+    assert_answered_or_retriable(outcomes)
+    assert wait_until_healthy(service) < 60
+    assert send(service, image, {"tier": "fast", "effect": "mask"}).status == 200
+
+
+def test_killing_the_ingress_replica_mid_request_gets_retriable_answers(
+    cluster: Cluster, service: str, image: bytes
+) -> None:
+    """The requests the dead ingress held cannot be finished: the proxy guard answers them 503 + Retry-After
+    (not Serve's plain 500), and the service takes requests again once Serve has replaced the replica."""
+    (pid,) = replica_pids(cluster.dashboard, APP_NAME, "ingress")
+
+    def kill() -> None:
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+
+    outcomes = burst(service, image, {"tier": "fast", "effect": "mask"}, count=8, during=kill)
+    print(summary(outcomes))
+    assert_answered_or_retriable(outcomes)
+    assert any(o.code == "ingress_unavailable" for o in outcomes), summary(outcomes)
+    assert wait_until_healthy(service) < 60
+    assert send(service, image, {"tier": "fast", "effect": "mask"}).status == 200
+
+
+def test_memory_levels_off_over_hundreds_of_requests(cluster: Cluster, service: str, image: bytes) -> None:
+    """RSS of the ingress and a tier replica after a warm-up, then after 240 more requests (rgba: the heaviest
+    effect): growth stays under 64 MB each."""
+    params = {"tier": "balanced", "effect": "rgba"}
+    pids = {name: replica_pids(cluster.dashboard, APP_NAME, name)[0] for name in ("ingress", "balanced")}
+    for _ in range(5):
+        burst(service, image, params, count=8)
+    before = {name: memory_mb(pid)[0] for name, pid in pids.items()}
+    outcomes = [o for _ in range(30) for o in burst(service, image, params, count=8)]
+    after = {name: memory_mb(pid)[0] for name, pid in pids.items()}
+    assert all(o.status == 200 for o in outcomes), summary(outcomes)
+    print({name: (round(before[name]), round(after[name])) for name in pids})
+    for name in pids:
+        assert after[name] - before[name] < 64, (name, before, after)
+    assert statistics.median(o.seconds for o in outcomes) < 10

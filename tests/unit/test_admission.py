@@ -1,0 +1,34 @@
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.admission import Admission
+from deployments.preflight import check
+from serve_app.errors import OverloadedError
+
+
+def test_admission_refuses_the_request_over_the_limit_and_frees_slots() -> None:
+    admission = Admission(limit=2)
+    with admission.slot(), admission.slot():
+        with pytest.raises(OverloadedError, match="2 image requests in flight"), admission.slot():
+            pass
+        assert admission.in_flight == 2
+    assert admission.in_flight == 0
+    with pytest.raises(ValueError), admission.slot():  # a failing request gives its slot back too
+        raise ValueError("decode failed")
+    assert admission.in_flight == 0
+
+
+def test_preflight_names_a_busy_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as Serve's proxy binds it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "mine.yaml"
+        config.write_text(yaml.safe_dump({"http_options": {"host": "127.0.0.1", "port": port}}))
+        problem = check(config)
+        assert problem is not None and f"port {port}" in problem and "http_options.port" in problem
+    assert check(config) is None  # free again
