@@ -48,13 +48,25 @@ REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: {"model": ErrorBody, "description": "Empty upload, undecodable image or malformed multipart body."},
     401: {"model": ErrorBody, "description": "API keys are on and the request carries none, or a wrong one."},
-    408: {"model": ErrorBody, "description": "The upload paused too long or arrived too slowly."},
+    408: {
+        "model": ErrorBody,
+        "description": "The upload paused too long or arrived too slowly (upload_too_slow), or the request outlived "
+        "the server's request timeout (request_timeout).",
+    },
     413: {"model": ErrorBody, "description": "Upload or image too large."},
     415: {"model": ErrorBody, "description": "A JSON, XML or text body."},
     422: {"model": ErrorBody, "description": "Invalid query parameter, or no 'image' field."},
     503: {
         "model": ErrorBody,
-        "description": "The tier is not running, cannot be scheduled, or is overloaded; retry after Retry-After.",
+        "description": "The tier is not running, cannot be scheduled, or holds all it can (tier_unavailable); the "
+        "ingress has all the image requests it admits (overloaded); or the ingress replica holding the request "
+        "died (ingress_unavailable). Retry after Retry-After.",
+        "headers": {"Retry-After": _header("Seconds to wait before retrying.")},
+    },
+    504: {
+        "model": ErrorBody,
+        "description": "The request waited and ran longer than its tier's deadline (deadline_exceeded); retry after "
+        "Retry-After, or use a faster tier.",
         "headers": {"Retry-After": _header("Seconds to wait before retrying.")},
     },
     500: {"model": ErrorBody, "description": "The model failed on this image, or an unexpected error (logged)."},

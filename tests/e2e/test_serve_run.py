@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from tests.conftest import png_bytes
+from tests.conftest import ROOT, png_bytes
 from tests.integration.conftest import place_test_weights
 from tests.support import scenes
 from tests.support.reference import TEST_CONFIG
@@ -38,3 +42,22 @@ def test_serve_run_config_serves_every_tier(served: str) -> None:
             assert response.headers["x-tier"] == tier and response.headers["x-weights"] == "test-segmenting.pth"
         default = client.post("/v1/remove", content=png_bytes(scene.image))
         assert default.headers["x-tier"] == "balanced" and default.headers["content-type"] == "image/png"
+
+
+def test_serve_sh_refuses_a_busy_port(tmp_path: Path) -> None:
+    """Serve's proxy binds with SO_REUSEPORT: a second service on a busy port would start and share it. The
+    script checks first and stops with what to do."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = yaml.safe_load(TEST_CONFIG.read_text())
+        config["http_options"]["port"] = taken.getsockname()[1]
+        path = tmp_path / "busy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {**os.environ, "BGSERVE_EXTRAS": "dev"}  # the venv the tests run in: setup.sh leaves it as it is
+        done = subprocess.run(
+            [str(ROOT / "scripts" / "serve.sh"), str(path)], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"port {config['http_options']['port']} on 127.0.0.1 is already in use" in done.stderr
+    assert "Starting" not in done.stdout

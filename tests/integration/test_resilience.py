@@ -9,6 +9,7 @@ import signal
 import socket
 import statistics
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -107,62 +108,95 @@ def test_client_headers_cannot_change_the_servers_timeouts(service: str, image: 
     assert response.status_code == 200, response.text
 
 
-def test_a_tier_deadline_no_header_lifts_and_late_work_is_not_run(cluster: Cluster, service: str, image: bytes) -> None:
-    """A tier whose deadline (0.3 s) is shorter than its batch wait (1 s): 504 deadline_exceeded at the deadline,
-    even with `x-request-timeout-seconds: 0` (which would turn Serve's timeout off), and the model never runs the
-    image: neither the one the ingress gave up on, nor one whose deadline passed while it waited for its batch."""
+def replica_log(cluster: Cluster, app: str, deployment: str) -> str:
+    """What a replica wrote to its stderr (the replica's Serve log lines, ours included)."""
     import ray
-    from ray import serve
     from ray.util.state import get_log, list_actors
 
-    from serve_app.errors import DeadlineExceededError
+    alive = list_actors(address=cluster.dashboard, filters=[("state", "=", "ALIVE")])
+    (replica,) = [a for a in alive if a.class_name == f"ServeReplica:{app}:{deployment}"]
+    log = "".join(
+        get_log(address=ray.get_runtime_context().gcs_address, actor_id=replica.actor_id, suffix="err", tail=-1)
+    )
+    assert f"tier {deployment} batching" in log  # the log is the replica's own: it says how it batches
+    return log
 
-    weights = {"weights": "test-segmenting.pth", "base_size": 128, "warmup": False, "cpu_threads": 1}
+
+@pytest.fixture(scope="module")
+def slow_batches(cluster: Cluster, service: str) -> Iterator[str]:
+    """An extra app whose tiers wait 1 s for a batch: fast with a deadline (0.3 s) shorter than that wait,
+    balanced with a long one (10 s)."""
+
+    def tier(deadline_s: float) -> dict[str, object]:
+        return {
+            "weights": "test-segmenting.pth",
+            "base_size": 128,
+            "warmup": False,
+            "cpu_threads": 1,
+            "deadline_s": deadline_s,
+            "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 1.0},
+            "deployment": {"ray_actor_options": {"num_cpus": 0.1}},
+        }
+
     args = {
         "default_tier": "fast",
-        "tiers": {
-            "fast": {
-                **weights,
-                "deadline_s": 0.3,
-                "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 1.0},
-                "deployment": {"ray_actor_options": {"num_cpus": 0.1}},
-            }
-        },
+        "tiers": {"fast": tier(0.3), "balanced": tier(10.0)},
         "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
     }
-    cluster.deploy(cluster.with_extra_app("deadline-check", "/deadline", args))
+    cluster.deploy(cluster.with_extra_app("slow-batches", "/slow", args))
     try:
-        url = f"{service}/deadline"
-        wait_until_healthy(url)
-        started = time.monotonic()
-        response = httpx.post(f"{url}/v1/remove", content=image, headers={"x-request-timeout-seconds": "0"}, timeout=60)
-        seconds = time.monotonic() - started
-        assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
-        assert response.headers["retry-after"] and seconds < 1.5, seconds
-        # Straight at the tier, with no ingress to cancel the call: the request reaches the model deployment in
-        # time, but its deadline passes during the batch wait, and the batch skips it.
-        handle = serve.get_deployment_handle("fast", "deadline-check")
-        model_input = np.zeros((128, 128, 3), np.uint8)
-        with pytest.raises(DeadlineExceededError, match="not run"):
-            handle.predict.remote(model_input, time.time() + 0.3).result(timeout_s=30)
-        time.sleep(1.0)  # the replica's log reaches its file
-        (replica,) = [
-            a
-            for a in list_actors(address=cluster.dashboard, filters=[("state", "=", "ALIVE")])
-            if a.class_name == "ServeReplica:deadline-check:fast"
-        ]
-        log = "".join(
-            get_log(address=ray.get_runtime_context().gcs_address, actor_id=replica.actor_id, suffix="err", tail=-1)
-        )
-        assert "tier fast batching" in log  # the replica's log is the one we read
-        assert "skipped 1 of 1 requests whose deadline had passed" in log, log[-3000:]
-        assert "model call:" not in log, log[-3000:]
+        wait_until_healthy(f"{service}/slow")
+        yield f"{service}/slow"
     finally:
         cluster.deploy(cluster.test_config())
 
 
+def test_a_tier_deadline_no_header_lifts_and_late_work_is_not_run(
+    cluster: Cluster, slow_batches: str, image: bytes
+) -> None:
+    """504 deadline_exceeded at the fast tier's 0.3 s, even with `x-request-timeout-seconds: 0` (which would turn
+    Serve's timeout off), and the model never runs the image: neither the one the ingress gave up on, nor one
+    whose deadline passed while it waited for its batch."""
+    from ray import serve
+
+    from serve_app.errors import DeadlineExceededError
+
+    started = time.monotonic()
+    response = httpx.post(
+        f"{slow_batches}/v1/remove", content=image, headers={"x-request-timeout-seconds": "0"}, timeout=60
+    )
+    seconds = time.monotonic() - started
+    assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
+    assert response.headers["retry-after"] and seconds < 1.5, seconds
+    # Straight at the tier, with no ingress to cancel the call: the request reaches the model deployment in time,
+    # but its deadline passes during the batch wait, and the batch skips it.
+    handle = serve.get_deployment_handle("fast", "slow-batches")
+    with pytest.raises(DeadlineExceededError, match="not run"):
+        handle.predict.remote(np.zeros((128, 128, 3), np.uint8), time.time() + 0.3).result(timeout_s=30)
+    time.sleep(1.0)  # the replica's log reaches its file
+    log = replica_log(cluster, "slow-batches", "fast")
+    assert "skipped 1 of 1 requests whose deadline had passed" in log, log[-3000:]
+    assert "model call:" not in log, log[-3000:]
+
+
+def test_work_for_a_client_that_left_is_not_done(cluster: Cluster, slow_batches: str, image: bytes) -> None:
+    """A client gives up after 0.3 s, while its image waits for its batch, and asks (in vain: the proxy guard drops
+    the header) that its request run on without it: Serve cancels it up to the tier, and the model never runs."""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{slow_batches}/v1/remove",
+            params={"tier": "balanced"},
+            content=image,
+            headers={"x-request-disconnect-disabled": "?1"},
+            timeout=httpx.Timeout(10, read=0.3),
+        )
+    time.sleep(2.5)  # past the batch wait: had the image been run, the model would have logged its call
+    log = replica_log(cluster, "slow-batches", "balanced")
+    assert "model call:" not in log, log[-3000:]
+
+
 def test_killing_the_tier_replica_mid_request_loses_nothing(cluster: Cluster, service: str, image: bytes) -> None:
-    (pid,) = replica_pids(cluster.dashboard, APP_NAME, "fast")
+    (pid,) = replica_pids(os.getpid(), APP_NAME, "fast")
 
     def kill() -> None:
         time.sleep(0.3)  # the requests wait for their batch at the replica
@@ -180,7 +214,7 @@ def test_killing_the_ingress_replica_mid_request_gets_retriable_answers(
 ) -> None:
     """The requests the dead ingress held cannot be finished: the proxy guard answers them 503 + Retry-After
     (not Serve's plain 500), and the service takes requests again once Serve has replaced the replica."""
-    (pid,) = replica_pids(cluster.dashboard, APP_NAME, "ingress")
+    (pid,) = replica_pids(os.getpid(), APP_NAME, "ingress")
 
     def kill() -> None:
         time.sleep(0.3)
@@ -198,7 +232,7 @@ def test_memory_levels_off_over_hundreds_of_requests(cluster: Cluster, service: 
     """RSS of the ingress and a tier replica after a warm-up, then after 240 more requests (rgba: the heaviest
     effect): growth stays under 64 MB each."""
     params = {"tier": "balanced", "effect": "rgba"}
-    pids = {name: replica_pids(cluster.dashboard, APP_NAME, name)[0] for name in ("ingress", "balanced")}
+    pids = {name: replica_pids(os.getpid(), APP_NAME, name)[0] for name in ("ingress", "balanced")}
     for _ in range(5):
         burst(service, image, params, count=8)
     before = {name: memory_mb(pid)[0] for name, pid in pids.items()}

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.serve_run import descendant_pids
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -64,12 +66,10 @@ def summary(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def replica_pids(dashboard: str, app: str, deployment: str) -> list[int]:
-    """Process ids of a deployment's live replicas (Ray's state API)."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], detail=True)
-    return [int(a.pid) for a in actors if a.class_name == f"ServeReplica:{app}:{deployment}" and a.pid]
+def replica_pids(root_pid: int, app: str, deployment: str) -> list[int]:
+    """Process ids of a deployment's live replicas in the Ray started by ``root_pid`` (Ray titles each replica's
+    process ``ray::ServeReplica:<app>:<deployment>``)."""
+    return descendant_pids(root_pid, f"ServeReplica:{app}:{deployment}")
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
