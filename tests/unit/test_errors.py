@@ -16,6 +16,8 @@ EXPECTED = {
     errors.UnauthorizedError: (401, "unauthorized"),
     errors.UploadTooSlowError: (408, "upload_too_slow"),
     errors.TierUnavailableError: (503, "tier_unavailable"),
+    errors.OverloadedError: (503, "overloaded"),
+    errors.DeadlineExceededError: (504, "deadline_exceeded"),
     errors.InferenceError: (500, "inference_failed"),
     errors.ConfigurationError: (500, "configuration_error"),
     errors.WeightsUnavailableError: (500, "weights_unavailable"),
