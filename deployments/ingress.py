@@ -28,6 +28,7 @@ from deployments import route_core_logs_to_serve
 from deployments.access import ApiKeyCheck
 from deployments.admission import Admission
 from deployments.http_errors import install_error_handlers
+from deployments.metrics import IngressMetrics, RecordRequests
 from deployments.model_client import ModelClient
 from deployments.openapi import READY_RESPONSES, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
 from deployments.readiness import TierReadiness
@@ -36,7 +37,7 @@ from serve_app.auth import ApiKeys
 from serve_app.catalogue import Tier
 from serve_app.effects import warm_up_matting
 from serve_app.errors import InvalidParameterError
-from serve_app.pipeline import postprocess, preprocess, result_headers
+from serve_app.pipeline import postprocess, preprocess, result_headers, step_seconds
 from serve_app.schemas import AppConfig, RemoveParams, ServedTier, TierInfo
 
 P = ParamSpec("P")
@@ -68,7 +69,8 @@ class Ingress:
             "or an effect. Three quality tiers: fast (384 px), balanced (1024 px), quality (the photo's own size).",
         )
         install_error_handlers(app)
-        # Middleware runs outermost last-added first: CORS (answers a browser's preflight), API keys, body limit.
+        # Middleware runs outermost last-added first: metrics (sees every answer), CORS (answers a browser's
+        # preflight), API keys, body limit.
         config = self.config
         app.add_middleware(
             UploadLimits,
@@ -88,6 +90,7 @@ class Ingress:
                 allow_headers=["Authorization", "X-API-Key", "Content-Type"],
                 expose_headers=["X-Tier", "X-Weights", "X-Batch-Size", "X-Model-Input", "Server-Timing"],
             )
+        app.add_middleware(RecordRequests, metrics=IngressMetrics(config.default_tier.value))
         app.add_api_route("/", self.root, include_in_schema=False)
         app.add_api_route("/healthz", self.healthz, summary="Liveness: answers while the service is up")
         app.add_api_route(
@@ -139,6 +142,8 @@ class Ingress:
             result = await self.models[tier.tier].predict(prepared.model_input)
             round_trip = time.perf_counter() - called
             rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params)
+        request.state.step_seconds = step_seconds(prepared, result, round_trip, rendered)  # for RecordRequests
+        request.state.megapixels = prepared.image.shape[0] * prepared.image.shape[1] / 1e6
         headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, round_trip, rendered)
         return Response(content=rendered.body, media_type=rendered.media_type, headers=headers)
 

@@ -16,6 +16,7 @@ import numpy as np
 from ray import serve
 
 from deployments import SERVE_LOGGER, route_core_logs_to_serve
+from deployments.metrics import GpuMetrics, ModelMetrics
 from serve_app.errors import DeadlineExceededError, ServiceError
 from serve_app.predictor import Predictor
 from serve_app.schemas import BatchingConfig, MaskResult, ServedTier
@@ -28,7 +29,10 @@ class ModelDeployment:
     def __init__(self, tier: ServedTier) -> None:
         route_core_logs_to_serve()
         self.tier = tier
-        self.predictor = Predictor(tier)
+        self.metrics = ModelMetrics()
+        self.predictor = Predictor(tier, on_model_call=self.metrics.model_call)
+        self.metrics.loaded(self.predictor.runtime.name, self.predictor.load_phases)
+        self.gpu_metrics = GpuMetrics.start(str(self.predictor.runtime.device))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         batching = BatchingConfig.model_validate(user_config)

@@ -64,16 +64,24 @@ def postprocess(image: np.ndarray, model_mask: np.ndarray, params: RemoveParams)
     return Rendered(body=body, media_type=MEDIA_TYPES[params.format], timings=watch.timings)
 
 
-def result_headers(
-    tier: str, weights: str, prepared: Preprocessed, result: MaskResult, round_trip_s: float, rendered: Rendered
-) -> dict[str, str]:
-    """X-Tier, X-Weights, X-Batch-Size, X-Model-Input and Server-Timing (ms per step, in request order)."""
-    steps = {
+def step_seconds(
+    prepared: Preprocessed, result: MaskResult, round_trip_s: float, rendered: Rendered
+) -> dict[str, float]:
+    """Seconds per step of a served request, in request order: decode, resize, queue, model, upsample, effect,
+    encode (Server-Timing's steps, and the metrics')."""
+    return {
         **prepared.timings,
         "queue": max(0.0, round_trip_s - result.model_seconds),  # batching wait, transfer, replica hand-off
         "model": result.model_seconds,
         **rendered.timings,
     }
+
+
+def result_headers(
+    tier: str, weights: str, prepared: Preprocessed, result: MaskResult, round_trip_s: float, rendered: Rendered
+) -> dict[str, str]:
+    """X-Tier, X-Weights, X-Batch-Size, X-Model-Input and Server-Timing (ms per step, in request order)."""
+    steps = step_seconds(prepared, result, round_trip_s, rendered)
     height, width = prepared.model_input.shape[:2]
     return {
         "X-Tier": tier,

@@ -44,11 +44,12 @@ def run_before_deadlines(
     deadlines: Sequence[float] | None,
     predict: Callable[[np.ndarray], np.ndarray],
     now: Callable[[], float] = time.time,
+    on_model_call: ModelCallObserver | None = None,
 ) -> list[MaskResult | ServiceError]:
     """``predict_grouped`` over the images whose deadline is still ahead; the others get ``DeadlineExceededError``
     without running."""
     if deadlines is None:
-        return predict_grouped(images, predict)
+        return predict_grouped(images, predict, on_model_call)
     moment = now()
     live = [i for i, deadline in enumerate(deadlines) if deadline > moment]
     results: list[MaskResult | ServiceError] = [
@@ -57,13 +58,18 @@ def run_before_deadlines(
     ]
     if len(live) < len(images):
         logger.warning("skipped %d of %d requests whose deadline had passed", len(images) - len(live), len(images))
-    for index, result in zip(live, predict_grouped([images[i] for i in live], predict), strict=True):
+    for index, result in zip(live, predict_grouped([images[i] for i in live], predict, on_model_call), strict=True):
         results[index] = result
     return results
 
 
+ModelCallObserver = Callable[[float, int], None]  # (seconds, batch size) of each model call
+
+
 def predict_grouped(
-    images: Sequence[object], predict: Callable[[np.ndarray], np.ndarray]
+    images: Sequence[object],
+    predict: Callable[[np.ndarray], np.ndarray],
+    on_model_call: ModelCallObserver | None = None,
 ) -> list[MaskResult | ServiceError]:
     """Masks for a list of images, one ``predict`` call per group of same-shaped images.
 
@@ -87,6 +93,8 @@ def predict_grouped(
             logger.info(
                 "model call: batch of %d at %dx%d in %.3f s", len(batch), batch.shape[2], batch.shape[1], seconds
             )
+            if on_model_call is not None:
+                on_model_call(seconds, len(batch))
             for i, mask in zip(indices, masks, strict=True):
                 results[i] = MaskResult(mask=mask, batch_size=len(indices), model_seconds=seconds)
         except Exception:
@@ -95,27 +103,38 @@ def predict_grouped(
                 results[indices[0]] = InferenceError("the model failed on this image; see the tier's replica log")
                 continue
             for i in indices:
-                results[i] = predict_grouped([images[i]], predict)[0]
+                results[i] = predict_grouped([images[i]], predict, on_model_call)[0]
     return results
 
 
 class Predictor:
     """A tier's loaded runtime: ``predict_many`` in, one ``MaskResult`` (or error) per image out."""
 
-    def __init__(self, tier: ServedTier) -> None:
+    def __init__(self, tier: ServedTier, on_model_call: ModelCallObserver | None = None) -> None:
         self.tier = tier
+        self.on_model_call = on_model_call
+        self.load_phases: dict[str, float] = {}  # seconds of each start-up phase: weights, load, warmup
         config = tier.config
-        started = time.monotonic()
+        started = phase_started = time.monotonic()
+
+        def phase_done(name: str) -> None:
+            nonlocal phase_started
+            self.load_phases[name] = time.monotonic() - phase_started
+            phase_started = time.monotonic()
+
         weights = resolve(tier.spec.checkpoint, config.weights, tier.weights_dir, config.allow_download)
+        phase_done("weights")
         settings = tier.runtime_settings(weights)
         if config.runtime == AUTO:
             self.runtime = self._load_auto(settings)
         else:
             self.runtime = create_runtime(config.runtime, settings)
             self.runtime.load()
+        phase_done("load")
         if config.warmup:
             side = tier.base_size if isinstance(tier.resize, StaticResize) else min(tier.base_size, 512)
             self.runtime.warmup(1, side, side)
+            phase_done("warmup")
         logger.info(
             "tier %s ready in %.1f s: weights=%s runtime=%s device=%s base_size=%d",
             tier.tier.value,
@@ -155,7 +174,7 @@ class Predictor:
     ) -> list[MaskResult | ServiceError]:
         """Masks for a batch. With ``deadlines`` (epoch seconds, one per image), an image whose deadline has passed
         is not run: its caller has already answered 504, and its share of the batch is free for live requests."""
-        return run_before_deadlines(images, deadlines, self.runtime.predict)
+        return run_before_deadlines(images, deadlines, self.runtime.predict, on_model_call=self.on_model_call)
 
     def check_health(self) -> None:
         self.runtime.check_health()

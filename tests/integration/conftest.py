@@ -40,6 +40,7 @@ class Cluster:
     dashboard: str
     http_port: int
     deploy_dir: Path
+    metrics_port: int  # Ray's Prometheus endpoint (every metric of the cluster, ours included)
 
     @property
     def url(self) -> str:
@@ -84,7 +85,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path) 
     os.environ["BGSERVE_WEIGHTS_DIR"] = str(place_test_weights(tmp_path_factory, segmenting_weights))
     os.environ.pop("RAY_ADDRESS", None)  # it would win over address="local"
     os.environ[PROXY_CALLBACK_VARIABLE] = PROXY_CALLBACK  # Serve's proxy loads our guard, as scripts/serve.sh has it
-    dashboard_port = free_port()
+    dashboard_port, metrics_port = free_port(), free_port()
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112 (Ray spells it so); metrics arrive in ~1 s
     ray.init(
         address="local",  # a Ray of our own: without it, ray.init joins any Ray already running on the machine
         num_cpus=4,
@@ -92,12 +94,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path) 
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,
         log_to_driver=False,
+        _metrics_export_port=metrics_port,
     )
-    yield Cluster(f"http://127.0.0.1:{dashboard_port}", free_port(), tmp_path_factory.mktemp("deploy"))
+    yield Cluster(f"http://127.0.0.1:{dashboard_port}", free_port(), tmp_path_factory.mktemp("deploy"), metrics_port)
     serve.shutdown()
     ray.shutdown()
     os.environ.pop("BGSERVE_WEIGHTS_DIR", None)
     os.environ.pop(PROXY_CALLBACK_VARIABLE, None)
+    os.environ.pop("RAY_metrics_report_interval_ms", None)
 
 
 @pytest.fixture(scope="session")

@@ -171,7 +171,9 @@ def test_serve_options_pass_through_and_merge(service: str, cluster: Cluster) ->
         assert fast["health_check_timeout_s"] == 12 and fast["graceful_shutdown_timeout_s"] == 5
         assert fast["ray_actor_options"]["memory"] == 100 * 2**20
         assert fast["ray_actor_options"]["num_cpus"] == 0.25  # the default, kept beside the user's key
-        assert fast["max_ongoing_requests"] == 32 and fast["max_queued_requests"] == 256
+        assert fast["max_ongoing_requests"] == 32 and fast["max_queued_requests"] == 64
+        # The ingress admits what fast holds at its most replicas (2 x 32 + 64) plus 32 uploads, plus 32 light slots
+        assert ingress["max_ongoing_requests"] == 2 * 32 + 64 + 32 + 32 and ingress["max_queued_requests"] == 128
         assert fast["user_config"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.02}  # from `batching`
         assert ingress["health_check_period_s"] == 7 and ingress["ray_actor_options"]["num_cpus"] == 0.1
         with httpx.Client(base_url=f"{service}/options", timeout=60) as client:

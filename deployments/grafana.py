@@ -1,0 +1,176 @@
+"""The Grafana dashboard for bgserve, built from the metric names in ``deployments/metrics.py`` and Serve's own.
+
+    python -m deployments.grafana > configs/grafana/bgserve.json
+
+The checked-in JSON is what operators import (Grafana: Dashboards > New > Import); a test fails when it drifts
+from this builder, and another evaluates every expression in it against a real Prometheus scraping the service.
+Panels are per tier (the ``tier`` variable; a tier replica's metrics name it ``deployment``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+RATE = "$__rate_interval"
+TIER = 'tier=~"$tier"'
+DEPLOYMENT = 'deployment=~"$tier"'
+
+
+def quantiles(metric: str, by: str, selector: str) -> list[tuple[str, str]]:
+    return [
+        (
+            f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{selector}}}[{RATE}])))",
+            f"p{int(q * 100)} {{{{{by}}}}}",
+        )
+        for q in (0.5, 0.95, 0.99)
+    ]
+
+
+def mean(metric: str, by: str, selector: str) -> str:
+    return (
+        f"sum by ({by}) (rate({metric}_sum{{{selector}}}[{RATE}])) / "
+        f"sum by ({by}) (rate({metric}_count{{{selector}}}[{RATE}]))"
+    )
+
+
+def gauge(how: str, metric: str, selector: str, by: str = "deployment") -> str:
+    """A gauge's latest value per series. Ray exports a gauge only in the report interval it was set in, so a plain
+    instant query falls into the gaps between settings; the last value within the rate window does not."""
+    return f"{how} by ({by}) (last_over_time({metric}{{{selector}}}[{RATE}]))"
+
+
+# (title, unit, [(expression, legend)], needs_gpu)
+PANELS: list[tuple[str, str, list[tuple[str, str]], bool]] = [
+    (
+        "Requests per second",
+        "reqps",
+        [(f"sum by (tier) (rate(ray_bgserve_requests_total{{{TIER}}}[{RATE}]))", "{{tier}}")],
+        False,
+    ),
+    (
+        "Errors per second by code",
+        "reqps",
+        [
+            (
+                f'sum by (tier, status, code) (rate(ray_bgserve_requests_total{{{TIER}, status!~"2.."}}[{RATE}]))',
+                "{{tier}} {{status}} {{code}}",
+            )
+        ],
+        False,
+    ),
+    ("End-to-end latency", "ms", quantiles("ray_bgserve_request_latency_ms", "tier", TIER), False),
+    ("Model latency per batch", "ms", quantiles("ray_bgserve_model_batch_latency_ms", "deployment", DEPLOYMENT), False),
+    (
+        "Where the time goes (mean per request)",
+        "ms",
+        [(mean("ray_bgserve_step_latency_ms", "tier, step", TIER), "{{tier}} {{step}}")],
+        False,
+    ),
+    (
+        "Batch size (Serve)",
+        "none",
+        [(mean("ray_serve_actual_batch_size", "deployment", DEPLOYMENT), "{{deployment}}")],
+        False,
+    ),
+    (
+        "Batch wait (Serve)",
+        "ms",
+        [(mean("ray_serve_batch_wait_time_ms", "deployment", DEPLOYMENT), "{{deployment}}")],
+        False,
+    ),
+    (
+        "Queued requests (Serve)",
+        "none",
+        [
+            (
+                gauge("sum", "ray_serve_deployment_queued_queries", DEPLOYMENT),
+                "waiting for a replica {{deployment}}",
+            ),
+            (
+                gauge("sum", "ray_serve_batch_queue_length", DEPLOYMENT),
+                "waiting for a batch {{deployment}}",
+            ),
+        ],
+        False,
+    ),
+    (
+        "Healthy replicas (Serve)",
+        "none",
+        [(gauge("sum", "ray_serve_deployment_replica_healthy", DEPLOYMENT), "{{deployment}}")],
+        False,
+    ),
+    ("Upload size", "none", quantiles("ray_bgserve_input_megapixels", "tier", TIER)[:2], False),
+    (
+        "Model load time by phase",
+        "s",
+        [(gauge("max", "ray_bgserve_model_load_seconds", DEPLOYMENT, "deployment, phase"), "{{deployment}} {{phase}}")],
+        False,
+    ),
+    (
+        "GPU memory in use",
+        "bytes",
+        [(gauge("max", "ray_bgserve_gpu_memory_used_bytes", DEPLOYMENT, "deployment, replica"), "{{replica}}")],
+        True,
+    ),
+    (
+        "GPU utilisation",
+        "percent",
+        [(gauge("max", "ray_bgserve_gpu_utilization_percent", DEPLOYMENT, "deployment, replica"), "{{replica}}")],
+        True,
+    ),
+]
+
+
+def dashboard() -> dict[str, Any]:
+    panels = []
+    for index, (title, unit, targets, needs_gpu) in enumerate(PANELS):
+        panels.append(
+            {
+                "id": index + 1,
+                "type": "timeseries",
+                "title": title,
+                "description": "Only where a tier replica has a GPU (NVML)." if needs_gpu else "",
+                "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
+                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                "targets": [
+                    {"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend}
+                    for i, (expr, legend) in enumerate(targets)
+                ],
+            }
+        )
+    return {
+        "uid": "bgserve",
+        "title": "bgserve: background removal on Ray Serve",
+        "tags": ["bgserve", "ray", "serve"],
+        "schemaVersion": 39,
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "10s",
+        "templating": {
+            "list": [
+                {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
+                {
+                    "name": "tier",
+                    "type": "query",
+                    "label": "Tier",
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "query": "label_values(ray_bgserve_requests_total, tier)",
+                    "includeAll": True,
+                    "multi": True,
+                    "allValue": ".*",
+                    "current": {"text": "All", "value": "$__all"},
+                    "refresh": 2,
+                },
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def gpu_only_expressions() -> set[str]:
+    return {expr for _, _, targets, needs_gpu in PANELS if needs_gpu for expr, _ in targets}
+
+
+if __name__ == "__main__":
+    print(json.dumps(dashboard(), indent=2))

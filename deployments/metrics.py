@@ -1,0 +1,225 @@
+"""Our metrics, through ``ray.serve.metrics``: Ray exports them on its Prometheus endpoint with a ``ray_`` prefix
+(counters also get ``_total``), and adds the ``application``, ``deployment`` and ``replica`` tags itself, so a
+tier replica's metrics carry their tier as ``deployment``. What Serve measures already (batch sizes and waits,
+queue lengths, HTTP request counts and latencies, replica health and start-up) is Serve's: not repeated here.
+
+Every tag value comes from a closed set (known tiers, effects, formats, error codes, status codes): a client
+cannot grow the number of series by sending odd parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deployments import SERVE_LOGGER
+from serve_app.catalogue import Tier
+from serve_app.schemas import Effect, OutputFormat
+
+logger = logging.getLogger(SERVE_LOGGER)
+
+# Milliseconds, from a cached 128 px mask (a few ms) to a quality-tier photo on a CPU (a minute and more).
+LATENCY_MS_BOUNDARIES: list[float] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 60000, 120000]
+# Uploads, in megapixels: thumbnails to the 50 MP limit (max_image_pixels).
+MEGAPIXEL_BOUNDARIES: list[float] = [0.05, 0.25, 0.5, 1, 2, 4, 8, 12, 24, 50]
+STEPS = ("decode", "resize", "queue", "model", "upsample", "effect", "encode")  # the Server-Timing steps
+OTHER = "other"  # a tag value outside the closed set (an unknown tier in a refused request)
+# Ray exports a gauge only in the report interval (RAY_metrics_report_interval_ms, 10 s) in which it was set: a
+# value set once would vanish from Prometheus after one scrape. Our gauges are set again this often.
+GAUGE_PERIOD_S = 1.0
+
+
+def known(value: str | None, allowed: set[str], default: str) -> str:
+    if value is None:
+        return default
+    return value if value in allowed else OTHER
+
+
+class IngressMetrics:
+    """Per request at the ingress: count by tier, effect, format, status and error code; end-to-end latency;
+    each step's latency; upload size."""
+
+    def __init__(self, default_tier: str) -> None:
+        self.default_tier = default_tier
+        self.requests = Counter(
+            "bgserve_requests",
+            description="POST /v1/remove answers, by tier, effect, output format, HTTP status and error code.",
+            tag_keys=("tier", "effect", "format", "status", "code"),  # type: ignore[arg-type]  # Ray types a 1-tuple
+        )
+        self.latency = Histogram(
+            "bgserve_request_latency_ms",
+            description="POST /v1/remove, first byte in to last byte out, by tier and status class (2xx/4xx/5xx).",
+            boundaries=LATENCY_MS_BOUNDARIES,
+            tag_keys=("tier", "status_class"),  # type: ignore[arg-type]
+        )
+        self.steps = Histogram(
+            "bgserve_step_latency_ms",
+            description="Time per step of a served request (the Server-Timing steps), by tier and step.",
+            boundaries=LATENCY_MS_BOUNDARIES,
+            tag_keys=("tier", "step"),  # type: ignore[arg-type]
+        )
+        self.megapixels = Histogram(
+            "bgserve_input_megapixels",
+            description="Size of the decoded uploads, in megapixels, by tier.",
+            boundaries=MEGAPIXEL_BOUNDARIES,
+            tag_keys=("tier",),
+        )
+
+    def record(
+        self, query: Mapping[str, str], status: int, code: str, seconds: float, state: Mapping[str, Any]
+    ) -> None:
+        tier = known(query.get("tier"), {t.value for t in Tier}, self.default_tier)
+        tags = {
+            "tier": tier,
+            "effect": known(query.get("effect"), {e.value for e in Effect}, Effect.RGBA.value),
+            "format": known(query.get("format"), {f.value for f in OutputFormat}, OutputFormat.PNG.value),
+            "status": str(status),
+            "code": code,
+        }
+        self.requests.inc(tags=tags)
+        self.latency.observe(seconds * 1000, tags={"tier": tier, "status_class": f"{status // 100}xx"})
+        for step, step_seconds in (state.get("step_seconds") or {}).items():
+            if step in STEPS:
+                self.steps.observe(step_seconds * 1000, tags={"tier": tier, "step": step})
+        if "megapixels" in state:
+            self.megapixels.observe(state["megapixels"], tags={"tier": tier})
+
+
+class RecordRequests:
+    """ASGI middleware around the ingress app: times each ``POST /v1/remove`` and records it once, whichever layer
+    answered (a route, an error handler, the upload limits or the key check). The error code is read from the JSON
+    body the client gets; the route leaves its step timings in ``request.state``."""
+
+    def __init__(self, app: ASGIApp, metrics: IngressMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/v1/remove"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status, error_body = 500, b""
+
+        async def watch(message: Message) -> None:
+            nonlocal status, error_body
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status >= 400 and len(error_body) < 4096:
+                error_body += message.get("body", b"")
+            await send(message)
+
+        scope.setdefault("state", {})
+        unexpected = False
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:  # answered 500 by Starlette's outermost error middleware, outside this one
+            unexpected, status = True, 500
+            raise
+        finally:
+            try:
+                query = dict(_query_pairs(scope))
+                code = "internal_error" if unexpected else _error_code(error_body) if status >= 400 else ""
+                self.metrics.record(query, status, code, time.perf_counter() - started, scope["state"])
+            except Exception:  # metrics must never fail a request
+                logger.exception("recording request metrics failed")
+
+
+def _query_pairs(scope: Scope) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl
+
+    return parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return OTHER
+    return code if isinstance(code, str) and code.isidentifier() and len(code) <= 40 else OTHER
+
+
+class ModelMetrics:
+    """Per tier replica: model time per batch (by runtime), load time per phase, and GPU memory and utilisation
+    from NVML where the replica has a GPU (nothing at all without one)."""
+
+    def __init__(self) -> None:
+        self.runtime = "loading"  # the runtime's name once loaded (auto resolves to one)
+        self.batch = Histogram(
+            "bgserve_model_batch_latency_ms",
+            description="Model time per batch, by runtime (the tier is the deployment tag).",
+            boundaries=LATENCY_MS_BOUNDARIES,
+            tag_keys=("runtime",),
+        )
+        self.load = Gauge(
+            "bgserve_model_load_seconds",
+            description="Seconds each start-up phase of this replica took (weights, load, warmup).",
+            tag_keys=("phase",),
+        )
+
+    def model_call(self, seconds: float, batch_size: int) -> None:
+        self.batch.observe(seconds * 1000, tags={"runtime": self.runtime})
+
+    def loaded(self, runtime: str, phases: Mapping[str, float], period_s: float = GAUGE_PERIOD_S) -> None:
+        """Publish the start-up phases, again every ``period_s`` (see GAUGE_PERIOD_S)."""
+        self.runtime = runtime
+
+        def publish() -> None:
+            while True:
+                for phase, seconds in phases.items():
+                    self.load.set(seconds, tags={"phase": phase})
+                time.sleep(period_s)
+
+        threading.Thread(target=publish, name="load-metrics", daemon=True).start()
+
+
+class GpuMetrics:
+    """GPU memory in use and utilisation of the replica's GPU, sampled by NVML (``nvidia-ml-py``, in the ``gpu``
+    extra) every ``period_s`` on a daemon thread. ``start`` returns None where there is no GPU or no NVML: then
+    no series exists, rather than a zero that looks like a measurement."""
+
+    def __init__(self, handle: Any, nvml: Any, period_s: float) -> None:
+        self.handle, self.nvml, self.period_s = handle, nvml, period_s
+        self.memory = Gauge("bgserve_gpu_memory_used_bytes", description="GPU memory in use (NVML), whole device.")
+        self.utilization = Gauge(
+            "bgserve_gpu_utilization_percent", description="GPU utilisation over NVML's last sample period."
+        )
+
+    @classmethod
+    def start(cls, device: str, period_s: float = GAUGE_PERIOD_S) -> GpuMetrics | None:
+        if not device.startswith("cuda"):
+            return None
+        try:
+            import pynvml  # nvidia-ml-py
+            import torch
+
+            pynvml.nvmlInit()
+            index = torch.cuda.current_device()
+            handle = pynvml.nvmlDeviceGetHandleByUUID(_uuid(torch.cuda.get_device_properties(index)))
+        except Exception as exc:  # no NVML library, no driver, an old torch: say so once, export nothing
+            logger.warning("GPU metrics off: %s", exc)
+            return None
+        sampler = cls(handle, pynvml, period_s)
+        threading.Thread(target=sampler._run, name="gpu-metrics", daemon=True).start()
+        return sampler
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.memory.set(float(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used))
+                self.utilization.set(float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
+            except Exception as exc:
+                logger.warning("GPU metrics: %s", exc)
+            time.sleep(self.period_s)
+
+
+def _uuid(properties: Any) -> str:
+    uuid = str(properties.uuid)
+    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"

@@ -1,0 +1,79 @@
+"""Metrics as an operator sees them: a real Prometheus scrapes Ray's metrics endpoint while the test app serves
+real requests (several tiers, effects and formats, and bad ones), then every expression of the Grafana dashboard
+(configs/grafana/bgserve.json) is evaluated through Prometheus's HTTP API: each must parse and return data,
+except the GPU panels, which must return nothing on a machine without a GPU (never a faked zero)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from deployments.grafana import gpu_only_expressions
+from tests.conftest import ROOT, png_bytes
+from tests.integration.conftest import Cluster
+from tests.support import scenes
+from tests.support.prometheus import PROMETHEUS, Prometheus, prometheus
+
+pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="needs Prometheus (scripts/test.sh installs it)")
+DASHBOARD = ROOT / "configs" / "grafana" / "bgserve.json"
+
+
+@pytest.fixture(scope="module")
+def scraped(cluster: Cluster, service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    with prometheus([f"127.0.0.1:{cluster.metrics_port}"], tmp_path_factory.mktemp("prometheus")) as server:
+        yield server
+
+
+def until(condition, timeout_s: float = 90.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(1.0)
+    return False
+
+
+def send_traffic(url: str) -> None:
+    image = png_bytes(scenes.make_scenes(seed=404, count=1, height=96, width=128)[0].image)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for _ in range(3):  # spread over a few scrapes, so that rate() has samples to compare
+            for tier, effect, fmt in (
+                ("fast", "mask", "png"),
+                ("balanced", "rgba", "webp"),
+                ("quality", "color", "jpeg"),
+            ):
+                response = client.post(
+                    "/v1/remove", params={"tier": tier, "effect": effect, "format": fmt}, content=image
+                )
+                assert response.status_code == 200, response.text
+            assert client.post("/v1/remove", params={"tier": "fast"}, content=b"not an image").status_code == 400
+            assert client.post("/v1/remove", params={"tier": "ultra"}, content=image).status_code == 422
+            time.sleep(2.0)
+
+
+def test_every_dashboard_expression_returns_data(scraped: Prometheus, service: str) -> None:
+    send_traffic(service)
+    assert until(lambda: scraped.query('ray_bgserve_requests_total{code="invalid_image", tier="fast"}')), (
+        "our request counter never reached Prometheus"
+    )
+    assert until(lambda: scraped.query("ray_serve_actual_batch_size_bucket")), "Serve's batch metrics never arrived"
+    # The unknown tier is counted under `other`, not under the string the client sent.
+    assert scraped.query('ray_bgserve_requests_total{tier="other", code="invalid_parameter"}')
+    assert not scraped.query('ray_bgserve_requests_total{tier="ultra"}')
+    dashboard = json.loads(DASHBOARD.read_text())
+    gpu_only = gpu_only_expressions()
+    empty = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expression = target["expr"].replace("$__rate_interval", "2m").replace("$tier", ".*")
+            result = scraped.query(expression)  # fails on an expression Prometheus cannot parse
+            if target["expr"] in gpu_only:
+                assert result == [], (panel["title"], result)  # no GPU here: no series at all
+            elif not result:
+                empty.append((panel["title"], expression))
+    known = scraped.metric_names("ray_serve_") + scraped.metric_names("ray_bgserve_")
+    assert not empty, "panels that would show nothing:\n" + "\n".join(f"{t}: {e}" for t, e in empty) + f"\n{known}"

@@ -1,0 +1,21 @@
+import json
+
+from deployments.grafana import dashboard
+from tests.conftest import ROOT
+
+
+def test_the_checked_in_dashboard_is_the_generated_one() -> None:
+    """configs/grafana/bgserve.json is `python -m deployments.grafana`'s output: edit the builder, regenerate."""
+    assert json.loads((ROOT / "configs" / "grafana" / "bgserve.json").read_text()) == dashboard()
+
+
+def test_metric_tags_come_from_closed_sets() -> None:
+    """A client's odd parameters or error bodies never become new tag values (series)."""
+    from deployments.metrics import OTHER, _error_code, known
+
+    assert known("fast", {"fast", "balanced"}, "balanced") == "fast"
+    assert known(None, {"fast", "balanced"}, "balanced") == "balanced"
+    assert known("fast'; DROP", {"fast", "balanced"}, "balanced") == OTHER
+    assert _error_code(b'{"error": {"code": "invalid_image", "message": "m"}}') == "invalid_image"
+    assert _error_code(b'{"error": {"code": "x y z"}}') == OTHER
+    assert _error_code(b"plain text") == OTHER
