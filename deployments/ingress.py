@@ -144,6 +144,11 @@ class Ingress:
             rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params)
         request.state.step_seconds = step_seconds(prepared, result, round_trip, rendered)  # for RecordRequests
         request.state.megapixels = prepared.image.shape[0] * prepared.image.shape[1] / 1e6
+        request.state.served = {  # for the access line
+            "input": f"{prepared.image.shape[1]}x{prepared.image.shape[0]}",
+            "model_input": f"{prepared.model_input.shape[1]}x{prepared.model_input.shape[0]}",
+            "batch_size": result.batch_size,
+        }
         headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, round_trip, rendered)
         return Response(content=rendered.body, media_type=rendered.media_type, headers=headers)
 

@@ -74,7 +74,8 @@ class IngressMetrics:
 
     def record(
         self, query: Mapping[str, str], status: int, code: str, seconds: float, state: Mapping[str, Any]
-    ) -> None:
+    ) -> dict[str, str]:
+        """Record one answer; returns the tags it was recorded under."""
         tier = known(query.get("tier"), {t.value for t in Tier}, self.default_tier)
         tags = {
             "tier": tier,
@@ -90,12 +91,15 @@ class IngressMetrics:
                 self.steps.observe(step_seconds * 1000, tags={"tier": tier, "step": step})
         if "megapixels" in state:
             self.megapixels.observe(state["megapixels"], tags={"tier": tier})
+        return tags
 
 
 class RecordRequests:
     """ASGI middleware around the ingress app: times each ``POST /v1/remove`` and records it once, whichever layer
-    answered (a route, an error handler, the upload limits or the key check). The error code is read from the JSON
-    body the client gets; the route leaves its step timings in ``request.state``."""
+    answered (a route, an error handler, the upload limits or the key check): its metrics, and one access line in
+    the replica's Serve log, with the details under ``access`` (a JSON object where the app's ``logging_config``
+    says ``encoding: JSON``; Serve adds the request id). The error code is read from the JSON body the client gets;
+    the route leaves its timings and sizes in ``request.state``. Never image bytes."""
 
     def __init__(self, app: ASGIApp, metrics: IngressMetrics) -> None:
         self.app = app
@@ -127,9 +131,29 @@ class RecordRequests:
             try:
                 query = dict(_query_pairs(scope))
                 code = "internal_error" if unexpected else _error_code(error_body) if status >= 400 else ""
-                self.metrics.record(query, status, code, time.perf_counter() - started, scope["state"])
+                seconds = time.perf_counter() - started
+                tags = self.metrics.record(query, status, code, seconds, scope["state"])
+                log_access(scope, tags, seconds, scope["state"])
             except Exception:  # metrics must never fail a request
                 logger.exception("recording request metrics failed")
+
+
+def log_access(scope: Scope, tags: Mapping[str, str], seconds: float, state: Mapping[str, Any]) -> None:
+    served = state.get("served") or {}
+    steps = {step: round(s * 1000, 1) for step, s in (state.get("step_seconds") or {}).items()}
+    access = {**tags, "ms": round(seconds * 1000, 1), **served, "steps_ms": steps}
+    logger.info(
+        "%s %s %s %s tier=%s effect=%s format=%s %.1fms",
+        scope["method"],
+        scope["path"],
+        tags["status"],
+        tags["code"] or "ok",
+        tags["tier"],
+        tags["effect"],
+        tags["format"],
+        seconds * 1000,
+        extra={"access": access},
+    )
 
 
 def _query_pairs(scope: Scope) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ from ray import serve
 
 from deployments import SERVE_LOGGER, route_core_logs_to_serve
 from deployments.metrics import GpuMetrics, ModelMetrics
+from deployments.startup_board import StartupReporter
 from serve_app.errors import DeadlineExceededError, ServiceError
 from serve_app.predictor import Predictor
 from serve_app.schemas import BatchingConfig, MaskResult, ServedTier
@@ -30,7 +31,12 @@ class ModelDeployment:
         route_core_logs_to_serve()
         self.tier = tier
         self.metrics = ModelMetrics()
-        self.predictor = Predictor(tier, on_model_call=self.metrics.model_call)
+        progress = StartupReporter(serve.get_replica_context().app_name, tier.tier.value)
+        try:
+            self.predictor = Predictor(tier, on_model_call=self.metrics.model_call, report=progress)
+        except BaseException as exc:  # the ingress shows why; Serve retries the replica
+            progress.failed(exc)
+            raise
         self.metrics.loaded(self.predictor.runtime.name, self.predictor.load_phases)
         self.gpu_metrics = GpuMetrics.start(str(self.predictor.runtime.device))
 

@@ -1,7 +1,8 @@
 """Which tiers can take a request, as a snapshot that requests read and never wait for.
 
 A background thread asks Serve's controller (``serve.status()``) which tier deployments have a running replica,
-and the cluster whether it has a GPU, every ``REFRESH_S``. A request only reads the last snapshot: a slow or
+the cluster whether it has a GPU, and the start-up board where starting replicas are (``startup_board.py``),
+every ``REFRESH_S``. A request only reads the last snapshot: a slow or
 stopped controller delays the next snapshot, never a request. If the controller stops answering, the last known
 state stands; with none known, requests are let through (and Serve's own errors on the call say what is wrong:
 ``model_client.py``).
@@ -10,15 +11,17 @@ state stands; with none known, requests are let through (and Serve's own errors 
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray import serve
 
 from deployments import SERVE_LOGGER
+from deployments.startup_board import read_board
 from serve_app.errors import TierUnavailableError
-from serve_app.schemas import ServedTier, TierInfo, gpu_missing_message
+from serve_app.schemas import ServedTier, StartupProgress, TierInfo, gpu_missing_message
+from serve_app.startup import FAILED, READY
 
 logger = logging.getLogger(SERVE_LOGGER)
 
@@ -33,6 +36,7 @@ SERVING_STATES = frozenset({"RUNNING", "UPDATING", "RECOVERING"})
 class ServeSnapshot:
     deployments: dict[str, Any] | None = None  # deployment name → Serve's DeploymentStatusInfo; None: never read
     cluster_gpus: float = 0.0
+    startup: dict[str, StartupProgress] = field(default_factory=dict)  # tier → its replicas' latest report
 
 
 def _value(enum_or_str: Any) -> str:
@@ -54,7 +58,14 @@ class TierReadiness:
     def _take_snapshot(self) -> ServeSnapshot:
         application = serve.status().applications.get(self.app_name)
         deployments = dict(application.deployments) if application else {}
-        return ServeSnapshot(deployments=deployments, cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)))
+        try:
+            startup = read_board(self.app_name)
+        except Exception as exc:  # progress is a nicety: Serve's status stands without it
+            logger.debug("start-up board not readable: %s", exc)
+            startup = self.snapshot.startup
+        return ServeSnapshot(
+            deployments=deployments, cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)), startup=startup
+        )
 
     def _refresh_forever(self) -> None:
         failing = False
@@ -85,6 +96,10 @@ class TierReadiness:
     def tier_info(self, tier: ServedTier) -> TierInfo:
         config, name = tier.config, tier.tier.value
         serving, status, message = self._state(name)
+        startup = self.snapshot.startup.get(name)
+        if serving == 0 and startup is not None and startup.phase != READY:
+            doing = "start-up failed" if startup.phase == FAILED else f"starting, {startup.seconds:.0f} s in"
+            message = f"{doing}: {startup.phase} {startup.detail}".strip() + (f". {message}" if message else "")
         if serving == 0 and config.num_gpus > 0 and self.snapshot.cluster_gpus == 0:
             message = f"{gpu_missing_message({name: config.num_gpus})} {message}".strip()
         return TierInfo(
@@ -97,6 +112,7 @@ class TierReadiness:
             ready=serving != 0,  # unknown (None) counts as ready: never refuse for want of a status
             status=status,
             message=message,
+            startup=startup,
         )
 
     def all_ready(self, tiers: list[TierInfo]) -> bool:

@@ -25,6 +25,7 @@ from serve_app.runtimes import Runtime, RuntimeSettings, create_runtime
 from serve_app.runtimes.auto import AUTO, MEASUREMENTS_FILE, device_signature, load_measurements, ranked_runtimes
 from serve_app.runtimes.eager import EagerRuntime
 from serve_app.schemas import MaskResult, ServedTier
+from serve_app.startup import LOADING, READY, RESOLVING, WARMING_UP, Progress, no_progress
 from serve_app.weights import resolve
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,9 @@ def predict_grouped(
 class Predictor:
     """A tier's loaded runtime: ``predict_many`` in, one ``MaskResult`` (or error) per image out."""
 
-    def __init__(self, tier: ServedTier, on_model_call: ModelCallObserver | None = None) -> None:
+    def __init__(
+        self, tier: ServedTier, on_model_call: ModelCallObserver | None = None, report: Progress = no_progress
+    ) -> None:
         self.tier = tier
         self.on_model_call = on_model_call
         self.load_phases: dict[str, float] = {}  # seconds of each start-up phase: weights, load, warmup
@@ -122,9 +125,11 @@ class Predictor:
             self.load_phases[name] = time.monotonic() - phase_started
             phase_started = time.monotonic()
 
-        weights = resolve(tier.spec.checkpoint, config.weights, tier.weights_dir, config.allow_download)
+        report(RESOLVING, tier.spec.checkpoint.filename, None)
+        weights = resolve(tier.spec.checkpoint, config.weights, tier.weights_dir, config.allow_download, report)
         phase_done("weights")
         settings = tier.runtime_settings(weights)
+        report(LOADING, f"{weights.label}: {config.runtime} runtime on {settings.device}", None)
         if config.runtime == AUTO:
             self.runtime = self._load_auto(settings)
         else:
@@ -133,8 +138,10 @@ class Predictor:
         phase_done("load")
         if config.warmup:
             side = tier.base_size if isinstance(tier.resize, StaticResize) else min(tier.base_size, 512)
+            report(WARMING_UP, f"one {side}x{side} batch on {self.runtime.name}", None)
             self.runtime.warmup(1, side, side)
             phase_done("warmup")
+        report(READY, f"{self.runtime.name} on {self.runtime.device}", 1.0)
         logger.info(
             "tier %s ready in %.1f s: weights=%s runtime=%s device=%s base_size=%d",
             tier.tier.value,

@@ -470,6 +470,15 @@ def gpu_missing_message(gpu_shares: dict[str, float]) -> str:
     )
 
 
+class StartupProgress(BaseModel):
+    """Where a tier replica is in its start-up (``serve_app/startup.py`` names the phases)."""
+
+    phase: str = Field(description="resolving weights, downloading, verifying, loading, warming up, ready, or failed")
+    detail: str = Field("", description="e.g. '42% of 367 MB at 12.3 MB/s', the runtime and device, or why it failed")
+    fraction: float | None = Field(None, description="Share of the phase done, where known (downloads).")
+    seconds: float = Field(description="Seconds since the replica began starting.")
+
+
 class TierInfo(BaseModel):
     """One entry of ``GET /v1/tiers``."""
 
@@ -482,6 +491,9 @@ class TierInfo(BaseModel):
     ready: bool
     status: str
     message: str = ""
+    startup: StartupProgress | None = Field(
+        None, description="The latest start-up report of a replica of this tier (absent until one reports)."
+    )
 
 
 class ErrorDetail(BaseModel):

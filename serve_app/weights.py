@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from serve_app.catalogue import Checkpoint
 from serve_app.errors import ChecksumMismatchError, WeightsUnavailableError
+from serve_app.startup import VERIFYING, Progress, TransferProgress, no_progress
 
 logger = logging.getLogger(__name__)
 
@@ -96,19 +97,25 @@ def verify(checkpoint: Checkpoint, path: Path) -> None:
         )
 
 
-def _copy_with_progress(source: BinaryIO, target: BinaryIO, total: int | None, desc: str) -> None:
-    """Copy in chunks with a progress bar; a source that ends before ``total`` bytes is an error."""
+def _copy_with_progress(
+    source: BinaryIO, target: BinaryIO, total: int | None, desc: str, report: Progress = no_progress
+) -> None:
+    """Copy in chunks with a progress bar (and ``report``); a source that ends before ``total`` bytes is an error."""
     copied = 0
+    transfer = TransferProgress(report, total)
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as progress:
         while chunk := source.read(_CHUNK):
             target.write(chunk)
             copied += len(chunk)
             progress.update(len(chunk))
+            transfer.add(len(chunk))
     if total is not None and copied != total:
         raise OSError(f"transfer ended after {copied} of {total} bytes")
 
 
-def _install(checkpoint: Checkpoint, write: Callable[[BinaryIO], None], destination: Path) -> Path:
+def _install(
+    checkpoint: Checkpoint, write: Callable[[BinaryIO], None], destination: Path, report: Progress = no_progress
+) -> Path:
     """Write through ``write(handle)`` into a temporary file beside ``destination``, verify, rename into place."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
@@ -116,6 +123,7 @@ def _install(checkpoint: Checkpoint, write: Callable[[BinaryIO], None], destinat
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        report(VERIFYING, checkpoint.filename, None)
         md5, sha256 = file_digests(tmp)
         if checkpoint.md5 is not None and md5 != checkpoint.md5:
             raise ChecksumMismatchError(
@@ -130,17 +138,19 @@ def _install(checkpoint: Checkpoint, write: Callable[[BinaryIO], None], destinat
         tmp.unlink(missing_ok=True)
 
 
-def download(checkpoint: Checkpoint, destination: Path, timeout_s: float = 30.0) -> Path:
+def download(
+    checkpoint: Checkpoint, destination: Path, timeout_s: float = 30.0, report: Progress = no_progress
+) -> Path:
     """Download ``checkpoint.url`` to ``destination`` (progress bar, checksum, atomic rename)."""
     logger.info("downloading %s from %s to %s", checkpoint.filename, checkpoint.url, destination)
 
     def write(handle: BinaryIO) -> None:
         with urllib.request.urlopen(checkpoint.url, timeout=timeout_s) as response:
             length = response.headers.get("Content-Length")
-            _copy_with_progress(response, handle, int(length) if length else None, checkpoint.filename)
+            _copy_with_progress(response, handle, int(length) if length else None, checkpoint.filename, report)
 
     try:
-        return _install(checkpoint, write, destination)
+        return _install(checkpoint, write, destination, report)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # incl. timeouts, cut transfers
         raise WeightsUnavailableError(offline_help(checkpoint, destination, reason=str(exc))) from exc
 
@@ -182,7 +192,13 @@ def weights_label(checkpoint: Checkpoint, choice: str) -> str:
     return checkpoint.filename if choice == AUTO else Path(choice).name
 
 
-def resolve(checkpoint: Checkpoint, choice: str, weights_dir: Path, allow_download: bool = True) -> ResolvedWeights:
+def resolve(
+    checkpoint: Checkpoint,
+    choice: str,
+    weights_dir: Path,
+    allow_download: bool = True,
+    report: Progress = no_progress,
+) -> ResolvedWeights:
     """Turn a tier's ``weights`` setting into a verified file.
 
     ``choice`` is ``auto`` (cache, then download), ``untrained``, or a path (absolute, or relative to
@@ -198,9 +214,10 @@ def resolve(checkpoint: Checkpoint, choice: str, weights_dir: Path, allow_downlo
         return ResolvedWeights(path=path, label=label)
     path = weights_dir / checkpoint.filename
     if path.is_file():
+        report(VERIFYING, checkpoint.filename, None)
         verify(checkpoint, path)
     elif allow_download:
-        download(checkpoint, path)
+        download(checkpoint, path, report=report)
     else:
         raise WeightsUnavailableError(offline_help(checkpoint, path, reason="downloads are turned off"))
     return ResolvedWeights(path=path, label=label)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -77,3 +78,50 @@ def test_every_dashboard_expression_returns_data(scraped: Prometheus, service: s
                 empty.append((panel["title"], expression))
     known = scraped.metric_names("ray_serve_") + scraped.metric_names("ray_bgserve_")
     assert not empty, "panels that would show nothing:\n" + "\n".join(f"{t}: {e}" for t, e in empty) + f"\n{known}"
+
+
+def ingress_log_records(cluster: Cluster) -> list[dict[str, Any]]:
+    """The JSON records of the test app's ingress replica log files (configs/test.yaml: `encoding: JSON`)."""
+    import ray
+    from ray.util.state import get_log, list_logs
+
+    address, node = ray.get_runtime_context().gcs_address, ray.get_runtime_context().get_node_id()
+    files = [
+        f
+        for names in list_logs(address=address, node_id=node, glob_filter="serve/replica_bgserve_ingress_*").values()
+        for f in names
+    ]
+    assert files, f"no ingress replica log in {list_logs(address=address, node_id=node)}"
+    records = []
+    for name in files:
+        for line in "".join(get_log(address=address, node_id=node, filename=name, tail=-1)).splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+    return records
+
+
+def test_one_json_access_line_per_request_with_its_request_id(cluster: Cluster, service: str) -> None:
+    image = png_bytes(scenes.make_scenes(seed=405, count=1, height=96, width=128)[0].image)
+    ok = httpx.post(
+        f"{service}/v1/remove",
+        params={"tier": "fast", "effect": "mask"},
+        content=image,
+        headers={"X-Request-ID": "trace-ok-4242"},
+        timeout=60,
+    )
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "trace-ok-4242"  # echoed back by Serve
+    bad = httpx.post(f"{service}/v1/remove", content=b"nope", headers={"X-Request-ID": "trace-bad-4242"}, timeout=60)
+    assert bad.status_code == 400 and bad.headers["x-request-id"] == "trace-bad-4242"
+
+    def access_lines(request_id: str) -> list[dict[str, Any]]:
+        return [r for r in ingress_log_records(cluster) if r.get("request_id") == request_id and "access" in r]
+
+    assert until(lambda: access_lines("trace-bad-4242"), 30)
+    (served,) = access_lines("trace-ok-4242")
+    access = served["access"]
+    assert access["tier"] == "fast" and access["effect"] == "mask" and access["status"] == "200" and not access["code"]
+    assert access["input"] == "128x96" and access["model_input"] == "128x128" and access["batch_size"] >= 1
+    assert set(access["steps_ms"]) == {"decode", "resize", "queue", "model", "upsample", "effect", "encode"}
+    assert 0 < access["ms"] < 60_000 and len(json.dumps(served)) < 4000  # sizes and timings, never image bytes
+    (refused,) = access_lines("trace-bad-4242")
+    assert refused["access"]["status"] == "400" and refused["access"]["code"] == "invalid_image"

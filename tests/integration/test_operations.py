@@ -123,11 +123,19 @@ def test_missing_weights_offline_explain_what_to_do(service: str, cluster: Clust
         with httpx.Client(base_url=f"{service}/offline", timeout=30) as client:
             tier = explanation(client, "downloads are turned off")
             assert tier["ready"] is False and str(tmp_path / "ckpt_fast.pth") in tier["message"]
+            # The replica's own report, from the start-up board: the phase it failed in, and why.
+            assert until(lambda: (client.get("/v1/tiers").json()[0]["startup"] or {}).get("phase") == "failed", 30)
+            startup = client.get("/v1/tiers").json()[0]["startup"]
+            assert "WeightsUnavailableError" in startup["detail"] and "start-up failed" in tier_message(client)
             response = client.post("/v1/remove", content=png_bytes(scenes.make_scenes(1, 1, 64, 64)[0].image))
             assert response.status_code == 503
             assert "ckpt_fast.pth" in response.json()["error"]["message"]
     finally:
         cluster.deploy(cluster.test_config())
+
+
+def tier_message(client: httpx.Client) -> str:
+    return str(client.get("/v1/tiers").json()[0]["message"])
 
 
 def deployed_config(cluster: Cluster, app: str, deployment: str) -> dict[str, Any] | None:
@@ -246,5 +254,49 @@ def test_api_keys_and_cors(service: str, cluster: Cluster, tmp_path: Path) -> No
             assert allowed.headers.get("access-control-allow-origin") == "https://app.example"
             other = client.options("/v1/remove", headers={**preflight, "origin": "https://evil.example"})
             assert "access-control-allow-origin" not in other.headers
+    finally:
+        cluster.deploy(cluster.test_config())
+
+
+def test_a_starting_tier_says_which_phase_it_is_in(service: str, cluster: Cluster) -> None:
+    """While a tier replica is still in __init__ (Serve cannot call it), /v1/tiers, /readyz and a request's 503 say
+    what it is doing, from the replica's own reports on the start-up board; then it is ready."""
+    args = {
+        "default_tier": "fast",
+        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
+        "tiers": {
+            "fast": {
+                "weights": "untrained",
+                "base_size": 1024,  # a warm-up batch at 1024x1024 on one thread: seconds of "warming up"
+                "cpu_threads": 1,
+                "warmup": True,
+                "deployment": {"ray_actor_options": {"num_cpus": 0.1}},
+            }
+        },
+    }
+    cluster.deploy(cluster.with_extra_app("slow-start", "/slow-start", args))
+    seen: list[tuple[bool, str]] = []
+    try:
+        with httpx.Client(base_url=f"{service}/slow-start", timeout=30) as client:
+
+            def warming_up() -> bool:
+                try:
+                    tiers = client.get("/v1/tiers").json()
+                except (httpx.HTTPError, ValueError):
+                    return False
+                if not isinstance(tiers, list):  # the app's ingress is not up yet: the proxy's 404/503
+                    return False
+                (tier,) = tiers
+                seen.append((tier["ready"], (tier["startup"] or {}).get("phase", "")))
+                return not tier["ready"] and "warming up" in tier["message"]
+
+            assert until(warming_up, 240), seen
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            response = client.post("/v1/remove", content=png_bytes(scenes.make_scenes(1, 1, 64, 64)[0].image))
+            assert response.status_code == 503 and "warming up" in response.json()["error"]["message"]
+            assert until(lambda: client.get("/readyz").status_code == 200, 240)
+            (tier,) = client.get("/v1/tiers").json()
+            assert tier["startup"]["phase"] == "ready" and tier["startup"]["seconds"] > 0
     finally:
         cluster.deploy(cluster.test_config())

@@ -195,3 +195,28 @@ def test_cli_fetches_only_what_a_config_downloads(
     try_config = Path(__file__).resolve().parents[2] / "configs" / "try.yaml"
     assert weights_cli.main(["fetch", "--config", str(try_config), "--dir", str(tmp_path / "empty")]) == 0
     assert not (tmp_path / "empty").exists()  # nothing downloaded, nothing needed
+
+
+def test_a_download_reports_its_progress_then_verifying(server: Server, tmp_path: Path) -> None:
+    reports: list[tuple[str, str, float | None]] = []
+    resolve(checkpoint(f"{server.url}/good"), AUTO, tmp_path, report=lambda *r: reports.append(r))
+    phases = [phase for phase, _, _ in reports]
+    assert phases[-1] == "verifying" and "downloading" in phases
+    done = [r for r in reports if r[0] == "downloading"][-1]
+    assert done[2] == 1.0 and done[1].startswith("100% of") and "MB/s" in done[1]
+    reports.clear()
+    resolve(checkpoint(f"{server.url}/good"), AUTO, tmp_path, report=lambda *r: reports.append(r))
+    assert [phase for phase, _, _ in reports] == ["verifying"]  # cached: checked, not downloaded
+
+
+def test_transfer_progress_reports_percent_and_rate_at_most_every_interval() -> None:
+    from serve_app.startup import TransferProgress
+
+    reports: list[tuple[str, str, float | None]] = []
+    transfer = TransferProgress(lambda *r: reports.append(r), total=4_000_000, every_s=3600)
+    for _ in range(3):
+        transfer.add(1_000_000)
+    assert reports == []  # within the interval and not finished: quiet
+    transfer.add(1_000_000)
+    ((phase, detail, fraction),) = reports
+    assert phase == "downloading" and detail.startswith("100% of 4 MB at") and fraction == 1.0

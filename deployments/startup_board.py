@@ -1,0 +1,83 @@
+"""Where tier replicas publish their start-up progress and the ingress reads it.
+
+Serve cannot call a replica whose ``__init__`` is still running, and the controller's status only says "has
+taken more than 30s to initialize". So each tier replica pushes its phases, as ``serve_app/startup.py`` reports
+them, to one small named actor per application (no CPU reserved, created by whichever replica comes first), and
+the ingress's readiness thread reads it once a second beside Serve's status: never on a request's path.
+
+Why an actor: it is Ray's own shared state, on every node of the cluster, with no extra service and no private
+API (Ray's internal KV is private; a file is not shared between nodes). It is detached, so it outlives the
+replica that created it and a replacement replica finds it; it holds a few hundred bytes per tier.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import ray
+
+from deployments import SERVE_LOGGER
+from serve_app.schemas import StartupProgress
+from serve_app.startup import FAILED
+
+logger = logging.getLogger(SERVE_LOGGER)
+NAMESPACE = "serve"
+
+
+@ray.remote(num_cpus=0)
+class StartupBoard:
+    def __init__(self) -> None:
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    def publish(self, tier: str, report: dict[str, Any]) -> None:
+        self.reports[tier] = report
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        return dict(self.reports)
+
+
+def board(app_name: str) -> Any:
+    """The application's board, created on first use (by a tier replica or the ingress)."""
+    return StartupBoard.options(  # type: ignore[attr-defined]
+        name=f"bgserve-startup-{app_name}", namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote()
+
+
+class StartupReporter:
+    """A tier replica's ``Progress``: each phase goes to the board, fire-and-forget (start-up never waits on it;
+    a board that cannot be reached costs one warning)."""
+
+    def __init__(self, app_name: str, tier: str) -> None:
+        self.tier = tier
+        self.started = time.monotonic()
+        self.warned = False
+        try:
+            self.board: Any = board(app_name)
+        except Exception as exc:
+            self.board = None
+            logger.warning("start-up progress will not be published: %s", exc)
+
+    def __call__(self, phase: str, detail: str = "", fraction: float | None = None) -> None:
+        logger.info("tier %s start-up: %s %s", self.tier, phase, detail)
+        if self.board is None:
+            return
+        report = StartupProgress(
+            phase=phase, detail=detail, fraction=fraction, seconds=round(time.monotonic() - self.started, 1)
+        )
+        try:
+            self.board.publish.remote(self.tier, report.model_dump())
+        except Exception as exc:
+            if not self.warned:
+                logger.warning("could not publish start-up progress: %s", exc)
+                self.warned = True
+
+    def failed(self, exc: BaseException) -> None:
+        self(FAILED, f"{type(exc).__name__}: {exc}"[:500])
+
+
+def read_board(app_name: str, timeout_s: float = 1.0) -> dict[str, StartupProgress]:
+    """The latest report of each tier (for the ingress's background thread)."""
+    reports = ray.get(board(app_name).read.remote(), timeout=timeout_s)
+    return {tier: StartupProgress.model_validate(report) for tier, report in reports.items()}

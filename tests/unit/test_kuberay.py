@@ -1,0 +1,29 @@
+import yaml
+
+from deployments.kuberay import manifest, serve_config
+from serve_app.schemas import AppConfig
+from tests.conftest import ROOT
+
+
+def test_the_checked_in_rayservice_is_generated_from_serve_config() -> None:
+    """deploy/kuberay/rayservice.yaml is `python -m deployments.kuberay`'s output: edit serve_config.yaml (or the
+    builder) and regenerate; a manifest that drifts fails here."""
+    assert (ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text() == manifest()
+
+
+def test_the_rayservice_serves_serve_config_with_no_replica_on_the_head() -> None:
+    service = yaml.safe_load(manifest())
+    served = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert served == serve_config()
+    for app in served["applications"]:
+        AppConfig.model_validate(app["args"])  # what the cluster will build
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert cluster["authOptions"] == {"mode": "token"}
+    (workers,) = cluster["workerGroupSpecs"]
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    for spec in (cluster["headGroupSpec"], workers):
+        (container,) = spec["template"]["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "deployments.proxy_guard:middlewares"
+        assert {"containerPort": 8080, "name": "metrics"} in container["ports"]
