@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,18 +30,26 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_until_ready(client: httpx.Client, timeout_s: float = READY_TIMEOUT_S) -> None:
+def wait_until_ready(
+    client: httpx.Client,
+    timeout_s: float = READY_TIMEOUT_S,
+    watch: Callable[[httpx.Client], None] | None = None,
+    every_s: float = 1.0,
+) -> None:
+    """Poll /readyz until 200; ``watch(client)`` runs at each poll (the cold-start benchmark reads the tiers)."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
+            if watch is not None:
+                watch(client)
             response = client.get("/readyz")
             if response.status_code == 200:
                 return
             last = response.text
         except httpx.TransportError as exc:
             last = repr(exc)
-        time.sleep(1.0)
+        time.sleep(every_s)
     raise TimeoutError(f"service not ready after {timeout_s}s: {last}")
 
 
@@ -52,7 +60,13 @@ class Served:
 
 
 @contextmanager
-def serve_run(config: Path, weights_dir: Path, log: Path, root: Path = ROOT) -> Iterator[Served]:
+def serve_run(
+    config: Path,
+    weights_dir: Path,
+    log: Path,
+    root: Path = ROOT,
+    watch: Callable[[httpx.Client], None] | None = None,
+) -> Iterator[Served]:
     """Serve ``config`` from the checkout at ``root`` with ``$BGSERVE_WEIGHTS_DIR=weights_dir``; yields it once
     ``/readyz`` answers 200, and stops it as Ctrl-C does (Serve and its Ray shut down) on the way out.
 
@@ -83,7 +97,7 @@ def serve_run(config: Path, weights_dir: Path, log: Path, root: Path = ROOT) -> 
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             try:
-                wait_until_ready(client)
+                wait_until_ready(client, watch=watch, every_s=0.25 if watch else 1.0)
             except TimeoutError as exc:
                 raise TimeoutError(
                     f"`serve run` never became ready ({exc}); its log:\n{log.read_text()[-5000:]}"

@@ -1,3 +1,6 @@
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -76,3 +79,24 @@ def test_without_deadlines_everything_runs() -> None:
     model = Recorder()
     results = run_before_deadlines([image(10), image(20)], None, model)
     assert model.calls == [(2, 8, 8, 3)] and all(isinstance(r, MaskResult) for r in results)
+
+
+def test_warm_up_is_small_on_a_cpu_unless_the_runtime_specialises_on_shapes() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from serve_app.catalogue import Tier
+    from serve_app.predictor import warmup_side
+    from serve_app.schemas import AppConfig
+
+    served = AppConfig().served_tiers(Path("/tmp"))
+    balanced, quality = served[Tier.BALANCED], served[Tier.QUALITY]
+
+    def runtime(name: str, device: str) -> Any:
+        return SimpleNamespace(name=name, device=torch.device(device))
+
+    assert warmup_side(balanced, runtime("eager", "cpu")) == 128
+    assert warmup_side(balanced, runtime("compile", "cpu")) == balanced.base_size == 1024
+    assert warmup_side(balanced, runtime("eager", "cuda")) == 1024  # cuDNN tunes per shape: the real one
+    assert warmup_side(quality, runtime("eager", "cuda")) == 512
