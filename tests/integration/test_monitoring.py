@@ -18,6 +18,7 @@ from tests.conftest import ROOT, png_bytes
 from tests.integration.conftest import Cluster
 from tests.support import scenes
 from tests.support.prometheus import PROMETHEUS, Prometheus, prometheus
+from tests.support.serve_run import until
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="needs Prometheus (scripts/test.sh installs it)")
 DASHBOARD = ROOT / "configs" / "grafana" / "bgserve.json"
@@ -27,15 +28,6 @@ DASHBOARD = ROOT / "configs" / "grafana" / "bgserve.json"
 def scraped(cluster: Cluster, service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     with prometheus([f"127.0.0.1:{cluster.metrics_port}"], tmp_path_factory.mktemp("prometheus")) as server:
         yield server
-
-
-def until(condition, timeout_s: float = 90.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(1.0)
-    return False
 
 
 def send_traffic(url: str) -> None:
@@ -58,10 +50,10 @@ def send_traffic(url: str) -> None:
 
 def test_every_dashboard_expression_returns_data(scraped: Prometheus, service: str) -> None:
     send_traffic(service)
-    assert until(lambda: scraped.query('ray_bgserve_requests_total{code="invalid_image", tier="fast"}')), (
+    assert until(lambda: scraped.query('ray_bgserve_requests_total{code="invalid_image", tier="fast"}'), 90), (
         "our request counter never reached Prometheus"
     )
-    assert until(lambda: scraped.query("ray_serve_actual_batch_size_bucket")), "Serve's batch metrics never arrived"
+    assert until(lambda: scraped.query("ray_serve_actual_batch_size_bucket"), 90), "Serve's batch metrics never arrived"
     # The unknown tier is counted under `other`, not under the string the client sent.
     assert scraped.query('ray_bgserve_requests_total{tier="other", code="invalid_parameter"}')
     assert not scraped.query('ray_bgserve_requests_total{tier="ultra"}')

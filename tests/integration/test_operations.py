@@ -18,6 +18,7 @@ from ray.util.state import list_actors
 from tests.conftest import png_bytes
 from tests.integration.conftest import APP_NAME, Cluster
 from tests.support import scenes
+from tests.support.serve_run import until
 
 
 def fast_replica_actors(cluster: Cluster) -> set[str]:
@@ -35,15 +36,6 @@ def burst_batch_sizes(client: httpx.Client, count: int = 4) -> list[int]:
 
     with ThreadPoolExecutor(count) as pool:
         return list(pool.map(send, uploads))
-
-
-def until(condition, timeout_s: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(1.0)
-    return False
 
 
 def test_batching_changes_live_without_reloading_the_model(client: httpx.Client, cluster: Cluster) -> None:

@@ -30,6 +30,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def until(condition: Callable[[], object], timeout_s: float = 60.0) -> bool:
+    """Poll ``condition`` once a second until it is truthy (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(1.0)
+    return False
+
+
 def wait_until_ready(
     client: httpx.Client,
     timeout_s: float = READY_TIMEOUT_S,
