@@ -30,9 +30,11 @@ def service_error_response(exc: ServiceError) -> JSONResponse:
         logger.warning("%s: %s", exc.code, exc.message)
     elif exc.status >= 500:
         logger.error("%s: %s", exc.code, exc.message)
-    headers = {401: {"WWW-Authenticate": "Bearer"}}.get(exc.status)
-    if exc.status in RETRIABLE:
-        headers = {"Retry-After": RETRY_AFTER_S}
+    headers = {
+        503: {"Retry-After": RETRY_AFTER_S},
+        504: {"Retry-After": RETRY_AFTER_S},
+        401: {"WWW-Authenticate": "Bearer"},
+    }.get(exc.status)
     return error_response(exc.status, exc.code, exc.message, headers)
 
 

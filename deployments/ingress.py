@@ -142,14 +142,16 @@ class Ingress:
             result = await self.models[tier.tier].predict(prepared.model_input)
             round_trip = time.perf_counter() - called
             rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params)
-        request.state.step_seconds = step_seconds(prepared, result, round_trip, rendered)  # for RecordRequests
+        steps = step_seconds(prepared, result, round_trip, rendered)
+        headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, steps)
+        # For RecordRequests (deployments/metrics.py): the metrics and the access line.
+        request.state.step_seconds = steps
         request.state.megapixels = prepared.image.shape[0] * prepared.image.shape[1] / 1e6
-        request.state.served = {  # for the access line
+        request.state.served = {
             "input": f"{prepared.image.shape[1]}x{prepared.image.shape[0]}",
-            "model_input": f"{prepared.model_input.shape[1]}x{prepared.model_input.shape[0]}",
+            "model_input": headers["X-Model-Input"],
             "batch_size": result.batch_size,
         }
-        headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, round_trip, rendered)
         return Response(content=rendered.body, media_type=rendered.media_type, headers=headers)
 
     # --- helpers ------------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
+from urllib.parse import parse_qsl
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,7 +38,14 @@ OTHER = "other"  # a tag value outside the closed set (an unknown tier in a refu
 GAUGE_PERIOD_S = 1.0
 
 
-def known(value: str | None, allowed: set[str], default: str) -> str:
+TIERS, EFFECTS, FORMATS = (
+    frozenset(t.value for t in Tier),
+    frozenset(e.value for e in Effect),
+    frozenset(f.value for f in OutputFormat),
+)
+
+
+def known(value: str | None, allowed: AbstractSet[str], default: str) -> str:
     if value is None:
         return default
     return value if value in allowed else OTHER
@@ -76,11 +85,11 @@ class IngressMetrics:
         self, query: Mapping[str, str], status: int, code: str, seconds: float, state: Mapping[str, Any]
     ) -> dict[str, str]:
         """Record one answer; returns the tags it was recorded under."""
-        tier = known(query.get("tier"), {t.value for t in Tier}, self.default_tier)
+        tier = known(query.get("tier"), TIERS, self.default_tier)
         tags = {
             "tier": tier,
-            "effect": known(query.get("effect"), {e.value for e in Effect}, Effect.RGBA.value),
-            "format": known(query.get("format"), {f.value for f in OutputFormat}, OutputFormat.PNG.value),
+            "effect": known(query.get("effect"), EFFECTS, Effect.RGBA.value),
+            "format": known(query.get("format"), FORMATS, OutputFormat.PNG.value),
             "status": str(status),
             "code": code,
         }
@@ -157,8 +166,6 @@ def log_access(scope: Scope, tags: Mapping[str, str], seconds: float, state: Map
 
 
 def _query_pairs(scope: Scope) -> list[tuple[str, str]]:
-    from urllib.parse import parse_qsl
-
     return parse_qsl(scope.get("query_string", b"").decode("latin-1"))
 
 

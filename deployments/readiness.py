@@ -18,7 +18,7 @@ import ray
 from ray import serve
 
 from deployments import SERVE_LOGGER
-from deployments.startup_board import read_board
+from deployments.startup_board import BoardReader
 from serve_app.errors import TierUnavailableError
 from serve_app.schemas import ServedTier, StartupProgress, TierInfo, gpu_missing_message
 from serve_app.startup import FAILED, READY
@@ -50,6 +50,7 @@ class TierReadiness:
         self.app_name = app_name
         self.refresh_s = refresh_s
         self.snapshot = ServeSnapshot()
+        self.board = BoardReader(app_name)
         self._first = threading.Event()
         # A daemon thread: it lives as long as the replica's process, and dies with it.
         threading.Thread(target=self._refresh_forever, name="tier-readiness", daemon=True).start()
@@ -59,7 +60,7 @@ class TierReadiness:
         application = serve.status().applications.get(self.app_name)
         deployments = dict(application.deployments) if application else {}
         try:
-            startup = read_board(self.app_name)
+            startup = self.board.read()
         except Exception as exc:  # progress is a nicety: Serve's status stands without it
             logger.debug("start-up board not readable: %s", exc)
             startup = self.snapshot.startup

@@ -77,7 +77,16 @@ class StartupReporter:
         self(FAILED, f"{type(exc).__name__}: {exc}"[:500])
 
 
-def read_board(app_name: str, timeout_s: float = 1.0) -> dict[str, StartupProgress]:
-    """The latest report of each tier (for the ingress's background thread)."""
-    reports = ray.get(board(app_name).read.remote(), timeout=timeout_s)
-    return {tier: StartupProgress.model_validate(report) for tier, report in reports.items()}
+class BoardReader:
+    """The ingress's side: the latest report of each tier, read from a handle looked up once (a named-actor
+    lookup is a round trip to Ray's control store; the ingress reads every second)."""
+
+    def __init__(self, app_name: str) -> None:
+        self.app_name = app_name
+        self.handle: Any = None
+
+    def read(self, timeout_s: float = 1.0) -> dict[str, StartupProgress]:
+        if self.handle is None:
+            self.handle = board(self.app_name)
+        reports = ray.get(self.handle.read.remote(), timeout=timeout_s)
+        return {tier: StartupProgress.model_validate(report) for tier, report in reports.items()}

@@ -78,10 +78,10 @@ def step_seconds(
 
 
 def result_headers(
-    tier: str, weights: str, prepared: Preprocessed, result: MaskResult, round_trip_s: float, rendered: Rendered
+    tier: str, weights: str, prepared: Preprocessed, result: MaskResult, steps: dict[str, float]
 ) -> dict[str, str]:
-    """X-Tier, X-Weights, X-Batch-Size, X-Model-Input and Server-Timing (ms per step, in request order)."""
-    steps = step_seconds(prepared, result, round_trip_s, rendered)
+    """X-Tier, X-Weights, X-Batch-Size, X-Model-Input and Server-Timing (ms per step of ``step_seconds``, in
+    request order)."""
     height, width = prepared.model_input.shape[:2]
     return {
         "X-Tier": tier,

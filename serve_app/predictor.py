@@ -40,6 +40,9 @@ def check_model_input(image: object) -> np.ndarray:
     return image
 
 
+ModelCallObserver = Callable[[float, int], None]  # (seconds, batch size) of each model call
+
+
 def run_before_deadlines(
     images: Sequence[object],
     deadlines: Sequence[float] | None,
@@ -56,15 +59,12 @@ def run_before_deadlines(
     results: list[MaskResult | ServiceError] = [
         DeadlineExceededError(f"its deadline passed {moment - deadline:.1f} s before the model could take it; not run")
         for deadline in deadlines
-    ]
+    ]  # the live ones are replaced by their results below
     if len(live) < len(images):
         logger.warning("skipped %d of %d requests whose deadline had passed", len(images) - len(live), len(images))
     for index, result in zip(live, predict_grouped([images[i] for i in live], predict, on_model_call), strict=True):
         results[index] = result
     return results
-
-
-ModelCallObserver = Callable[[float, int], None]  # (seconds, batch size) of each model call
 
 
 def predict_grouped(
