@@ -14,14 +14,23 @@ things Serve's options cannot:
    inference is idempotent, so the client may send it again.
 3. The proxy's own refusals (503 when the ingress's queue is full, 408 past ``request_timeout_s``) get the
    service's JSON error body instead of plain text, keeping their status and headers.
+4. When an application has no ingress replica that can take a request (its node was lost, or it is starting), the
+   proxy would hold each request until a replica appears or ``request_timeout_s`` passes. Here the request gets a
+   503 with ``Retry-After`` at once, and requests already waiting get it as soon as that is known
+   (``IngressWatch``).
 
 Only light imports here: this module is loaded into every proxy process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.middleware import Middleware
@@ -34,11 +43,124 @@ logger = logging.getLogger("ray.serve")
 CLIENT_OVERRIDES = (b"x-request-timeout-seconds", b"x-request-disconnect-disabled")
 PROXY_REFUSALS = {408: "request_timeout", 503: "overloaded"}  # the proxy's plain-text answers, as our codes
 RETRY_AFTER_S = "2"  # a replacement ingress replica starts in seconds
+NO_INGRESS_RETRY_AFTER_S = "5"  # a lost node's replicas come back when a node has room for them: seconds at best
+WATCH_REFRESH_S = 1.0
+WATCH_STALE_S = 10.0  # an older view (the controller stopped answering) is not acted on: requests pass as in Serve
+WAITING_CHECK_S = 0.5  # how often a request the proxy holds looks whether its application lost its ingress
+# Replica states that take requests (as deployments/readiness.py counts them).
+SERVING_STATES = frozenset({"RUNNING", "UPDATING", "RECOVERING"})
+
+
+@dataclass(frozen=True)
+class Unserved:
+    """An application whose ingress deployment has no replica that can take a request."""
+
+    app: str
+    status: str  # the ingress deployment's status, e.g. UNHEALTHY or UPDATING
+    message: str
+
+
+def unserved_routes(details: dict[str, Any]) -> dict[str, Unserved]:
+    """Route prefix → application, for each application (in Serve's instance details) whose ingress has no serving
+    replica. An ingress that may scale to zero is left out: a request is what scales it up again."""
+    unserved = {}
+    for app_name, app in details.get("applications", {}).items():
+        route = app.get("route_prefix")
+        deployments = app.get("deployments", {})
+        ingress_name = (app.get("deployment_topology") or {}).get("ingress_deployment")
+        ingress = deployments.get(ingress_name) if ingress_name else None
+        if route is None or ingress is None:
+            continue
+        autoscaling = (ingress.get("deployment_config") or {}).get("autoscaling_config") or {}
+        if autoscaling and autoscaling.get("min_replicas", 1) == 0:
+            continue
+        if not any(replica.get("state") in SERVING_STATES for replica in ingress.get("replicas", [])):
+            status = ingress.get("status", "")
+            unserved[route] = Unserved(app_name, str(getattr(status, "value", status)), str(ingress.get("message", "")))
+    return unserved
+
+
+def route_of(path: str, routes: Any) -> str | None:
+    """The route prefix Serve's proxy matches ``path`` to: the longest one that equals it or is a folder of it."""
+    matches = [r for r in routes if r == "/" or path == r or path.startswith(r.rstrip("/") + "/")]
+    return max(matches, key=len, default=None)
+
+
+def read_serve_details() -> dict[str, Any]:
+    # The controller's instance details: what `serve status` and serve.status() read. Only they name each
+    # application's route prefix and ingress deployment.
+    import ray
+    from ray.serve.context import _get_global_client
+
+    if not ray.is_initialized():  # not inside a proxy (it would start or join a Ray): nothing to watch
+        return {}
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return client.get_serve_details() if client is not None else {}
+
+
+class IngressWatch:
+    """Which applications have no serving ingress replica, as a snapshot a daemon thread refreshes every second
+    from Serve's controller. Requests only read it: a slow or stopped controller delays the next look, never a
+    request, and a view older than ``WATCH_STALE_S`` is ignored (requests pass, as without the guard)."""
+
+    def __init__(
+        self,
+        read: Callable[[], dict[str, Any]] = read_serve_details,
+        refresh_s: float = WATCH_REFRESH_S,
+        refreshing: bool = True,
+    ):
+        self.read = read
+        self.refreshing = refreshing
+        self.refresh_s = refresh_s
+        self.routes: list[str] = []
+        self.unserved: dict[str, Unserved] = {}
+        self.taken_at = float("-inf")
+        self._started = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the refresh thread once (on the first request: only a proxy's process needs one)."""
+        with self._lock:
+            if self._started or not self.refreshing:
+                return
+            self._started = True
+        threading.Thread(target=self._refresh_forever, name="ingress-watch", daemon=True).start()
+
+    def refresh(self) -> None:
+        details = self.read()
+        routes = [app["route_prefix"] for app in details.get("applications", {}).values() if app.get("route_prefix")]
+        self.routes, self.unserved, self.taken_at = routes, unserved_routes(details), time.monotonic()
+
+    def _refresh_forever(self) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception as exc:  # the controller is restarting or busy: the last view stands until stale
+                logger.debug("the proxy guard could not read Serve's status: %s", exc)
+            time.sleep(self.refresh_s)
+
+    def unserved_for(self, path: str) -> Unserved | None:
+        """The application behind ``path`` if it has no serving ingress replica now; None if it has, or if unknown."""
+        if time.monotonic() - self.taken_at > WATCH_STALE_S:
+            return None
+        route = route_of(path, self.routes)
+        return self.unserved.get(route) if route is not None else None
+
+
+def no_ingress_messages(unserved: Unserved) -> list[Message]:
+    detail = f" ({unserved.status}: {unserved.message})" if unserved.message else f" ({unserved.status})"
+    return json_messages(
+        503,
+        "ingress_unavailable",
+        f"application {unserved.app!r} has no running ingress replica{detail}; nothing was done for this request: "
+        "send it again",
+        [(b"retry-after", NO_INGRESS_RETRY_AFTER_S.encode())],
+    )
 
 
 def middlewares() -> list[Middleware]:
     """What ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names: Serve calls it once per proxy."""
-    return [Middleware(ProxyGuard)]
+    return [Middleware(ProxyGuard, watch=IngressWatch())]
 
 
 def json_messages(status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]) -> list[Message]:
@@ -52,12 +174,22 @@ def json_messages(status: int, code: str, message: str, headers: list[tuple[byte
 
 
 class ProxyGuard:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, watch: IngressWatch | None = None) -> None:
         self.app = app
+        self.watch = watch or IngressWatch(refreshing=False)  # knowing nothing, it lets every request pass
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        self.watch.start()  # on the first request: by then Ray is up in the proxy's process
+        unserved = self.watch.unserved_for(scope["path"])
+        if unserved is not None:
+            logger.warning(
+                "%s %s: %r has no running ingress replica; 503", scope["method"], scope["path"], unserved.app
+            )
+            for part in no_ingress_messages(unserved):
+                await send(part)
             return
         scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() not in CLIENT_OVERRIDES]}
         started = disconnected = False
@@ -89,11 +221,17 @@ class ProxyGuard:
             return message
 
         try:
-            await self.app(scope, watched_receive, guarded_send)
+            lost = await self._forward(scope, watched_receive, guarded_send, lambda: started)
         except Exception:
             if started:
                 raise
             logger.warning("the proxy failed a request before answering it; answering 503", exc_info=True)
+            lost = None
+        if lost is not None:
+            logger.warning("%s %s: %r lost its last ingress replica; 503", scope["method"], scope["path"], lost.app)
+            for part in no_ingress_messages(lost):
+                await send(part)
+            return
         if not started and not disconnected:
             # The proxy gives up without an answer when the replica it sent the request to died (or on an error
             # of its own). A client that has gone needs no answer: the proxy cancelled its request.
@@ -105,6 +243,26 @@ class ProxyGuard:
                 [(b"retry-after", RETRY_AFTER_S.encode())],
             ):
                 await send(part)
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, started: Callable[[], bool]
+    ) -> Unserved | None:
+        """Pass the request to Serve's proxy. If its application loses its last ingress replica before an answer has
+        started, stop waiting (Serve would hold the request until a replica appears) and return that application."""
+        proxied = asyncio.ensure_future(self.app(scope, receive, send))
+        try:
+            while True:
+                done, _ = await asyncio.wait({proxied}, timeout=WAITING_CHECK_S)
+                if done:
+                    proxied.result()  # what the proxy raised, raised here
+                    return None
+                lost = None if started() else self.watch.unserved_for(scope["path"])
+                if lost is not None:
+                    proxied.cancel()  # Serve's proxy cancels the call it holds, as for a client that left
+                    await asyncio.wait({proxied})
+                    return lost
+        finally:
+            proxied.cancel()  # only if still running: we were cancelled ourselves (the client left)
 
 
 # How Ray is told to load the guard into its proxies: set in the environment Ray starts with.

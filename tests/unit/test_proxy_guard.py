@@ -10,14 +10,19 @@ from typing import Any
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from deployments.proxy_guard import ProxyGuard, middlewares
+from deployments.proxy_guard import IngressWatch, ProxyGuard, middlewares, route_of, unserved_routes
 
 
 def http_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
     return {"type": "http", "method": "POST", "path": "/v1/remove", "headers": headers}
 
 
-def drive(inner: Any, headers: list[tuple[bytes, bytes]] | None = None, client_leaves: bool = False) -> list[Message]:
+def drive(
+    inner: Any,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    client_leaves: bool = False,
+    watch: IngressWatch | None = None,
+) -> list[Message]:
     sent: list[Message] = []
     incoming = [{"type": "http.disconnect"}] if client_leaves else [{"type": "http.request", "body": b"x"}]
 
@@ -27,7 +32,7 @@ def drive(inner: Any, headers: list[tuple[bytes, bytes]] | None = None, client_l
     async def send(message: Message) -> None:
         sent.append(message)
 
-    asyncio.run(ProxyGuard(inner)(http_scope(headers or []), receive, send))
+    asyncio.run(ProxyGuard(inner, watch)(http_scope(headers or []), receive, send))
     return sent
 
 
@@ -102,3 +107,110 @@ def test_serve_gets_a_list_of_starlette_middlewares() -> None:
     from ray.serve._private.http_util import validate_http_proxy_callback_return
 
     assert validate_http_proxy_callback_return(middlewares())[0].cls is ProxyGuard
+
+
+def serve_details(
+    ingress_replica_states: list[str], route: str = "/", min_replicas: int | None = None
+) -> dict[str, Any]:
+    """The part of Serve's instance details (`get_serve_instance_details`) the watch reads."""
+    autoscaling = {"min_replicas": min_replicas, "max_replicas": 2} if min_replicas is not None else None
+    return {
+        "applications": {
+            "bgserve": {
+                "route_prefix": route,
+                "deployment_topology": {"ingress_deployment": "ingress"},
+                "deployments": {
+                    "ingress": {
+                        "status": "UNHEALTHY",
+                        "message": "A replica's health check failed.",
+                        "deployment_config": {"autoscaling_config": autoscaling},
+                        "replicas": [{"state": state} for state in ingress_replica_states],
+                    },
+                    "fast": {"status": "HEALTHY", "message": "", "replicas": [{"state": "RUNNING"}]},
+                },
+            }
+        }
+    }
+
+
+def test_an_application_is_unserved_when_its_ingress_has_no_replica_that_takes_requests() -> None:
+    assert set(unserved_routes(serve_details(["PENDING_ALLOCATION", "STOPPING"]))) == {"/"}
+    assert unserved_routes(serve_details([]))["/"].app == "bgserve"
+    assert unserved_routes(serve_details(["STARTING", "RUNNING"])) == {}
+    assert unserved_routes(serve_details(["UPDATING"])) == {}
+    # A request is what scales an ingress up from zero: never refused for having none.
+    assert unserved_routes(serve_details([], min_replicas=0)) == {}
+    assert set(unserved_routes(serve_details([], min_replicas=1))) == {"/"}
+
+
+def test_paths_match_route_prefixes_as_serves_proxy_matches_them() -> None:
+    routes = ["/", "/api", "/api/v2"]
+    assert route_of("/v1/remove", routes) == "/"
+    assert route_of("/api", routes) == "/api" and route_of("/api/x", routes) == "/api"
+    assert route_of("/apix", routes) == "/"
+    assert route_of("/api/v2/remove", routes) == "/api/v2"
+    assert route_of("/x", ["/api"]) is None
+
+
+def watch_seeing(details: dict[str, Any]) -> IngressWatch:
+    watch = IngressWatch(read=lambda: details, refreshing=False)
+    watch.refresh()
+    return watch
+
+
+def test_a_request_to_an_application_without_an_ingress_replica_is_answered_503_at_once() -> None:
+    reached: list[str] = []
+
+    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["path"])
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    status, headers, body = status_and_body(drive(proxy, watch=watch_seeing(serve_details(["PENDING_ALLOCATION"]))))
+    assert status == 503 and headers[b"retry-after"] == b"5" and reached == []
+    error = json.loads(body)["error"]
+    assert error["code"] == "ingress_unavailable"
+    assert "'bgserve' has no running ingress replica (UNHEALTHY: A replica's health check failed.)" in error["message"]
+    # With a running replica, or a view gone stale (the controller stopped answering), requests pass.
+    assert status_and_body(drive(proxy, watch=watch_seeing(serve_details(["RUNNING"]))))[0] == 200
+    stale = watch_seeing(serve_details([]))
+    stale.taken_at -= 60
+    assert status_and_body(drive(proxy, watch=stale))[0] == 200
+    assert len(reached) == 2
+
+
+def test_a_request_held_by_the_proxy_is_answered_503_once_its_ingress_is_known_lost() -> None:
+    details = serve_details(["RUNNING"])
+    watch = watch_seeing(details)
+    cancelled: list[bool] = []
+
+    async def proxy_waiting_for_a_replica(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await asyncio.sleep(5)  # Serve's router waits until a replica appears
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def lose_the_ingress_soon() -> None:
+        await asyncio.sleep(0.2)
+        details["applications"]["bgserve"]["deployments"]["ingress"]["replicas"] = [{"state": "PENDING_ALLOCATION"}]
+        watch.refresh()
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"x"}
+
+    async def run() -> float:
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(
+            ProxyGuard(proxy_waiting_for_a_replica, watch)(http_scope([]), receive, send), lose_the_ingress_soon()
+        )
+        return asyncio.get_running_loop().time() - started
+
+    took = asyncio.run(run())
+    status, _, body = status_and_body(sent)
+    assert status == 503 and json.loads(body)["error"]["code"] == "ingress_unavailable"
+    assert cancelled == [True] and took < 2

@@ -1,0 +1,113 @@
+"""The service on a real Ray cluster of two nodes, each its own process tree (tests/support/ray_cluster.py): the
+test config deployed with `serve deploy` through the head's dashboard, every replica on the worker node, then the
+worker node lost (every process of it killed) and a new one joining."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import png_bytes
+from tests.integration.conftest import place_test_weights
+from tests.support import scenes
+from tests.support.ray_cluster import HEAD_IP, LocalRayCluster, cluster_env
+from tests.support.reference import TEST_CONFIG
+from tests.support.serve_run import free_port, until, wait_until_ready
+
+WORKER_CPUS = 4  # the test config asks 0.5 + 3 x 0.25 CPUs, and the start-up board a little
+LOST_FOR_S = 25  # how long the test sends requests while no worker node is there
+# Ray declares a node dead after its GCS health checks fail (by default 5 checks 3 s apart): until then Serve
+# still sees the lost replicas, and a request waits for that (docs/operations.md, "Losing a node"). Once it is
+# known, every request is answered at once.
+NODE_DEATH_KNOWN_WITHIN_S = 20.0
+ANSWER_ONCE_KNOWN_WITHIN_S = 1.0
+
+
+@pytest.fixture
+def two_nodes(
+    tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LocalRayCluster]:
+    env = cluster_env(place_test_weights(tmp_path_factory, segmenting_weights))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # for the state API this test reads the cluster with
+    cluster = LocalRayCluster(tmp_path_factory.mktemp("ray-cluster"), env)
+    try:
+        cluster.start_head()
+        yield cluster
+    finally:
+        cluster.stop()  # every process of every node
+
+
+def remove(client: httpx.Client, image: bytes, tier: str) -> httpx.Response:
+    return client.post(
+        "/v1/remove",
+        params={"tier": tier, "effect": "mask"},
+        content=image,
+        headers={"content-type": "image/png"},
+    )
+
+
+def test_the_app_runs_on_the_worker_node_answers_503_while_it_is_lost_and_serves_again_when_one_joins(
+    two_nodes: LocalRayCluster,
+) -> None:
+    first_worker = two_nodes.start_worker(WORKER_CPUS)
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    config["http_options"]["port"] = http_port = free_port()
+    two_nodes.serve_deploy(config)
+    image = png_bytes(scenes.make_scenes(seed=5, count=1, height=96, width=128)[0].image)
+    url = f"http://127.0.0.1:{http_port}"
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        wait_until_ready(client, timeout_s=300)
+        # Where Ray placed everything: replicas on the worker, only the control plane and the proxy on the head.
+        nodes = two_nodes.alive_node_ips()
+        actors = two_nodes.alive_actors()
+        replicas = {a.class_name: a.node_id for a in actors if a.class_name.startswith("ServeReplica:")}
+        assert sorted(replicas) == [f"ServeReplica:bgserve:{d}" for d in ("balanced", "fast", "ingress", "quality")]
+        assert set(replicas.values()) == {nodes[first_worker.ip]}, (replicas, nodes)
+        head_actors = {a.class_name for a in actors if a.node_id == nodes[HEAD_IP]}
+        assert {"ServeController", "ProxyActor"} <= head_actors, head_actors
+        for tier in ("fast", "balanced", "quality"):
+            assert remove(client, image, tier).status_code == 200
+
+        # The worker node is lost: what clients get meanwhile.
+        first_worker.kill()
+        lost_at = time.monotonic()
+        answers: list[tuple[float, int, dict[str, str], float]] = []  # (since the loss, status, body, seconds)
+        while time.monotonic() - lost_at < LOST_FOR_S:
+            sent = time.monotonic()
+            try:
+                response = remove(client, image, "fast")
+                answers.append((sent - lost_at, response.status_code, response.json(), time.monotonic() - sent))
+                assert response.headers.get("retry-after"), response.headers
+            except httpx.TimeoutException:
+                answers.append((sent - lost_at, 0, {}, time.monotonic() - sent))
+            time.sleep(0.2)
+        summary = [(round(at, 1), status, body.get("error"), round(took, 2)) for at, status, body, took in answers]
+        print("while the worker node was lost (since the loss s, status, code, answer s):", summary)
+        assert answers and all(status == 503 for _, status, _, _ in answers), summary
+        assert all(body["error"]["code"] == "ingress_unavailable" for _, _, body, _ in answers), summary
+        first_answered = answers[0][0] + answers[0][3]
+        assert first_answered < NODE_DEATH_KNOWN_WITHIN_S, summary
+        later = [took for at, *_, took in answers if at > first_answered]
+        assert len(later) >= 5 and max(later) < ANSWER_ONCE_KNOWN_WITHIN_S, summary
+
+        tiers = client.get("/v1/tiers")  # every route of the app is answered so, not only /v1/remove
+        assert tiers.status_code == 503 and tiers.json()["error"]["code"] == "ingress_unavailable", tiers.text
+
+        # A worker node joins: the app comes back on it without anyone redeploying it.
+        second_worker = two_nodes.start_worker(WORKER_CPUS)
+        assert until(lambda: remove(client, image, "fast").status_code == 200, timeout_s=240)
+        wait_until_ready(client, timeout_s=120)
+        for tier in ("fast", "balanced", "quality"):
+            assert remove(client, image, tier).status_code == 200
+        nodes = two_nodes.alive_node_ips()
+        assert first_worker.ip not in nodes
+        replicas = {
+            a.class_name: a.node_id for a in two_nodes.alive_actors() if a.class_name.startswith("ServeReplica")
+        }
+        assert set(replicas.values()) == {nodes[second_worker.ip]}, (replicas, nodes)
