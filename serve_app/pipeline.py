@@ -12,7 +12,7 @@ import numpy as np
 from serve_app.codec import MEDIA_TYPES, decode_image, encode_image
 from serve_app.effects import apply_effect, finalize_alpha
 from serve_app.resize import ResizePolicy, to_model_input, upsample_mask
-from serve_app.schemas import MaskResult, RemoveParams
+from serve_app.schemas import MaskResult, Refine, RemoveParams
 
 
 class Stopwatch:
@@ -56,7 +56,8 @@ def postprocess(image: np.ndarray, model_mask: np.ndarray, params: RemoveParams)
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
     watch.lap("upsample")
-    output = apply_effect(image, alpha, params.effect, params.rgb, estimate_colours=params.threshold is None)
+    refine = params.refine if params.threshold is None else Refine.NONE  # a hard alpha has no soft edge
+    output = apply_effect(image, alpha, params.effect, params.rgb, refine)
     del alpha
     watch.lap("effect")
     body = encode_image(output, params.format)

@@ -38,6 +38,17 @@ class Effect(str, Enum):
     BLUR = "blur"  # the cut-out on its own background, blurred
 
 
+class Refine(str, Enum):
+    """How rgba's colours are found where the alpha is soft (so the old background does not bleed into edges)."""
+
+    FAST = "fast"  # estimation on a smaller copy, corrected at full size in the soft band (effects.py)
+    FULL = "full"  # pymatting's estimation on every pixel at full size: Remover's rgba, ~5x slower
+    NONE = "none"  # the image's own colours
+
+
+REFINE_ALIASES = {"true": Refine.FAST, "1": Refine.FAST, "false": Refine.NONE, "0": Refine.NONE}
+
+
 class OutputFormat(str, Enum):
     PNG = "png"
     WEBP = "webp"
@@ -99,6 +110,16 @@ class RemoveParams(BaseModel):
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Hard mask: alpha = 1 where above, else 0.")
     reverse: bool = Field(False, description="Swap subject and background (keep the background, remove the subject).")
     format: OutputFormat = Field(OutputFormat.PNG, description="png, webp or jpeg (rgba as jpeg is put on white).")
+    refine: Refine = Field(
+        Refine.FAST,
+        description="rgba's edge colours where the alpha is soft: fast (default), full (Remover's own, slower) or "
+        "none (true and false mean fast and none). A threshold makes the alpha hard, so nothing is refined.",
+    )
+
+    @field_validator("refine", mode="before")
+    @classmethod
+    def _refine_aliases(cls, value: object) -> object:
+        return REFINE_ALIASES.get(value.lower(), value) if isinstance(value, str) else value
 
     @field_validator("color")
     @classmethod

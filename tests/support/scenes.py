@@ -59,3 +59,41 @@ def make_scene(rng: np.random.Generator, height: int = 128, width: int = 128, su
 def make_scenes(seed: int, count: int, height: int = 128, width: int = 128) -> list[Scene]:
     rng = np.random.default_rng(seed)
     return [make_scene(rng, height, width) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class SoftComposite:
+    """An image made from a known foreground, background and soft alpha: ``image = alpha F + (1 - alpha) B``."""
+
+    image: np.ndarray  # HxWx3 uint8
+    alpha: np.ndarray  # HxW float32 in [0, 1]
+    foreground: np.ndarray  # HxWx3 float32 in [0, 1]: the true colours under the soft edge
+
+
+def soft_composite(seed: int, height: int = 1080, width: int = 1920, feather: float = 6.0) -> SoftComposite:
+    """A textured reddish subject with hair-like strands and a feathered edge, on a contrasting bluish texture:
+    where the alpha is soft, the image's colours mix both, and only estimation recovers the subject's."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    foreground = _smooth_texture(rng, height, width, cells=24) * np.array([1.0, 0.35, 0.2], np.float32)
+    background = _smooth_texture(rng, height, width, cells=8) * np.array([0.2, 0.6, 1.0], np.float32)
+    hard = np.zeros((height, width), np.float32)
+    cv2.ellipse(hard, (width // 2, height // 2), (width // 4, height // 3), 15, 0, 360, 1.0, -1)
+    for _ in range(60):  # strands: thin lines that end up wholly soft
+        x0, y0 = int(rng.integers(width // 4, 3 * width // 4)), int(rng.integers(height // 6, height // 3))
+        x1, y1 = x0 + int(rng.integers(-80, 80)), y0 - int(rng.integers(20, 120))
+        cv2.line(hard, (x0, y0), (x1, y1), 1.0, 2)
+    alpha = np.clip(cv2.GaussianBlur(hard, (0, 0), feather), 0.0, 1.0)
+    a = alpha[..., None]
+    image = np.round((foreground * a + background * (1.0 - a)) * 255.0).astype(np.uint8)
+    return SoftComposite(image=image, alpha=alpha, foreground=foreground)
+
+
+def soft_band_colour_error(colours: np.ndarray, composite: SoftComposite) -> float:
+    """Mean absolute colour error (0..1) against the true foreground over the soft band, each pixel weighted by its
+    alpha (how much of its colour shows once the cut-out is put on a new background)."""
+    band = (composite.alpha > 0.02) & (composite.alpha < 0.98)
+    weight = composite.alpha[band]
+    error = np.abs(colours.astype(np.float32) / 255.0 - composite.foreground)[band].mean(axis=1)
+    return float((error * weight).sum() / weight.sum())

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from serve_app.effects import BLUR_SIGMA, alpha_to_uint8, apply_effect, finalize_alpha
-from serve_app.schemas import Effect
+from serve_app.schemas import Effect, Refine, RemoveParams
+from tests.support.scenes import SoftComposite, soft_band_colour_error, soft_composite
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_blur_keeps_the_subject_and_blurs_the_background(scene: tuple[np.ndarray
 def test_rgba_hard_alpha_keeps_original_colours(scene: tuple[np.ndarray, np.ndarray]) -> None:
     image, alpha = scene
     hard = finalize_alpha(alpha, 0.5, False)
-    out = apply_effect(image, hard, Effect.RGBA, estimate_colours=False)
+    out = apply_effect(image, hard, Effect.RGBA, refine=Refine.NONE)
     assert out.shape == (30, 60, 4)
     np.testing.assert_array_equal(out[..., :3], image)
     np.testing.assert_array_equal(out[..., 3], alpha_to_uint8(hard))
@@ -109,5 +110,44 @@ def test_rgba_adds_nothing_to_pymattings_own_memory(photo_and_alpha: tuple[np.nd
 
     image, alpha = photo_and_alpha
     pymatting_alone = traced_peak_per_pixel(lambda: estimate_foreground_ml(image.astype(np.float32), alpha), alpha.size)
-    ours = traced_peak_per_pixel(lambda: apply_effect(image, alpha, Effect.RGBA), alpha.size)
+    ours = traced_peak_per_pixel(lambda: apply_effect(image, alpha, Effect.RGBA, refine=Refine.FULL), alpha.size)
     assert ours <= pymatting_alone + 4, (ours, pymatting_alone)
+
+
+@pytest.fixture(scope="module")
+def composites() -> list[SoftComposite]:
+    return [soft_composite(seed) for seed in range(3)]
+
+
+def test_fast_refinement_finds_edge_colours_nearly_as_well_as_full_estimation(composites: list[SoftComposite]) -> None:
+    """On 1920x1080 composites with a known foreground under a feathered edge and strands, the colour error of
+    fast refinement in the soft band: within 10% of full-size estimate_foreground_ml's over the scenes (each
+    within 20%), and far below taking the image's colours (no estimation). Measured: 1.00x, 1.02x, 1.14x."""
+    fast, full, none = [], [], []
+    for composite in composites:
+        image, alpha = composite.image, composite.alpha
+        for errors, refine in ((fast, Refine.FAST), (full, Refine.FULL), (none, Refine.NONE)):
+            colours = apply_effect(image, alpha, Effect.RGBA, refine=refine)[..., :3]
+            errors.append(soft_band_colour_error(colours, composite))
+    ratios = [f / m for f, m in zip(fast, full, strict=True)]
+    assert sum(fast) <= 1.10 * sum(full), ratios
+    assert max(ratios) <= 1.20, ratios
+    assert sum(fast) <= 0.4 * sum(none), (fast, none)
+
+
+def test_fast_refinement_keeps_colours_outside_the_soft_band(composites: list[SoftComposite]) -> None:
+    composite = composites[0]
+    alpha = composite.alpha.copy()
+    alpha[alpha > 0.9] = 1.0
+    alpha[alpha < 0.1] = 0.0
+    out = apply_effect(composite.image, alpha, Effect.RGBA)
+    hard = (alpha == 0.0) | (alpha == 1.0)
+    np.testing.assert_array_equal(out[..., :3][hard], composite.image[hard])
+    assert (out[..., :3][~hard] != composite.image[~hard]).any()  # and changes the soft band
+    np.testing.assert_array_equal(out[..., 3], alpha_to_uint8(alpha))
+
+
+def test_refine_has_boolean_aliases() -> None:
+    assert RemoveParams(refine="false").refine == Refine.NONE
+    assert RemoveParams(refine="true").refine == Refine.FAST
+    assert RemoveParams().refine == Refine.FAST
