@@ -37,7 +37,7 @@ from serve_app.auth import ApiKeys
 from serve_app.catalogue import Tier
 from serve_app.effects import warm_up_matting
 from serve_app.errors import InvalidParameterError
-from serve_app.pipeline import postprocess, preprocess, result_headers, step_seconds
+from serve_app.pipeline import decode_background, postprocess, preprocess, result_headers, step_seconds
 from serve_app.schemas import AppConfig, RemoveParams, ServedTier, TierInfo
 
 P = ParamSpec("P")
@@ -88,7 +88,14 @@ class Ingress:
                 allow_origins=access.cors_origins,
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-                expose_headers=["X-Tier", "X-Weights", "X-Batch-Size", "X-Model-Input", "Server-Timing"],
+                expose_headers=[
+                    "X-Tier",
+                    "X-Weights",
+                    "X-Batch-Size",
+                    "X-Model-Input",
+                    "Server-Timing",
+                    *(f"X-Foreground-{side}" for side in ("Top", "Left", "Width", "Height")),
+                ],
             )
         app.add_middleware(RecordRequests, metrics=IngressMetrics(config.default_tier.value))
         app.add_api_route("/", self.root, include_in_schema=False)
@@ -136,14 +143,16 @@ class Ingress:
         tier = self.served_tier(params.tier or self.config.default_tier)
         self.readiness.raise_if_unavailable(tier)
         with self.admission.slot():
-            data = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
-            prepared = await self.on_cpu(preprocess, data, tier.resize, tier.base_size, self.config.max_image_pixels)
+            upload = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
+            pixels = self.config.max_image_pixels
+            background = await self.on_cpu(decode_background, upload.background, params, pixels)
+            prepared = await self.on_cpu(preprocess, upload.image, tier.resize, tier.base_size, pixels)
             called = time.perf_counter()
             result = await self.models[tier.tier].predict(prepared.model_input)
             round_trip = time.perf_counter() - called
-            rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params)
+            rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params, background)
         steps = step_seconds(prepared, result, round_trip, rendered)
-        headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, steps)
+        headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, rendered, steps)
         # For RecordRequests (deployments/metrics.py): the metrics and the access line.
         request.state.step_seconds = steps
         request.state.megapixels = prepared.image.shape[0] * prepared.image.shape[1] / 1e6

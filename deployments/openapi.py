@@ -16,8 +16,13 @@ REMOVE_REQUEST_BODY: dict[str, Any] = {
                     "properties": {
                         "image": {"type": "string", "format": "binary", "description": "The image."},
                         "file": {"type": "string", "format": "binary", "description": "The same, as rembg sends it."},
+                        "background": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "For effect=background: the image to put the subject on.",
+                        },
                     },
-                    "description": "One of `image` or `file`.",
+                    "description": "One of `image` or `file`; `background` with effect=background.",
                 }
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -33,13 +38,18 @@ def _header(description: str) -> dict[str, Any]:
 
 REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The result image, at the width and height of the upright upload.",
+        "description": "The result image, at the width and height of the upright upload (with crop=true, of the "
+        "subject's box plus crop_margin).",
         "content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}},
         "headers": {
             "X-Tier": _header("The tier that made it."),
             "X-Weights": _header("The checkpoint that made it, or `untrained`."),
             "X-Batch-Size": _header("How many images shared its model call."),
             "X-Model-Input": _header("The size the model saw, WIDTHxHEIGHT."),
+            "X-Foreground-Top": _header("The subject's box in the upright upload: its top row (0 with no subject)."),
+            "X-Foreground-Left": _header("The subject's leftmost column (0 with no subject)."),
+            "X-Foreground-Width": _header("The subject's width in pixels; 0: no subject was found."),
+            "X-Foreground-Height": _header("The subject's height in pixels; 0: no subject was found."),
             "Server-Timing": _header(
                 "Milliseconds per step: decode, resize, queue, model, upsample, effect, encode "
                 "(e.g. `model;dur=1234.5`)."

@@ -6,6 +6,7 @@ the ingress's request slots for long."""
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
@@ -22,6 +23,7 @@ from serve_app.errors import (
 )
 
 UPLOAD_FIELDS = ("image", "file")  # "file" is what rembg's clients send
+BACKGROUND_FIELD = "background"
 # Any other body is taken as the image's bytes (curl --data-binary sends x-www-form-urlencoded by default).
 NOT_IMAGE_TYPES = ("application/json", "text/", "application/xml")
 MAX_FILES = 4  # the image, and room for what a later feature sends beside it (a background image, say)
@@ -82,10 +84,17 @@ class UploadLimits:
         await self.app(scope, limited, send)
 
 
-async def read_upload(request: Request, max_field_bytes: int) -> bytes:
-    """The image bytes: multipart field ``image`` (or ``file``), or the raw body. The body as a whole is bounded
-    by ``UploadLimits``; ``max_field_bytes`` bounds each non-file multipart field (Starlette's ``max_part_size``,
-    which does not apply to files)."""
+@dataclass(frozen=True)
+class Upload:
+    image: bytes
+    background: bytes | None = None  # multipart field `background`, for effect=background
+
+
+async def read_upload(request: Request, max_field_bytes: int) -> Upload:
+    """The image bytes: multipart field ``image`` (or ``file``), or the raw body; and a background image when the
+    multipart body has field ``background``. The body as a whole is bounded by ``UploadLimits``;
+    ``max_field_bytes`` bounds each non-file multipart field (Starlette's ``max_part_size``, which does not apply
+    to files)."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith(NOT_IMAGE_TYPES):
         raise UnsupportedMediaTypeError(
@@ -94,19 +103,21 @@ async def read_upload(request: Request, max_field_bytes: int) -> bytes:
         )
     if content_type.startswith("multipart/form-data"):
         return await _multipart_image(request, max_field_bytes)
-    return await request.body()
+    return Upload(await request.body())
 
 
-async def _multipart_image(request: Request, max_field_bytes: int) -> bytes:
+async def _multipart_image(request: Request, max_field_bytes: int) -> Upload:
     try:
         form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=max_field_bytes)
     except HTTPException as exc:  # Starlette's answer to a malformed body; ours has our JSON shape and code
         raise MalformedRequestError(f"malformed multipart body: {exc.detail}") from None
     try:
+        background = form.get(BACKGROUND_FIELD)
+        background_bytes = await background.read() if isinstance(background, UploadFile) else None
         for name in UPLOAD_FIELDS:
             upload = form.get(name)
             if isinstance(upload, UploadFile):
-                return await upload.read()
+                return Upload(await upload.read(), background_bytes)
         fields = ", ".join(sorted(form.keys())) or "none"
         raise InvalidParameterError(f"multipart body has no file field 'image' (fields sent: {fields})")
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -22,6 +23,8 @@ from serve_app.schemas import RGB, Effect, Refine
 logger = logging.getLogger(__name__)
 
 BLUR_SIGMA = 15.0
+GREEN: RGB = (120, 255, 155)  # transparent-background's green, for `green` and `overlay`
+WHITE: RGB = (255, 255, 255)
 # pymatting resizes with numba `parallel=True` kernels. numba's tbb and omp threading layers may be entered from
 # several threads at once; its fallback layer, workqueue, may not, so there foreground estimation runs one at a
 # time per process.
@@ -37,6 +40,48 @@ def finalize_alpha(alpha: np.ndarray, threshold: float | None, reverse: bool) ->
     if reverse:
         out = 1.0 - out
     return out
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle of the upright image, in pixels; width and height 0: no subject."""
+
+    top: int
+    left: int
+    width: int
+    height: int
+
+    @property
+    def empty(self) -> bool:
+        return self.width == 0 or self.height == 0
+
+
+EMPTY_BOX = Box(0, 0, 0, 0)
+
+
+SUBJECT_LEVEL = 0.5  # where alpha is over this, the pixel is the subject's (as overlay's outline draws it)
+
+
+def foreground_box(alpha: np.ndarray) -> Box:
+    """The smallest box holding the subject (alpha over ``SUBJECT_LEVEL``), as remove.bg's X-Foreground-* headers
+    give it. Not every pixel with some alpha: a model's mask is rarely exactly 0 far from the subject, and such a
+    box would be the whole image."""
+    visible = alpha > np.float32(SUBJECT_LEVEL)
+    rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+    if rows.size == 0:
+        return EMPTY_BOX
+    return Box(int(rows[0]), int(cols[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+
+
+def crop_box(box: Box, margin: str, height: int, width: int) -> Box:
+    """``box`` grown by ``margin`` on each side (pixels, "12", or a percentage of the box's longer side, "10%"),
+    kept within the image. A box with no subject crops nothing: the whole image."""
+    if box.empty:
+        return Box(0, 0, width, height)
+    grow = round(max(box.width, box.height) * float(margin[:-1]) / 100) if margin.endswith("%") else int(margin)
+    top, left = max(0, box.top - grow), max(0, box.left - grow)
+    bottom, right = min(height, box.top + box.height + grow), min(width, box.left + box.width + grow)
+    return Box(top, left, right - left, bottom - top)
 
 
 def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
@@ -133,12 +178,35 @@ def composite(image: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> n
     return out.astype(np.uint8)
 
 
+def overlay(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """transparent-background's `overlay`: the subject tinted halfway to green, its outline (Canny edges of
+    alpha > 0.5) drawn in green, the rest as it was."""
+    tinted = ((image.astype(np.uint16) + np.array(GREEN, np.uint16)) // 2).astype(np.uint8)
+    out = composite(tinted, alpha, image)
+    outline = cv2.Canny(((alpha > 0.5) * 255).astype(np.uint8), 50, 100)
+    out[outline != 0] = GREEN
+    return out
+
+
+def cover(background: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``background`` scaled to cover ``height`` x ``width`` (keeping its aspect ratio) and centre-cropped to it."""
+    bh, bw = background.shape[:2]
+    scale = max(height / bh, width / bw)
+    sh, sw = max(height, round(bh * scale)), max(width, round(bw * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    scaled = cv2.resize(background, (sw, sh), interpolation=interpolation)
+    top, left = (sh - height) // 2, (sw - width) // 2
+    return scaled[top : top + height, left : left + width]
+
+
 def apply_effect(
     image: np.ndarray,
     alpha: np.ndarray,
     effect: Effect,
     color: RGB = (255, 255, 255),
     refine: Refine = Refine.FAST,
+    blur_sigma: float = BLUR_SIGMA,
+    background: np.ndarray | None = None,
 ) -> np.ndarray:
     """``image`` HxWx3 uint8, ``alpha`` HxW float in [0, 1] → HxW (mask), HxWx4 (rgba) or HxWx3 uint8.
 
@@ -154,6 +222,15 @@ def apply_effect(
         return np.dstack([colours, alpha_to_uint8(alpha)])
     if effect == Effect.COLOR:
         return composite(image, alpha, np.broadcast_to(np.array(color, dtype=np.uint8), image.shape))
+    if effect in (Effect.GREEN, Effect.WHITE):
+        solid = GREEN if effect == Effect.GREEN else WHITE
+        return composite(image, alpha, np.broadcast_to(np.array(solid, dtype=np.uint8), image.shape))
     if effect == Effect.BLUR:
-        return composite(image, alpha, cv2.GaussianBlur(image, (0, 0), BLUR_SIGMA))
+        return composite(image, alpha, cv2.GaussianBlur(image, (0, 0), blur_sigma))
+    if effect == Effect.OVERLAY:
+        return overlay(image, alpha)
+    if effect == Effect.BACKGROUND:
+        if background is None:
+            raise ValueError("effect background needs a background image")
+        return composite(image, alpha, cover(background, *image.shape[:2]))
     raise ValueError(f"unknown effect {effect!r}")

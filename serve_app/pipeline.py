@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serve_app.codec import MEDIA_TYPES, decode_image, encode_image
-from serve_app.effects import apply_effect, finalize_alpha
+from serve_app.effects import EMPTY_BOX, Box, apply_effect, crop_box, finalize_alpha, foreground_box
+from serve_app.errors import InvalidParameterError, ServiceError
 from serve_app.resize import ResizePolicy, to_model_input, upsample_mask
-from serve_app.schemas import MaskResult, Refine, RemoveParams
+from serve_app.schemas import Effect, MaskResult, Refine, RemoveParams
 
 
 class Stopwatch:
@@ -39,6 +40,7 @@ class Preprocessed:
 class Rendered:
     body: bytes
     media_type: str
+    foreground: Box = EMPTY_BOX  # the subject's box in the upright upload
     timings: dict[str, float] = field(default_factory=dict)  # upsample, effect, encode
 
 
@@ -51,18 +53,38 @@ def preprocess(data: bytes, policy: ResizePolicy, base_size: int, max_pixels: in
     return Preprocessed(image=image, model_input=model_input, timings=watch.timings)
 
 
-def postprocess(image: np.ndarray, model_mask: np.ndarray, params: RemoveParams) -> Rendered:
+def decode_background(data: bytes | None, params: RemoveParams, max_pixels: int) -> np.ndarray | None:
+    """The background image for effect=background, decoded as an upload is; a 422 when the effect needs one and
+    none was sent."""
+    if params.effect != Effect.BACKGROUND:
+        return None
+    if data is None:
+        raise InvalidParameterError("effect=background needs the background image as multipart field 'background'")
+    try:
+        return decode_image(data, max_pixels=max_pixels)
+    except ServiceError as exc:  # the same checks as the image's, saying which upload failed them
+        raise type(exc)(f"background image: {exc.message}") from None
+
+
+def postprocess(
+    image: np.ndarray, model_mask: np.ndarray, params: RemoveParams, background: np.ndarray | None = None
+) -> Rendered:
     watch = Stopwatch()
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
+    foreground = foreground_box(alpha)
+    if params.crop:  # before the effect: it then works on the crop only
+        kept = crop_box(foreground, params.crop_margin, height, width)
+        rows, cols = slice(kept.top, kept.top + kept.height), slice(kept.left, kept.left + kept.width)
+        image, alpha = image[rows, cols], alpha[rows, cols]
     watch.lap("upsample")
     refine = params.refine if params.threshold is None else Refine.NONE  # a hard alpha has no soft edge
-    output = apply_effect(image, alpha, params.effect, params.rgb, refine)
+    output = apply_effect(image, alpha, params.effect, params.rgb, refine, params.blur_sigma, background)
     del alpha
     watch.lap("effect")
     body = encode_image(output, params.format)
     watch.lap("encode")
-    return Rendered(body=body, media_type=MEDIA_TYPES[params.format], timings=watch.timings)
+    return Rendered(body=body, media_type=MEDIA_TYPES[params.format], foreground=foreground, timings=watch.timings)
 
 
 def step_seconds(
@@ -79,12 +101,18 @@ def step_seconds(
 
 
 def result_headers(
-    tier: str, weights: str, prepared: Preprocessed, result: MaskResult, steps: dict[str, float]
+    tier: str, weights: str, prepared: Preprocessed, result: MaskResult, rendered: Rendered, steps: dict[str, float]
 ) -> dict[str, str]:
-    """X-Tier, X-Weights, X-Batch-Size, X-Model-Input and Server-Timing (ms per step of ``step_seconds``, in
-    request order)."""
+    """X-Tier, X-Weights, X-Batch-Size, X-Model-Input, the subject's box (X-Foreground-Top, -Left, -Width,
+    -Height, as remove.bg names them; all 0 with no subject) and Server-Timing (ms per step of ``step_seconds``,
+    in request order)."""
     height, width = prepared.model_input.shape[:2]
+    box = rendered.foreground
     return {
+        "X-Foreground-Top": str(box.top),
+        "X-Foreground-Left": str(box.left),
+        "X-Foreground-Width": str(box.width),
+        "X-Foreground-Height": str(box.height),
         "X-Tier": tier,
         "X-Weights": weights,
         "X-Batch-Size": str(result.batch_size),

@@ -36,6 +36,10 @@ class Effect(str, Enum):
     MASK = "mask"  # the alpha matte as a grey image
     COLOR = "color"  # the cut-out on a solid colour
     BLUR = "blur"  # the cut-out on its own background, blurred
+    GREEN = "green"  # on transparent-background's green, (120, 255, 155)
+    WHITE = "white"  # on white
+    OVERLAY = "overlay"  # the subject tinted green with a green outline, on its own background
+    BACKGROUND = "background"  # on a second uploaded image (multipart field `background`), resized to cover
 
 
 class Refine(str, Enum):
@@ -101,7 +105,12 @@ class RemoveParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tier: Tier | None = Field(None, description="fast, balanced or quality; default: the service's default_tier.")
-    effect: Effect = Field(Effect.RGBA, description="What to return: rgba cut-out, mask, color or blur background.")
+    effect: Effect = Field(
+        Effect.RGBA,
+        description="What to return: rgba cut-out, mask, color, blur, green, white, overlay, or background (the "
+        "subject on a second image sent as multipart field 'background').",
+    )
+    blur_sigma: float = Field(15.0, gt=0.0, le=100.0, description="effect=blur: the Gaussian's sigma in pixels.")
     color: str = Field(
         "#ffffff",
         description="Background for effect=color: #rrggbb (send # as %23), rrggbb, #rgb, a CSS colour name "
@@ -110,6 +119,15 @@ class RemoveParams(BaseModel):
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Hard mask: alpha = 1 where above, else 0.")
     reverse: bool = Field(False, description="Swap subject and background (keep the background, remove the subject).")
     format: OutputFormat = Field(OutputFormat.PNG, description="png, webp or jpeg (rgba as jpeg is put on white).")
+    crop: bool = Field(
+        False, description="Crop the result to the subject's box (X-Foreground-* headers) plus crop_margin."
+    )
+    crop_margin: str = Field(
+        "0",
+        pattern=r"^\d{1,5}%?$",
+        description="Margin kept around the subject when cropping: pixels (12) or a percentage of the subject's longer "
+        "side (10%, send % as %25).",
+    )
     refine: Refine = Field(
         Refine.FAST,
         description="rgba's edge colours where the alpha is soft: fast (default), full (Remover's own, slower) or "

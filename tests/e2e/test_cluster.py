@@ -29,11 +29,8 @@ ANSWER_ONCE_KNOWN_WITHIN_S = 1.0
 
 
 @pytest.fixture
-def two_nodes(
-    tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[LocalRayCluster]:
+def two_nodes(tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path) -> Iterator[LocalRayCluster]:
     env = cluster_env(place_test_weights(tmp_path_factory, segmenting_weights))
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # for the state API this test reads the cluster with
     cluster = LocalRayCluster(tmp_path_factory.mktemp("ray-cluster"), env)
     try:
         cluster.start_head()
@@ -66,10 +63,10 @@ def test_the_app_runs_on_the_worker_node_answers_503_while_it_is_lost_and_serves
         # Where Ray placed everything: replicas on the worker, only the control plane and the proxy on the head.
         nodes = two_nodes.alive_node_ips()
         actors = two_nodes.alive_actors()
-        replicas = {a.class_name: a.node_id for a in actors if a.class_name.startswith("ServeReplica:")}
+        replicas = {a["class_name"]: a["node_id"] for a in actors if a["class_name"].startswith("ServeReplica:")}
         assert sorted(replicas) == [f"ServeReplica:bgserve:{d}" for d in ("balanced", "fast", "ingress", "quality")]
         assert set(replicas.values()) == {nodes[first_worker.ip]}, (replicas, nodes)
-        head_actors = {a.class_name for a in actors if a.node_id == nodes[HEAD_IP]}
+        head_actors = {a["class_name"] for a in actors if a["node_id"] == nodes[HEAD_IP]}
         assert {"ServeController", "ProxyActor"} <= head_actors, head_actors
         for tier in ("fast", "balanced", "quality"):
             assert remove(client, image, tier).status_code == 200
@@ -108,6 +105,8 @@ def test_the_app_runs_on_the_worker_node_answers_503_while_it_is_lost_and_serves
         nodes = two_nodes.alive_node_ips()
         assert first_worker.ip not in nodes
         replicas = {
-            a.class_name: a.node_id for a in two_nodes.alive_actors() if a.class_name.startswith("ServeReplica")
+            a["class_name"]: a["node_id"]
+            for a in two_nodes.alive_actors()
+            if a["class_name"].startswith("ServeReplica")
         }
         assert set(replicas.values()) == {nodes[second_worker.ip]}, (replicas, nodes)

@@ -77,7 +77,7 @@ def test_openapi_documents_what_the_readme_does(client: httpx.Client) -> None:
     for form in re.findall(r"`([^`]+)`", color_row.split("|")[2]):
         assert form in color_doc, form
     assert "CSS" in color_row and "CSS" in color_doc
-    fields = re.findall(r"multipart field `(\w+)` \(rembg's `(\w+)`", section)[0]
+    fields = set(re.findall(r"multipart field `(\w+)`", section)) | set(re.findall(r"\(rembg's `(\w+)`", section))
     multipart = remove["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert set(fields) == set(multipart)
     headers = set(re.findall(r"`((?:X-[A-Za-z-]+)|Server-Timing|Retry-After)`", section))
@@ -152,7 +152,7 @@ def test_exif_rotated_upload_is_masked_upright(client: httpx.Client) -> None:
         assert iou(mask > 127, scene.mask) >= MIN_IOU
 
 
-@pytest.mark.parametrize("effect", ["rgba", "mask", "color", "blur"])
+@pytest.mark.parametrize("effect", ["rgba", "mask", "color", "blur", "green", "white", "overlay"])
 @pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
 def test_every_effect_and_format(client: httpx.Client, effect: str, fmt: str) -> None:
     scene = scenes.make_scenes(seed=5, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0]
@@ -181,6 +181,43 @@ def test_every_effect_and_format(client: httpx.Client, effect: str, fmt: str) ->
         assert np.abs(array[inside] - original[inside]).mean() < 25  # the subject stays sharp
         to_blurred = np.abs(array[outside] - blurred[outside]).mean()
         assert to_blurred < np.abs(array[outside] - original[outside]).mean() and to_blurred < 3
+
+
+def test_transparent_backgrounds_effects_match_remover_on_the_same_weights(
+    client: httpx.Client, segmenting_weights: Path
+) -> None:
+    """green, white, blur and overlay over HTTP against ``Remover.process(type=...)``: the same pictures, up to
+    the float noise of the mask (its values differ by at most 1/255), and for overlay a few outline pixels where
+    the mask crosses 0.5."""
+    photo = skimage_photo("astronaut")[::2, ::2].copy()  # 256x256
+    with reference_remover(Tier.FAST, segmenting_weights, base_size_in_test_config(Tier.FAST)) as remover:
+        for effect in ("green", "white", "blur", "overlay"):
+            ours = decode(remove(client, png_bytes(photo), tier="fast", effect=effect)).astype(int)
+            theirs = np.asarray(remover.process(Image.fromarray(photo), type=effect)).astype(int)
+            assert ours.shape == theirs.shape == photo.shape
+            close = np.abs(ours - theirs).max(axis=2) <= 2
+            assert close.mean() >= (0.995 if effect == "overlay" else 1.0), (effect, close.mean())
+
+
+def test_a_background_image_replaces_the_background(client: httpx.Client) -> None:
+    scene = scenes.make_scenes(seed=12, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0]
+    backdrop = np.zeros((300, 200, 3), np.uint8)
+    backdrop[..., 0] = 250  # red, of another size and shape: resized to cover
+    files = {
+        "image": ("a.png", png_bytes(scene.image), "image/png"),
+        "background": ("b.png", png_bytes(backdrop), "image/png"),
+    }
+    response = client.post("/v1/remove", params={"tier": "fast", "effect": "background"}, files=files)
+    out = decode(response).astype(int)
+    assert out.shape == scene.image.shape
+    outside = cv2.dilate(scene.mask.astype(np.uint8), np.ones((15, 15), np.uint8)) == 0
+    assert np.abs(out[outside] - [250, 0, 0]).mean() < 3  # the mask's faint values there let little through
+    assert np.abs(out[scene.mask] - scene.image[scene.mask].astype(int)).mean() < 25
+    missing = remove(client, png_bytes(scene.image), tier="fast", effect="background")
+    assert missing.status_code == 422 and "'background'" in missing.json()["error"]["message"]
+    files["background"] = ("b.png", b"not an image", "image/png")
+    bad = client.post("/v1/remove", params={"tier": "fast", "effect": "background"}, files=files)
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("background image:"), bad.text
 
 
 def test_threshold_and_reverse(client: httpx.Client) -> None:
@@ -218,6 +255,36 @@ def test_real_photo_matches_the_reference(client: httpx.Client, tier: str, segme
     assert np.abs(ours - reference).max() <= 1  # identical up to float noise: the whole HTTP path is Remover's
     rgba = decode(remove(client, png_bytes(photo), tier=tier, effect="rgba"))
     assert rgba.shape == (256, 256, 4)
+
+
+def foreground_box(response: httpx.Response) -> tuple[int, int, int, int]:
+    return tuple(int(response.headers[f"x-foreground-{side}"]) for side in ("top", "left", "width", "height"))  # type: ignore[return-value]
+
+
+def test_the_subjects_box_comes_with_every_answer_and_crop_cuts_to_it(client: httpx.Client) -> None:
+    scene = scenes.make_scenes(seed=77, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0]
+    upload = png_bytes(scene.image)
+    masked = remove(client, upload, tier="fast", effect="mask")
+    mask = decode(masked)
+    top, left, width, height = foreground_box(masked)
+    rows, cols = np.flatnonzero((mask > 127).any(axis=1)), np.flatnonzero((mask > 127).any(axis=0))
+    assert (top, left, width, height) == (rows[0], cols[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1)
+    truth = np.flatnonzero(scene.mask.any(axis=1))
+    assert abs(top - truth[0]) <= 8 and abs(top + height - 1 - truth[-1]) <= 8  # it is the subject's box
+    cropped = remove(client, upload, tier="fast", effect="rgba", crop="true", crop_margin="3")
+    assert foreground_box(cropped) == (top, left, width, height)
+    out = decode(cropped)
+    expected_h = min(SCENE_HEIGHT, top + height + 3) - max(0, top - 3)
+    expected_w = min(SCENE_WIDTH, left + width + 3) - max(0, left - 3)
+    assert out.shape == (expected_h, expected_w, 4)
+    np.testing.assert_array_equal(
+        out[..., 3], mask[max(0, top - 3) : top + height + 3, max(0, left - 3) : left + width + 3]
+    )
+    # Nothing visible (no alpha is above a threshold of 1): an empty box, a 200, and the whole image.
+    nothing = remove(client, upload, tier="fast", effect="rgba", threshold=1.0, crop="true")
+    assert foreground_box(nothing) == (0, 0, 0, 0)
+    assert decode(nothing).shape == (SCENE_HEIGHT, SCENE_WIDTH, 4)
+    assert remove(client, upload, crop_margin="ten").status_code == 422
 
 
 def burst(client: httpx.Client, uploads: list[bytes], **params: object) -> list[httpx.Response]:

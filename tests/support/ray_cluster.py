@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -110,19 +111,30 @@ class LocalRayCluster:
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
 
-    def nodes(self) -> list[Any]:
-        from ray.util.state import list_nodes
-
-        return list_nodes(address=self.dashboard)
+    def _list(self, resource: str, *filters: str) -> list[dict[str, Any]]:
+        """``ray list RESOURCE`` against the dashboard, in a subprocess with the cluster's environment: Ray reads
+        its authentication mode once per process, and this test process imported Ray before (without token mode)."""
+        args = ["list", resource, "--address", self.dashboard, "--format", "json", "--limit", "10000"]
+        for condition in filters:
+            args += ["--filter", condition]
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("ray")), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"ray {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        if done.stdout.strip().startswith("No resource"):  # what the CLI prints for an empty list
+            return []
+        return list(json.loads(done.stdout))
 
     def alive_node_ips(self) -> dict[str, str]:
         """Node IP → node id, for the nodes the cluster has alive now."""
-        return {n.node_ip: n.node_id for n in self.nodes() if n.state == "ALIVE"}
+        return {n["node_ip"]: n["node_id"] for n in self._list("nodes", "state=ALIVE")}
 
-    def alive_actors(self) -> list[Any]:
-        from ray.util.state import list_actors
-
-        return list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")], limit=1000)
+    def alive_actors(self) -> list[dict[str, Any]]:
+        return self._list("actors", "state=ALIVE")
 
     def serve_deploy(self, config: dict[str, Any]) -> None:
         path = self.logs / f"deploy-{time.monotonic_ns()}.yaml"

@@ -1,10 +1,21 @@
+import io
 import tracemalloc
 
 import cv2
 import numpy as np
 import pytest
 
-from serve_app.effects import BLUR_SIGMA, alpha_to_uint8, apply_effect, finalize_alpha
+from serve_app.effects import (
+    BLUR_SIGMA,
+    EMPTY_BOX,
+    Box,
+    alpha_to_uint8,
+    apply_effect,
+    cover,
+    crop_box,
+    finalize_alpha,
+    foreground_box,
+)
 from serve_app.schemas import Effect, Refine, RemoveParams
 from tests.support.scenes import SoftComposite, soft_band_colour_error, soft_composite
 
@@ -151,3 +162,82 @@ def test_refine_has_boolean_aliases() -> None:
     assert RemoveParams(refine="false").refine == Refine.NONE
     assert RemoveParams(refine="true").refine == Refine.FAST
     assert RemoveParams().refine == Refine.FAST
+
+
+def test_foreground_box_holds_the_subject() -> None:
+    alpha = np.zeros((50, 80), np.float32)
+    alpha[10:20, 30:45] = 1.0
+    alpha[25, 60] = 0.5  # a soft edge's pixel, not over 0.5: outside the box
+    alpha[22, 50] = 0.6  # the subject's: inside
+    assert foreground_box(alpha) == Box(top=10, left=30, width=21, height=13)
+    assert foreground_box(np.zeros((5, 5), np.float32)) == EMPTY_BOX and EMPTY_BOX.empty
+
+
+def test_crop_box_grows_by_pixels_or_percent_within_the_image() -> None:
+    box = Box(top=10, left=30, width=20, height=10)
+    assert crop_box(box, "0", 50, 80) == box
+    assert crop_box(box, "5", 50, 80) == Box(5, 25, 30, 20)
+    assert crop_box(box, "50%", 50, 80) == Box(0, 20, 40, 30)  # 10 px: half of the longer side; top clipped at 0
+    assert crop_box(box, "100", 50, 80) == Box(0, 0, 80, 50)
+    assert crop_box(EMPTY_BOX, "10", 50, 80) == Box(0, 0, 80, 50)  # no subject: nothing is cropped
+
+
+def test_postprocess_crops_to_the_subject_and_reports_its_box() -> None:
+    from PIL import Image
+
+    from serve_app.pipeline import postprocess
+
+    image = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    mask = np.zeros((60, 90), np.float32)
+    mask[20:40, 10:30] = 1.0
+    whole = postprocess(image, mask, RemoveParams(effect="mask"))
+    cropped = postprocess(image, mask, RemoveParams(effect="rgba", crop=True, crop_margin="2"))
+    assert whole.foreground == cropped.foreground == Box(20, 10, 20, 20)
+    assert Image.open(io.BytesIO(whole.body)).size == (90, 60)
+    out = np.asarray(Image.open(io.BytesIO(cropped.body)))
+    assert out.shape == (24, 24, 4)
+    np.testing.assert_array_equal(out[..., :3], image[18:42, 8:32])
+    empty = postprocess(image, np.zeros_like(mask), RemoveParams(effect="rgba", crop=True))
+    assert empty.foreground == EMPTY_BOX and Image.open(io.BytesIO(empty.body)).size == (90, 60)
+
+
+def test_green_and_white_composite_over_transparent_backgrounds_colours(scene: tuple[np.ndarray, np.ndarray]) -> None:
+    image, alpha = scene
+    for effect, colour in ((Effect.GREEN, (120, 255, 155)), (Effect.WHITE, (255, 255, 255))):
+        out = apply_effect(image, alpha, effect)
+        np.testing.assert_array_equal(out[:, :20], image[:, :20])
+        assert (out[:, 40:] == np.array(colour, np.uint8)).all()
+
+
+def test_overlay_tints_the_subject_and_outlines_it(scene: tuple[np.ndarray, np.ndarray]) -> None:
+    image, alpha = scene
+    out = apply_effect(image, alpha, Effect.OVERLAY).astype(int)
+    tinted = (image.astype(int) + np.array([120, 255, 155])) // 2
+    np.testing.assert_array_equal(out[:, 2:18], tinted[:, 2:18])  # inside: halfway to green
+    np.testing.assert_array_equal(out[:, 45:], image[:, 45:].astype(int))  # outside: as it was
+    outline = (out == np.array([120, 255, 155])).all(axis=2)
+    assert outline[:, 28:32].any(axis=1).all()  # the outline runs down the edge, at alpha 0.5
+
+
+def test_blur_strength_is_the_gaussians_sigma(scene: tuple[np.ndarray, np.ndarray]) -> None:
+    image, alpha = scene
+    soft = apply_effect(image, alpha, Effect.BLUR, blur_sigma=2.0)
+    expected = cv2.GaussianBlur(image, (0, 0), 2.0)
+    np.testing.assert_array_equal(soft[:, 45:], expected[:, 45:])
+    assert not np.array_equal(soft, apply_effect(image, alpha, Effect.BLUR))
+
+
+def test_a_background_image_is_resized_to_cover_and_composited(scene: tuple[np.ndarray, np.ndarray]) -> None:
+    image, alpha = scene  # 30x60
+    tall = np.zeros((200, 100, 3), np.uint8)
+    tall[:, :, 2] = np.arange(200, dtype=np.uint8)[:, None]  # blue grows downwards
+    covered = cover(tall, 30, 60)
+    assert covered.shape == (30, 60, 3)
+    # Scaled by 0.6 to 120x60 (the width covers), then the middle 30 rows: rows 75..124 of the original.
+    assert 73 <= covered[0, 0, 2] <= 77 and 122 <= covered[-1, 0, 2] <= 126
+    out = apply_effect(image, alpha, Effect.BACKGROUND, background=tall)
+    np.testing.assert_array_equal(out[:, 45:], covered[:, 45:])
+    np.testing.assert_array_equal(out[:, :20], image[:, :20])
+    with pytest.raises(ValueError, match="background"):
+        apply_effect(image, alpha, Effect.BACKGROUND)
+    assert cover(np.zeros((10, 10, 3), np.uint8), 30, 60).shape == (30, 60, 3)  # upscaled too

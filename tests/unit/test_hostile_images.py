@@ -64,7 +64,9 @@ def test_any_size_and_mode_comes_back_at_its_size(
     assert prepared.image.shape == (height, width, 3) and prepared.model_input.dtype == np.uint8
     mask = rng.random(prepared.model_input.shape[:2]).astype(np.float32)
     params = RemoveParams(effect=effect, format=fmt, threshold=threshold, reverse=reverse)
-    rendered = postprocess(prepared.image, mask, params)
+    background_size = (int(rng.integers(1, 41)), int(rng.integers(1, 41)), 3)  # any size: it is resized to cover
+    background = rng.integers(0, 256, background_size, dtype=np.uint8) if effect == Effect.BACKGROUND else None
+    rendered = postprocess(prepared.image, mask, params, background)
     assert Image.open(io.BytesIO(rendered.body)).size == (width, height)
 
 
