@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import SERVE_LOGGER
@@ -42,11 +43,15 @@ async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
     return service_error_response(exc)
 
 
-async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(
+def validation_message(exc: RequestValidationError | ValidationError) -> str:
+    """pydantic's complaints as one line: ``name: what is wrong; ...``."""
+    return "; ".join(
         f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'query')}: {e.get('msg', '')}" for e in exc.errors()
     )
-    return error_response(InvalidParameterError.status, InvalidParameterError.code, problems)
+
+
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(InvalidParameterError.status, InvalidParameterError.code, validation_message(exc))
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404, 405: same JSON shape

@@ -21,24 +21,27 @@ from fastapi import FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi_offline import FastAPIOffline
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments import route_core_logs_to_serve
 from deployments.access import ApiKeyCheck
 from deployments.admission import Admission
-from deployments.http_errors import install_error_handlers
+from deployments.http_errors import install_error_handlers, validation_message
 from deployments.metrics import IngressMetrics, RecordRequests
 from deployments.model_client import ModelClient
 from deployments.openapi import READY_RESPONSES, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
 from deployments.readiness import TierReadiness
-from deployments.uploads import UploadLimits, read_upload
+from deployments.uploads import Upload, UploadLimits, read_upload
 from serve_app.auth import ApiKeys
 from serve_app.catalogue import Tier
 from serve_app.effects import warm_up_matting
 from serve_app.errors import InvalidParameterError
+from serve_app.mask_cache import MaskCache, MaskKey, content_hash, etag, matches
 from serve_app.pipeline import decode_background, postprocess, preprocess, result_headers, step_seconds
-from serve_app.schemas import AppConfig, RemoveParams, ServedTier, TierInfo
+from serve_app.rembg_api import RembgParams
+from serve_app.schemas import AppConfig, MaskResult, RemoveParams, ServedTier, TierInfo
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,6 +59,7 @@ class Ingress:
             for tier, served in tiers.items()
         }
         self.admission = Admission(config.image_request_limit())
+        self.mask_cache = MaskCache(int(config.ingress.mask_cache_mb * 1024 * 1024))
         self.readiness = TierReadiness(serve.get_replica_context().app_name)
         self.cpu_pool = ThreadPoolExecutor(config.ingress.cpu_workers, thread_name_prefix="ingress-cpu")
         # pymatting (rgba) loads or compiles its numba kernels on first use: do it now, not in a request.
@@ -94,6 +98,8 @@ class Ingress:
                     "X-Batch-Size",
                     "X-Model-Input",
                     "Server-Timing",
+                    "X-Cache",
+                    "ETag",
                     *(f"X-Foreground-{side}" for side in ("Top", "Left", "Width", "Height")),
                 ],
             )
@@ -121,6 +127,22 @@ class Ingress:
             responses=REMOVE_RESPONSES,
             response_class=Response,
         )
+        app.add_api_route(
+            "/api/remove",
+            self.rembg_remove,
+            methods=["POST"],
+            summary="rembg's API: multipart field `file`, rembg's options (model, a, af, ab, ae, om, ppm, bgc, extras)",
+            openapi_extra=REMOVE_REQUEST_BODY,
+            responses=REMOVE_RESPONSES,
+            response_class=Response,
+        )
+        app.add_api_route(
+            "/api/remove",
+            self.rembg_remove_url,
+            methods=["GET"],
+            summary="rembg's URL form: refused (422), this service does not fetch URLs",
+            response_class=Response,
+        )
         return app
 
     # --- routes -------------------------------------------------------------------------------------------------
@@ -141,18 +163,55 @@ class Ingress:
 
     async def remove(self, request: Request, params: Annotated[RemoveParams, Query()]) -> Response:
         tier = self.served_tier(params.tier or self.config.default_tier)
-        self.readiness.raise_if_unavailable(tier)
+        self.readiness.raise_if_unavailable(tier)  # before the upload is read
         with self.admission.slot():
             upload = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
-            pixels = self.config.max_image_pixels
-            background = await self.on_cpu(decode_background, upload.background, params, pixels)
-            prepared = await self.on_cpu(preprocess, upload.image, tier.resize, tier.base_size, pixels)
-            called = time.perf_counter()
+            return await self.render(request, tier, params, upload)
+
+    async def rembg_remove(self, request: Request) -> Response:
+        """rembg's ``POST /api/remove`` (serve_app/rembg_api.py): its options as form fields or query parameters."""
+        with self.admission.slot():
+            upload = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
+            options = {**request.query_params, **upload.fields}
+            try:
+                params = RembgParams(**options).to_remove_params()
+            except ValidationError as exc:
+                raise InvalidParameterError(validation_message(exc)) from None
+            tier = self.served_tier(params.tier or self.config.default_tier)
+            self.readiness.raise_if_unavailable(tier)
+            return await self.render(request, tier, params, upload)
+
+    async def rembg_remove_url(self) -> Response:
+        raise InvalidParameterError(
+            "this service does not fetch URLs (it never reaches out to the network): POST the image to /api/remove "
+            "as multipart field 'file'"
+        )
+
+    async def render(self, request: Request, tier: ServedTier, params: RemoveParams, upload: Upload) -> Response:
+        """Decode, run the tier's model, apply the effect and encode: one image request, once admitted."""
+        key = MaskKey(content_hash(upload.image), tier.tier.value, tier.config.runtime, tier.weights_label)
+        tag = etag(key, params, upload.background)
+        if matches(request.headers.get("if-none-match"), tag):  # the client has these bytes: nothing to do
+            return Response(status_code=304, headers={"ETag": tag})
+        pixels = self.config.max_image_pixels
+        background = await self.on_cpu(decode_background, upload.background, params, pixels)
+        prepared = await self.on_cpu(preprocess, upload.image, tier.resize, tier.base_size, pixels)
+        called = time.perf_counter()
+        directives = request.headers.get(
+            "cache-control", ""
+        ).lower()  # no-cache: run the model; no-store: and keep nothing
+        cached = None if "no-cache" in directives or "no-store" in directives else self.mask_cache.get(key)
+        if cached is not None:  # no model call: batch size 0 and no model time say so
+            result = MaskResult(mask=cached.mask, batch_size=0, model_seconds=0.0)
+        else:
             result = await self.models[tier.tier].predict(prepared.model_input)
-            round_trip = time.perf_counter() - called
-            rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params, background)
+            if "no-store" not in directives:
+                self.mask_cache.put(key, result)
+        round_trip = time.perf_counter() - called
+        rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params, background)
         steps = step_seconds(prepared, result, round_trip, rendered)
         headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, rendered, steps)
+        headers.update({"ETag": tag, "X-Cache": "miss" if cached is None else "hit"})
         # For RecordRequests (deployments/metrics.py): the metrics and the access line.
         request.state.step_seconds = steps
         request.state.megapixels = prepared.image.shape[0] * prepared.image.shape[1] / 1e6

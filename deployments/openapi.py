@@ -46,6 +46,8 @@ REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
             "X-Weights": _header("The checkpoint that made it, or `untrained`."),
             "X-Batch-Size": _header("How many images shared its model call."),
             "X-Model-Input": _header("The size the model saw, WIDTHxHEIGHT."),
+            "X-Cache": _header("hit: the mask came from the ingress's cache (no model call); miss: the model ran."),
+            "ETag": _header("Names these bytes: send it back as If-None-Match to get 304 with no body."),
             "X-Foreground-Top": _header("The subject's box in the upright upload: its top row (0 with no subject)."),
             "X-Foreground-Left": _header("The subject's leftmost column (0 with no subject)."),
             "X-Foreground-Width": _header("The subject's width in pixels; 0: no subject was found."),

@@ -6,7 +6,7 @@ the ingress's request slots for long."""
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
@@ -88,6 +88,7 @@ class UploadLimits:
 class Upload:
     image: bytes
     background: bytes | None = None  # multipart field `background`, for effect=background
+    fields: dict[str, str] = field(default_factory=dict)  # the multipart body's text fields (rembg's options)
 
 
 async def read_upload(request: Request, max_field_bytes: int) -> Upload:
@@ -117,7 +118,8 @@ async def _multipart_image(request: Request, max_field_bytes: int) -> Upload:
         for name in UPLOAD_FIELDS:
             upload = form.get(name)
             if isinstance(upload, UploadFile):
-                return Upload(await upload.read(), background_bytes)
+                texts = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+                return Upload(await upload.read(), background_bytes, texts)
         fields = ", ".join(sorted(form.keys())) or "none"
         raise InvalidParameterError(f"multipart body has no file field 'image' (fields sent: {fields})")
     finally:

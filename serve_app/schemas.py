@@ -353,6 +353,13 @@ class IngressConfig(_DeploymentOptions):
         f"max_queued_requests, summed) plus {UPLOAD_HEADROOM}.",
     )
 
+    mask_cache_mb: float = Field(
+        256.0,
+        ge=0,
+        description="Memory for the model's masks of recent uploads, per ingress replica: a repeat of an image "
+        "(another effect, colour, background or crop) does no inference. 0 turns the cache off.",
+    )
+
     @property
     def cpu_workers(self) -> int:
         """Threads for the ingress's CPU work (decode, resize, upsample, effects, encode): its CPU share, at

@@ -23,8 +23,10 @@ from PIL import Image
 from serve_app.catalogue import Tier
 from serve_app.runtimes.parity import iou
 from tests.conftest import ROOT, png_bytes, skimage_photo
+from tests.integration.conftest import Cluster
 from tests.support import scenes
 from tests.support.reference import base_size_in_test_config, reference_mask, reference_remover
+from tests.support.serve_run import until
 
 TIERS = [t.value for t in Tier]
 # 160x128: the quality tier's dynamic resize keeps it as it is; the static tiers stretch it to their square.
@@ -69,7 +71,7 @@ def test_openapi_documents_what_the_readme_does(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
     remove = spec["paths"]["/v1/remove"]["post"]
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### `POST /v1/remove`") : readme.index("## Weights")]
+    section = readme[readme.index("### `POST /v1/remove`") : readme.index("### rembg's API")]
     parameters = re.findall(r"^\| `(\w+)` \|", section, re.MULTILINE)
     assert parameters == [p["name"] for p in remove["parameters"]]
     color_row = next(line for line in section.splitlines() if line.startswith("| `color` |"))
@@ -80,7 +82,7 @@ def test_openapi_documents_what_the_readme_does(client: httpx.Client) -> None:
     fields = set(re.findall(r"multipart field `(\w+)`", section)) | set(re.findall(r"\(rembg's `(\w+)`", section))
     multipart = remove["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert set(fields) == set(multipart)
-    headers = set(re.findall(r"`((?:X-[A-Za-z-]+)|Server-Timing|Retry-After)`", section))
+    headers = set(re.findall(r"`((?:X-[A-Za-z-]+)|Server-Timing|Retry-After|ETag)`", section))
     assert headers == set(remove["responses"]["200"]["headers"]) | set(remove["responses"]["503"]["headers"])
     statuses = set(re.findall(r"^\| (\d{3}) \|", section, re.MULTILINE))
     assert statuses and statuses <= set(remove["responses"])
@@ -220,6 +222,85 @@ def test_a_background_image_replaces_the_background(client: httpx.Client) -> Non
     assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("background image:"), bad.text
 
 
+def test_rembgs_api_answers_as_rembg_does(client: httpx.Client) -> None:
+    """Requests as rembg's README sends them: `curl -F file=@input.png .../api/remove`, options as form fields or
+    query parameters, and the URL form."""
+    scene = scenes.make_scenes(seed=21, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0]
+    upload = {"file": ("input.png", png_bytes(scene.image), "image/png")}
+    plain = client.post("/api/remove", files=upload)
+    assert plain.headers["content-type"] == "image/png" and plain.headers["x-tier"] == "balanced"
+    cut_out = Image.open(io.BytesIO(plain.content))
+    assert cut_out.mode == "RGBA" and cut_out.size == (SCENE_WIDTH, SCENE_HEIGHT)
+    np.testing.assert_array_equal(decode(plain), decode(remove(client, png_bytes(scene.image), effect="rgba")))
+    mask = client.post("/api/remove", files=upload, data={"model": "u2netp", "om": "true"})
+    assert mask.headers["x-tier"] == "fast" and Image.open(io.BytesIO(mask.content)).mode == "L"
+    np.testing.assert_array_equal(
+        decode(mask), decode(remove(client, png_bytes(scene.image), tier="fast", effect="mask"))
+    )
+    green = client.post("/api/remove", files=upload, params={"bgc": "0,255,0,255", "model": "birefnet-general"})
+    assert green.headers["x-tier"] == "quality"
+    corner = decode(green)[:8, :8].reshape(-1, 3).mean(axis=0)
+    assert corner[1] > 200 and corner[0] < 60 and corner[2] < 60
+    unknown = client.post("/api/remove", files=upload, data={"model": "no-such-model"})
+    assert unknown.status_code == 422 and "unknown rembg model" in unknown.json()["error"]["message"]
+    by_url = client.get("/api/remove", params={"url": "http://example.invalid/input.png"})
+    assert by_url.status_code == 422 and "does not fetch URLs" in by_url.json()["error"]["message"]
+
+
+def requests_served_by(cluster: Cluster, deployment: str) -> float:
+    """Serve's own count of requests a deployment's replicas have handled (Ray's metrics endpoint)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ray_serve_deployment_request_counter_total" and sample.labels.get("deployment") == deployment
+    )
+
+
+def test_a_repeated_image_is_served_from_the_mask_cache_without_a_model_call(
+    client: httpx.Client, cluster: Cluster
+) -> None:
+    rng = np.random.default_rng(4242)
+    image = scenes.make_scene(rng, SCENE_HEIGHT, SCENE_WIDTH).image  # drawn for this test: no other sends it
+    upload = png_bytes(image)
+    first = remove(client, upload, tier="fast", effect="mask")
+    assert first.headers["x-cache"] == "miss" and int(first.headers["x-batch-size"]) >= 1
+    assert until(lambda: requests_served_by(cluster, "fast") > 0, timeout_s=15)
+    time.sleep(2.5)  # Ray exports metrics every second here: let the first request's count settle
+    served_before = requests_served_by(cluster, "fast")
+
+    rgba = remove(client, upload, tier="fast", effect="rgba", refine="none")
+    on_green = remove(client, upload, tier="fast", effect="green", crop="true", format="jpeg")
+    for response in (rgba, on_green):
+        assert response.status_code == 200 and response.headers["x-cache"] == "hit"
+        assert response.headers["x-batch-size"] == "0" and "model;dur=0.0" in response.headers["server-timing"]
+    np.testing.assert_array_equal(decode(rgba)[..., 3], decode(first))  # the same mask, another effect
+    time.sleep(2.5)
+    assert requests_served_by(cluster, "fast") == served_before  # the tier's replica saw neither
+
+    # The same bytes again, with the ETag: 304 and no body. Another output of the image is not that ETag's.
+    again = client.post(
+        "/v1/remove",
+        params={"tier": "fast", "effect": "mask"},
+        files={"image": ("upload.png", upload, "image/png")},
+        headers={"If-None-Match": first.headers["etag"]},
+    )
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == first.headers["etag"]
+    assert rgba.headers["etag"] != first.headers["etag"]
+    fresh = client.post(
+        "/v1/remove",
+        params={"tier": "fast", "effect": "mask"},
+        files={"image": ("upload.png", upload, "image/png")},
+        headers={"Cache-Control": "no-cache"},
+    )
+    assert fresh.headers["x-cache"] == "miss" and int(fresh.headers["x-batch-size"]) >= 1  # the model ran again
+    other_tier = remove(client, upload, tier="balanced", effect="mask")
+    assert other_tier.headers["x-cache"] == "miss"  # each tier's mask is its own
+
+
 def test_threshold_and_reverse(client: httpx.Client) -> None:
     scene = scenes.make_scenes(seed=8, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0]
     hard = decode(remove(client, png_bytes(scene.image), tier="fast", effect="mask", threshold=0.5))
@@ -288,8 +369,14 @@ def test_the_subjects_box_comes_with_every_answer_and_crop_cuts_to_it(client: ht
 
 
 def burst(client: httpx.Client, uploads: list[bytes], **params: object) -> list[httpx.Response]:
+    """The uploads at once, each run by the model (``Cache-Control: no-cache`` skips the ingress's mask cache)."""
+
+    def send(data: bytes) -> httpx.Response:
+        files = {"image": ("upload.png", data, "image/png")}
+        return client.post("/v1/remove", params=params, files=files, headers={"Cache-Control": "no-cache"})
+
     with ThreadPoolExecutor(len(uploads)) as pool:
-        return list(pool.map(lambda data: remove(client, data, **params), uploads))
+        return list(pool.map(send, uploads))
 
 
 def mixed_uploads() -> list[bytes]:

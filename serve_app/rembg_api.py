@@ -1,0 +1,98 @@
+"""rembg's HTTP API (``POST /api/remove``), translated onto ours, so scripts written for rembg's server work
+unchanged. Its options come as form fields or query parameters with rembg's names; the answer is a PNG, as
+rembg's is.
+
+- ``model``: rembg's model names map onto our tiers (``MODEL_TIERS``): the small models to ``fast``, the general
+  ones to ``balanced``, the high-resolution ones to ``quality``. Without it, the service's default tier.
+- ``om`` (only mask): the grey mask. ``bgc`` (``R,G,B,A``): the subject on that colour (opaque colours only).
+- ``ppm`` (post-process mask): rembg smooths the mask and cuts it at half; here, a hard mask at 0.5.
+- ``a``, ``af``, ``ab``, ``ae`` (alpha matting with a trimap): InSPyReNet's mask is already a soft matte, so no
+  trimap matting runs; ``a=true`` takes the edge colours from full-size foreground estimation (``refine=full``).
+- ``extras``: must be JSON; its keys are rembg model options (SAM prompts and the like) that no tier uses.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve_app.catalogue import Tier
+from serve_app.schemas import Effect, Refine, RemoveParams
+
+MODEL_TIERS: dict[str, Tier] = {
+    "u2netp": Tier.FAST,
+    "silueta": Tier.FAST,
+    "birefnet-general-lite": Tier.FAST,
+    "u2net": Tier.BALANCED,
+    "u2net_human_seg": Tier.BALANCED,
+    "u2net_cloth_seg": Tier.BALANCED,
+    "isnet-general-use": Tier.BALANCED,
+    "isnet-anime": Tier.BALANCED,
+    "birefnet-general": Tier.QUALITY,
+    "birefnet-portrait": Tier.QUALITY,
+    "birefnet-dis": Tier.QUALITY,
+    "birefnet-hrsod": Tier.QUALITY,
+    "birefnet-cod": Tier.QUALITY,
+    "birefnet-massive": Tier.QUALITY,
+    "bria-rmbg": Tier.QUALITY,
+}
+
+
+class RembgParams(BaseModel):
+    """rembg's options, with its names and defaults; unknown names are refused, as our API refuses them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="A rembg model name; see MODEL_TIERS.")
+    a: bool = False
+    af: int = Field(240, ge=0, le=255)
+    ab: int = Field(10, ge=0, le=255)
+    ae: int = Field(10, ge=0)
+    om: bool = False
+    ppm: bool = False
+    bgc: str | None = None
+    extras: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str | None) -> str | None:
+        if value is not None and value not in MODEL_TIERS:
+            raise ValueError(f"unknown rembg model {value!r}; known: {', '.join(MODEL_TIERS)}")
+        return value
+
+    @field_validator("bgc")
+    @classmethod
+    def _opaque_rgba(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = value.split(",")
+        if len(parts) != 4 or not all(p.strip().isdigit() and int(p) <= 255 for p in parts):
+            raise ValueError(f"bgc {value!r}: expected R,G,B,A with each 0..255")
+        if int(parts[3]) != 255:
+            raise ValueError("bgc: only an opaque colour (A = 255) is supported; for transparency, leave bgc out")
+        return value
+
+    @field_validator("extras")
+    @classmethod
+    def _json(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                json.loads(value)
+            except ValueError:
+                raise ValueError("extras must be JSON") from None
+        return value
+
+    def to_remove_params(self) -> RemoveParams:
+        """Our request for the same picture."""
+        options: dict[str, Any] = {"format": "png", "refine": Refine.FULL if self.a else Refine.FAST}
+        if self.model is not None:
+            options["tier"] = MODEL_TIERS[self.model]
+        if self.ppm:
+            options["threshold"] = 0.5
+        if self.om:
+            options["effect"] = Effect.MASK
+        elif self.bgc is not None:
+            options["effect"], options["color"] = Effect.COLOR, ",".join(self.bgc.split(",")[:3])
+        return RemoveParams(**options)
