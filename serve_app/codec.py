@@ -88,17 +88,25 @@ def flatten_on_white(rgba: np.ndarray) -> np.ndarray:
     return (rgb + 0.5).astype(np.uint8)
 
 
-def encode_image(array: np.ndarray, fmt: OutputFormat) -> bytes:
-    """Encode an HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA) uint8 array; RGBA as JPEG goes onto white."""
+JPEG_QUALITY = 95
+WEBP_QUALITY = 90
+
+
+def encode_image(array: np.ndarray, fmt: OutputFormat, quality: int | None = None, lossless: bool = False) -> bytes:
+    """Encode an HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA) uint8 array; RGBA as JPEG goes onto white.
+    ``quality`` (1-100) for JPEG and lossy WebP; ``lossless`` for WebP."""
     if array.ndim == 3 and array.shape[2] == 4 and fmt == OutputFormat.JPEG:
         array = flatten_on_white(array)
     image = Image.fromarray(np.ascontiguousarray(array))
     buffer = io.BytesIO()
     options: dict[str, object] = {}
     if fmt == OutputFormat.JPEG:
-        options = {"quality": 95}
+        options = {"quality": quality or JPEG_QUALITY}
+    elif fmt == OutputFormat.WEBP and lossless:
+        # lossless: quality is effort (the least is fastest); exact keeps the colour under transparent pixels
+        options = {"lossless": True, "quality": 0, "method": 0, "exact": True}
     elif fmt == OutputFormat.WEBP:
-        options = {"quality": 90, "method": 4}
+        options = {"quality": quality or WEBP_QUALITY, "method": 4}
     elif fmt == OutputFormat.PNG:
         options = {"compress_level": 1}  # fast: level 6 costs ~5x the time for ~10% smaller files
     image.save(buffer, format=_PIL_FORMATS[fmt], **options)

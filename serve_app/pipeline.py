@@ -82,7 +82,7 @@ def postprocess(
     output = apply_effect(image, alpha, params.effect, params.rgb, refine, params.blur_sigma, background)
     del alpha
     watch.lap("effect")
-    body = encode_image(output, params.format)
+    body = encode_image(output, params.format, params.quality, params.lossless)
     watch.lap("encode")
     return Rendered(body=body, media_type=MEDIA_TYPES[params.format], foreground=foreground, timings=watch.timings)
 

@@ -119,6 +119,10 @@ class RemoveParams(BaseModel):
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Hard mask: alpha = 1 where above, else 0.")
     reverse: bool = Field(False, description="Swap subject and background (keep the background, remove the subject).")
     format: OutputFormat = Field(OutputFormat.PNG, description="png, webp or jpeg (rgba as jpeg is put on white).")
+    quality: int | None = Field(
+        None, ge=1, le=100, description="jpeg and lossy webp: the encoder's quality, 1-100 (default 95 and 90)."
+    )
+    lossless: bool = Field(False, description="webp: lossless (exact pixels, alpha included), larger and slower.")
     crop: bool = Field(
         False, description="Crop the result to the subject's box (X-Foreground-* headers) plus crop_margin."
     )

@@ -165,3 +165,29 @@ def test_rgba_as_jpeg_is_flattened_on_white() -> None:
     np.testing.assert_array_equal(flat[0, 7], (255, 255, 255))
     decoded = np.asarray(Image.open(io.BytesIO(encode_image(rgba, OutputFormat.JPEG))))
     assert decoded[4, 7].min() > 240 and decoded[4, 0, 0] > 180 and decoded[4, 0, 1] < 40
+
+
+def test_lossless_webp_keeps_every_pixel_and_quality_trades_size() -> None:
+    rng = np.random.default_rng(7)
+    rgba = np.dstack([rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rng.integers(0, 256, (48, 64), np.uint8)])
+    exact = Image.open(io.BytesIO(encode_image(rgba, OutputFormat.WEBP, lossless=True)))
+    np.testing.assert_array_equal(np.asarray(exact), rgba)
+    lossy = np.asarray(Image.open(io.BytesIO(encode_image(rgba, OutputFormat.WEBP))))
+    assert not np.array_equal(lossy, rgba)  # the default webp is lossy
+    for fmt in (OutputFormat.JPEG, OutputFormat.WEBP):
+        small, large = (len(encode_image(rgba[..., :3], fmt, quality=q)) for q in (20, 95))
+        assert small < large, (fmt, small, large)
+
+
+def test_a_request_for_lossless_webp_gets_the_same_pixels_as_png() -> None:
+    from serve_app.pipeline import postprocess
+    from serve_app.schemas import RemoveParams
+
+    rng = np.random.default_rng(3)
+    image, mask = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), rng.random((16, 16)).astype(np.float32)
+    as_png = postprocess(image, mask, RemoveParams(effect="rgba", format="png"))
+    as_webp = postprocess(image, mask, RemoveParams(effect="rgba", format="webp", lossless=True))
+    assert as_webp.media_type == "image/webp"
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(io.BytesIO(as_webp.body))), np.asarray(Image.open(io.BytesIO(as_png.body)))
+    )
