@@ -197,9 +197,8 @@ class Ingress:
         background = await self.on_cpu(decode_background, upload.background, params, pixels)
         prepared = await self.on_cpu(preprocess, upload.image, tier.resize, tier.base_size, pixels)
         called = time.perf_counter()
-        directives = request.headers.get(
-            "cache-control", ""
-        ).lower()  # no-cache: run the model; no-store: and keep nothing
+        # Cache-Control from the client: no-cache runs the model; no-store also keeps nothing.
+        directives = request.headers.get("cache-control", "").lower()
         cached = None if "no-cache" in directives or "no-store" in directives else self.mask_cache.get(key)
         if cached is not None:  # no model call: batch size 0 and no model time say so
             result = MaskResult(mask=cached.mask, batch_size=0, model_seconds=0.0)

@@ -47,7 +47,9 @@ NO_INGRESS_RETRY_AFTER_S = "5"  # a lost node's replicas come back when a node h
 WATCH_REFRESH_S = 1.0
 WATCH_STALE_S = 10.0  # an older view (the controller stopped answering) is not acted on: requests pass as in Serve
 WAITING_CHECK_S = 0.5  # how often a request the proxy holds looks whether its application lost its ingress
-# Replica states that take requests (as deployments/readiness.py counts them).
+# Replica states that hold a loaded model and take requests: RUNNING, and UPDATING (a live user_config change,
+# i.e. new batching) and RECOVERING (a restarted controller re-attaching), which return to RUNNING as they are.
+# Defined here, the light module loaded into every proxy; deployments/readiness.py counts tiers by it too.
 SERVING_STATES = frozenset({"RUNNING", "UPDATING", "RECOVERING"})
 
 

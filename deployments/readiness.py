@@ -18,6 +18,7 @@ import ray
 from ray import serve
 
 from deployments import SERVE_LOGGER
+from deployments.proxy_guard import SERVING_STATES
 from deployments.startup_board import BoardReader
 from serve_app.errors import TierUnavailableError
 from serve_app.schemas import ServedTier, StartupProgress, TierInfo, gpu_missing_message
@@ -27,9 +28,6 @@ logger = logging.getLogger(SERVE_LOGGER)
 
 REFRESH_S = 1.0
 FIRST_SNAPSHOT_WAIT_S = 5.0  # at start only: how long the ingress waits for its first look at the tiers
-# Replica states that hold a loaded model and take requests: RUNNING, and UPDATING (a live user_config change,
-# i.e. new batching) and RECOVERING (a restarted controller re-attaching), which return to RUNNING as they are.
-SERVING_STATES = frozenset({"RUNNING", "UPDATING", "RECOVERING"})
 
 
 @dataclass(frozen=True)
