@@ -26,9 +26,17 @@ CASES: list[tuple[str, dict[str, str]]] = [
     ("rgba png, refine=fast (default)", {"effect": "rgba"}),
     ("rgba png, refine=full (Remover's)", {"effect": "rgba", "refine": "full"}),
     ("rgba webp", {"effect": "rgba", "format": "webp"}),
+    ("rgba webp lossless", {"effect": "rgba", "format": "webp", "lossless": "true"}),
     ("color png", {"effect": "color", "color": "white"}),
     ("color jpeg", {"effect": "color", "color": "white", "format": "jpeg"}),
+    ("color png, translucent", {"effect": "color", "color": "0,0,255,128"}),
+    ("green png", {"effect": "green"}),
+    ("white jpeg", {"effect": "white", "format": "jpeg"}),
     ("blur png", {"effect": "blur"}),
+    ("overlay png", {"effect": "overlay"}),
+    ("background png", {"effect": "background"}),
+    ("rgba png, crop=true", {"effect": "rgba", "crop": "true"}),
+    ("outputs=rgba,white:jpeg,mask (zip)", {"outputs": "rgba,white:jpeg,mask"}),
 ]
 
 
@@ -38,15 +46,16 @@ def main() -> None:
     args = parser.parse_args()
     composite = soft_composite(seed=0)
     model_mask = cv2.resize(composite.alpha, (384, 384), interpolation=cv2.INTER_AREA)
+    background = composite.image[::-1, ::-1].copy()  # a second photo-sized image, for effect=background
     warm_up_matting()
     medians: dict[str, float] = {}
     for name, query in CASES:
         params = RemoveParams(**query)
-        postprocess(composite.image, model_mask, params)  # first call: lazy imports, numba's kernels
+        postprocess(composite.image, model_mask, params, background)  # first call: lazy imports, numba's kernels
         seconds = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            postprocess(composite.image, model_mask, params)
+            postprocess(composite.image, model_mask, params, background)
             seconds.append(time.perf_counter() - started)
         medians[name] = statistics.median(seconds)
     mask = medians["mask png"]

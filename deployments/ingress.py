@@ -29,7 +29,7 @@ from deployments import route_core_logs_to_serve
 from deployments.access import ApiKeyCheck
 from deployments.admission import Admission
 from deployments.http_errors import install_error_handlers, validation_message
-from deployments.metrics import IngressMetrics, RecordRequests
+from deployments.metrics import IngressMetrics, RecordRequests, request_labels
 from deployments.model_client import ModelClient
 from deployments.openapi import READY_RESPONSES, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
 from deployments.readiness import TierReadiness
@@ -188,7 +188,8 @@ class Ingress:
         )
 
     async def render(self, request: Request, tier: ServedTier, params: RemoveParams, upload: Upload) -> Response:
-        """Decode, run the tier's model, apply the effect and encode: one image request, once admitted."""
+        """Decode, run the tier's model, apply the effects and encode: one image request, once admitted."""
+        request.state.labels = request_labels(tier.tier.value, params)  # for RecordRequests, whatever the answer
         key = MaskKey(content_hash(upload.image), tier.tier.value, tier.config.runtime, tier.weights_label)
         tag = etag(key, params, upload.background)
         if matches(request.headers.get("if-none-match"), tag):  # the client has these bytes: nothing to do
@@ -211,6 +212,8 @@ class Ingress:
         steps = step_seconds(prepared, result, round_trip, rendered)
         headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, rendered, steps)
         headers.update({"ETag": tag, "X-Cache": "miss" if cached is None else "hit"})
+        if params.outputs is not None:
+            headers["Content-Disposition"] = 'attachment; filename="outputs.zip"'
         # For RecordRequests (deployments/metrics.py): the metrics and the access line.
         request.state.step_seconds = steps
         request.state.megapixels = prepared.image.shape[0] * prepared.image.shape[1] / 1e6

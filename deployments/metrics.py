@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments import SERVE_LOGGER
 from serve_app.catalogue import Tier
-from serve_app.schemas import Effect, OutputFormat
+from serve_app.schemas import Effect, OutputFormat, RemoveParams
 
 logger = logging.getLogger(SERVE_LOGGER)
 
@@ -38,11 +38,25 @@ OTHER = "other"  # a tag value outside the closed set (an unknown tier in a refu
 GAUGE_PERIOD_S = 1.0
 
 
+SEVERAL, ZIP = "outputs", "zip"  # the effect and format tags of a request for several outputs (one ZIP)
 TIERS, EFFECTS, FORMATS = (
     frozenset(t.value for t in Tier),
-    frozenset(e.value for e in Effect),
-    frozenset(f.value for f in OutputFormat),
+    frozenset({*(e.value for e in Effect), SEVERAL}),
+    frozenset({*(f.value for f in OutputFormat), ZIP}),
 )
+# The image routes, by path ending, and their `api` tag: ours and rembg's.
+IMAGE_ROUTES = {"/v1/remove": "v1", "/api/remove": "rembg"}
+
+
+def request_labels(tier: str, params: RemoveParams) -> dict[str, str]:
+    """The tier, effect and format tags of a request the ingress has understood (for rembg's API, only it knows
+    them: they came as form fields)."""
+    several = params.outputs is not None
+    return {
+        "tier": tier,
+        "effect": SEVERAL if several else params.effect.value,
+        "format": ZIP if several else params.format.value,
+    }
 
 
 def known(value: str | None, allowed: AbstractSet[str], default: str) -> str:
@@ -59,12 +73,13 @@ class IngressMetrics:
         self.default_tier = default_tier
         self.requests = Counter(
             "bgserve_requests",
-            description="POST /v1/remove answers, by tier, effect, output format, HTTP status and error code.",
-            tag_keys=("tier", "effect", "format", "status", "code"),  # type: ignore[arg-type]  # Ray types a 1-tuple
+            description="Image requests answered (POST /v1/remove, api v1; rembg's /api/remove, api rembg), by api, "
+            "tier, effect, output format, HTTP status and error code.",
+            tag_keys=("api", "tier", "effect", "format", "status", "code"),  # type: ignore[arg-type]  # Ray types a 1-tuple
         )
         self.latency = Histogram(
             "bgserve_request_latency_ms",
-            description="POST /v1/remove, first byte in to last byte out, by tier and status class (2xx/4xx/5xx).",
+            description="Image requests, first byte in to last byte out, by tier and status class (2xx/4xx/5xx).",
             boundaries=LATENCY_MS_BOUNDARIES,
             tag_keys=("tier", "status_class"),  # type: ignore[arg-type]
         )
@@ -82,14 +97,17 @@ class IngressMetrics:
         )
 
     def record(
-        self, query: Mapping[str, str], status: int, code: str, seconds: float, state: Mapping[str, Any]
+        self, api: str, query: Mapping[str, str], status: int, code: str, seconds: float, state: Mapping[str, Any]
     ) -> dict[str, str]:
-        """Record one answer; returns the tags it was recorded under."""
-        tier = known(query.get("tier"), TIERS, self.default_tier)
+        """Record one answer; returns the tags it was recorded under. The tier, effect and format are the route's
+        (``request_labels``, in ``state``) once it understood the request, else the query's."""
+        labels = state.get("labels") or query
+        tier = known(labels.get("tier"), TIERS, self.default_tier)
         tags = {
+            "api": api,
             "tier": tier,
-            "effect": known(query.get("effect"), EFFECTS, Effect.RGBA.value),
-            "format": known(query.get("format"), FORMATS, OutputFormat.PNG.value),
+            "effect": known(labels.get("effect"), EFFECTS, Effect.RGBA.value),
+            "format": known(labels.get("format"), FORMATS, OutputFormat.PNG.value),
             "status": str(status),
             "code": code,
         }
@@ -104,18 +122,21 @@ class IngressMetrics:
 
 
 class RecordRequests:
-    """ASGI middleware around the ingress app: times each ``POST /v1/remove`` and records it once, whichever layer
-    answered (a route, an error handler, the upload limits or the key check): its metrics, and one access line in
-    the replica's Serve log, with the details under ``access`` (a JSON object where the app's ``logging_config``
-    says ``encoding: JSON``; Serve adds the request id). The error code is read from the JSON body the client gets;
-    the route leaves its timings and sizes in ``request.state``. Never image bytes."""
+    """ASGI middleware around the ingress app: times each image request (``IMAGE_ROUTES``) and records it once,
+    whichever layer answered (a route, an error handler, the upload limits or the key check): its metrics, and one
+    access line in the replica's Serve log, with the details under ``access`` (a JSON object where the app's
+    ``logging_config`` says ``encoding: JSON``; Serve adds the request id). The error code is read from the JSON
+    body the client gets; the route leaves its labels, timings and sizes in ``request.state``. Never image bytes."""
 
     def __init__(self, app: ASGIApp, metrics: IngressMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("/v1/remove"):
+        api = None
+        if scope["type"] == "http":  # not lifespan, which has no path
+            api = next((name for path, name in IMAGE_ROUTES.items() if scope["path"].endswith(path)), None)
+        if api is None:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -141,7 +162,7 @@ class RecordRequests:
                 query = dict(_query_pairs(scope))
                 code = "internal_error" if unexpected else _error_code(error_body) if status >= 400 else ""
                 seconds = time.perf_counter() - started
-                tags = self.metrics.record(query, status, code, seconds, scope["state"])
+                tags = self.metrics.record(api, query, status, code, seconds, scope["state"])
                 log_access(scope, tags, seconds, scope["state"])
             except Exception:  # metrics must never fail a request
                 logger.exception("recording request metrics failed")

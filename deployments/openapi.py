@@ -39,8 +39,8 @@ def _header(description: str) -> dict[str, Any]:
 REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The result image, at the width and height of the upright upload (with crop=true, of the "
-        "subject's box plus crop_margin).",
-        "content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}},
+        "subject's box plus crop_margin); with `outputs`, a ZIP of one image per output, named <effect>.<ext>.",
+        "content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}, "application/zip": {}},
         "headers": {
             "X-Tier": _header("The tier that made it."),
             "X-Weights": _header("The checkpoint that made it, or `untrained`."),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from serve_app.schemas import RGB, Effect, Refine
+from serve_app.schemas import RGB, RGBA, Effect, Refine
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,19 @@ def composite(image: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> n
     return out.astype(np.uint8)
 
 
+def over_translucent(image: np.ndarray, alpha: np.ndarray, color: RGBA) -> np.ndarray:
+    """The subject over a colour with an alpha (Pillow's ``alpha_composite`` of the cut-out onto it, as rembg's
+    ``bgc`` does): HxWx4, alpha ``a + c (1 - a)``, colour ``(image a + color c (1 - a)) / alpha``."""
+    a = alpha[..., None].astype(np.float32, copy=False)
+    behind = np.float32(color[3] / 255.0) * (1.0 - a)  # the colour's share of each pixel
+    out_alpha = a + behind
+    out = image.astype(np.float32)
+    out *= a
+    out += behind * np.array(color[:3], np.float32)
+    np.divide(out, out_alpha, out=out, where=out_alpha > 0)
+    return np.dstack([out.astype(np.uint8), (out_alpha[..., 0] * 255.0).astype(np.uint8)])
+
+
 def overlay(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """transparent-background's `overlay`: the subject tinted halfway to green, its outline (Canny edges of
     alpha > 0.5) drawn in green, the rest as it was."""
@@ -203,12 +216,13 @@ def apply_effect(
     image: np.ndarray,
     alpha: np.ndarray,
     effect: Effect,
-    color: RGB = (255, 255, 255),
+    color: RGBA = (255, 255, 255, 255),
     refine: Refine = Refine.FAST,
     blur_sigma: float = BLUR_SIGMA,
     background: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``image`` HxWx3 uint8, ``alpha`` HxW float in [0, 1] → HxW (mask), HxWx4 (rgba) or HxWx3 uint8.
+    """``image`` HxWx3 uint8, ``alpha`` HxW float in [0, 1] → HxW (mask), HxWx4 (rgba, and color with an alpha
+    under 255) or HxWx3 uint8.
 
     ``refine``: for rgba, where the colours of soft-alpha pixels come from (Remover estimates them for a soft
     alpha, i.e. without a threshold; a hard alpha has no soft pixel, and the caller passes NONE)."""
@@ -220,8 +234,10 @@ def apply_effect(
         estimators = {Refine.FAST: estimate_foreground_fast, Refine.FULL: estimate_foreground}
         colours = estimators[refine](image, alpha) if refine in estimators else image
         return np.dstack([colours, alpha_to_uint8(alpha)])
+    if effect == Effect.COLOR and color[3] < 255:
+        return over_translucent(image, alpha, color)
     if effect == Effect.COLOR:
-        return composite(image, alpha, np.broadcast_to(np.array(color, dtype=np.uint8), image.shape))
+        return composite(image, alpha, np.broadcast_to(np.array(color[:3], dtype=np.uint8), image.shape))
     if effect in (Effect.GREEN, Effect.WHITE):
         solid = GREEN if effect == Effect.GREEN else WHITE
         return composite(image, alpha, np.broadcast_to(np.array(solid, dtype=np.uint8), image.shape))

@@ -1,6 +1,6 @@
 """The ingress's CPU work, as two plain functions around the model call: ``preprocess`` before it (decode,
-upright, resize to the tier's input) and ``postprocess`` after it (upsample the mask, apply the effect, encode),
-plus the response headers that say how a result was made."""
+upright, resize to the tier's input) and ``postprocess`` after it (upsample the mask, apply each requested effect,
+encode; several outputs go into one ZIP), plus the response headers that say how a result was made."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serve_app.codec import MEDIA_TYPES, decode_image, encode_image
+from serve_app.codec import MEDIA_TYPES, ZIP_MEDIA_TYPE, decode_image, encode_image, zip_files
 from serve_app.effects import EMPTY_BOX, Box, apply_effect, crop_box, finalize_alpha, foreground_box
 from serve_app.errors import InvalidParameterError, ServiceError
 from serve_app.resize import ResizePolicy, to_model_input, upsample_mask
-from serve_app.schemas import Effect, MaskResult, Refine, RemoveParams
+from serve_app.schemas import MaskResult, Refine, RemoveParams
 
 
 class Stopwatch:
-    """Seconds per named step, for the Server-Timing header and the serving benchmark."""
+    """Seconds per named step, for the Server-Timing header and the serving benchmark; a step timed again (one
+    effect per output) adds up."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
@@ -25,7 +26,7 @@ class Stopwatch:
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
-        self.timings[name] = now - self._last
+        self.timings[name] = self.timings.get(name, 0.0) + (now - self._last)
         self._last = now
 
 
@@ -54,9 +55,9 @@ def preprocess(data: bytes, policy: ResizePolicy, base_size: int, max_pixels: in
 
 
 def decode_background(data: bytes | None, params: RemoveParams, max_pixels: int) -> np.ndarray | None:
-    """The background image for effect=background, decoded as an upload is; a 422 when the effect needs one and
+    """The background image for effect=background, decoded as an upload is; a 422 when an output needs one and
     none was sent."""
-    if params.effect != Effect.BACKGROUND:
+    if not params.needs_background:
         return None
     if data is None:
         raise InvalidParameterError("effect=background needs the background image as multipart field 'background'")
@@ -69,6 +70,8 @@ def decode_background(data: bytes | None, params: RemoveParams, max_pixels: int)
 def postprocess(
     image: np.ndarray, model_mask: np.ndarray, params: RemoveParams, background: np.ndarray | None = None
 ) -> Rendered:
+    """Every requested output from one mask: the one image, or with ``outputs`` a ZIP of them all (each effect
+    computed once, then encoded in each format asked for it)."""
     watch = Stopwatch()
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
@@ -79,12 +82,26 @@ def postprocess(
         image, alpha = image[rows, cols], alpha[rows, cols]
     watch.lap("upsample")
     refine = params.refine if params.threshold is None else Refine.NONE  # a hard alpha has no soft edge
-    output = apply_effect(image, alpha, params.effect, params.rgb, refine, params.blur_sigma, background)
-    del alpha
-    watch.lap("effect")
-    body = encode_image(output, params.format, params.quality, params.lossless)
-    watch.lap("encode")
-    return Rendered(body=body, media_type=MEDIA_TYPES[params.format], foreground=foreground, timings=watch.timings)
+    requested = params.requested
+    files = {spec.filename: b"" for spec in requested}  # in request order
+    effects = list(dict.fromkeys(spec.effect for spec in requested))  # in request order, each once
+    for effect in effects:
+        output = apply_effect(image, alpha, effect, params.rgba, refine, params.blur_sigma, background)
+        if effect == effects[-1]:
+            del alpha  # the float matte (4 bytes a pixel) is not needed while the last outputs encode
+        watch.lap("effect")
+        for spec in requested:
+            if spec.effect == effect:
+                files[spec.filename] = encode_image(output, spec.format, params.quality, params.lossless)
+        del output
+        watch.lap("encode")
+    if params.outputs is None:
+        (body,) = files.values()
+        media_type = MEDIA_TYPES[params.format]
+    else:
+        body, media_type = zip_files(files), ZIP_MEDIA_TYPE
+        watch.lap("encode")
+    return Rendered(body=body, media_type=media_type, foreground=foreground, timings=watch.timings)
 
 
 def step_seconds(

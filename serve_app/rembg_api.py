@@ -4,7 +4,8 @@ rembg's is.
 
 - ``model``: rembg's model names map onto our tiers (``MODEL_TIERS``): the small models to ``fast``, the general
   ones to ``balanced``, the high-resolution ones to ``quality``. Without it, the service's default tier.
-- ``om`` (only mask): the grey mask. ``bgc`` (``R,G,B,A``): the subject on that colour (opaque colours only).
+- ``om`` (only mask): the grey mask. ``bgc`` (``R,G,B,A``): the subject on that colour; with ``A`` under 255 the
+  PNG keeps an alpha channel (the cut-out composited onto the translucent colour, as rembg does).
 - ``ppm`` (post-process mask): rembg smooths the mask and cuts it at half; here, a hard mask at 0.5.
 - ``a``, ``af``, ``ab``, ``ae`` (alpha matting with a trimap): InSPyReNet's mask is already a soft matte, so no
   trimap matting runs; ``a=true`` takes the edge colours from full-size foreground estimation (``refine=full``).
@@ -19,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.catalogue import Tier
-from serve_app.schemas import Effect, Refine, RemoveParams
+from serve_app.schemas import Effect, Refine, RemoveParams, parse_color
 
 MODEL_TIERS: dict[str, Tier] = {
     "u2netp": Tier.FAST,
@@ -38,6 +39,14 @@ MODEL_TIERS: dict[str, Tier] = {
     "birefnet-massive": Tier.QUALITY,
     "bria-rmbg": Tier.QUALITY,
 }
+
+
+def _is_color(value: str) -> bool:
+    try:
+        parse_color(value)
+    except ValueError:
+        return False
+    return True
 
 
 class RembgParams(BaseModel):
@@ -64,14 +73,9 @@ class RembgParams(BaseModel):
 
     @field_validator("bgc")
     @classmethod
-    def _opaque_rgba(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = value.split(",")
-        if len(parts) != 4 or not all(p.strip().isdigit() and int(p) <= 255 for p in parts):
+    def _rgba(cls, value: str | None) -> str | None:
+        if value is not None and (value.count(",") != 3 or not _is_color(value)):
             raise ValueError(f"bgc {value!r}: expected R,G,B,A with each 0..255")
-        if int(parts[3]) != 255:
-            raise ValueError("bgc: only an opaque colour (A = 255) is supported; for transparency, leave bgc out")
         return value
 
     @field_validator("extras")
@@ -94,5 +98,5 @@ class RembgParams(BaseModel):
         if self.om:
             options["effect"] = Effect.MASK
         elif self.bgc is not None:
-            options["effect"], options["color"] = Effect.COLOR, ",".join(self.bgc.split(",")[:3])
+            options["effect"], options["color"] = Effect.COLOR, self.bgc
         return RemoveParams(**options)

@@ -79,24 +79,69 @@ class Device(str, Enum):
 
 
 RGB = tuple[int, int, int]
+RGBA = tuple[int, int, int, int]
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
-def parse_color(value: str) -> RGB:
-    """``#00ff00``, ``00ff00``, ``#0f0``, a CSS name like ``white``, or ``r,g,b`` with each 0..255."""
+def parse_color(value: str) -> RGBA:
+    """``#00ff00``, ``00ff00``, ``#0f0``, a CSS name like ``white``, or ``r,g,b`` with each 0..255; an alpha may
+    follow (``#00ff0080``, ``#0f08``, ``r,g,b,a``), else the colour is opaque (alpha 255)."""
     text = value.strip()
     if "," in text:
         parts = text.split(",")
-        if len(parts) != 3 or not all(p.strip().isdigit() and int(p) <= 255 for p in parts):
-            raise ValueError(f"color {value!r}: expected r,g,b with each 0..255")
-        r, g, b = (int(p) for p in parts)
-        return r, g, b
-    if len(text) in (3, 6) and all(c in "0123456789abcdefABCDEF" for c in text):
+        if len(parts) not in (3, 4) or not all(p.strip().isdigit() and int(p) <= 255 for p in parts):
+            raise ValueError(f"color {value!r}: expected r,g,b or r,g,b,a with each 0..255")
+        r, g, b, a = (int(p) for p in [*parts, "255"][:4])
+        return r, g, b, a
+    if len(text) in (3, 4, 6, 8) and all(c in _HEX_DIGITS for c in text):
         text = "#" + text  # '#' must be sent as %23 in a URL, so accept hex without it
     try:
-        r, g, b, *_ = ImageColor.getrgb(text)
+        rgb = ImageColor.getrgb(text)
     except ValueError:
-        raise ValueError(f"color {value!r}: expected #rrggbb, #rgb, a colour name or r,g,b") from None
-    return r, g, b
+        raise ValueError(
+            f"color {value!r}: expected #rrggbb, #rgb (alpha: #rrggbbaa), a colour name or r,g,b"
+        ) from None
+    r, g, b = rgb[:3]
+    return r, g, b, rgb[3] if len(rgb) == 4 else 255
+
+
+FILE_EXTENSIONS: dict[OutputFormat, str] = {
+    OutputFormat.PNG: "png",
+    OutputFormat.WEBP: "webp",
+    OutputFormat.JPEG: "jpg",
+}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output of a request: an effect encoded in a format, named ``<effect>.<ext>`` in a ZIP of several."""
+
+    effect: Effect
+    format: OutputFormat
+
+    @property
+    def filename(self) -> str:
+        return f"{self.effect.value}.{FILE_EXTENSIONS[self.format]}"
+
+
+def parse_outputs(value: str, default_format: OutputFormat = OutputFormat.PNG) -> list[OutputSpec]:
+    """``rgba,white:jpeg,mask:webp``: effects, each with an optional ``:format`` (else ``default_format``)."""
+    specs: list[OutputSpec] = []
+    for item in value.split(","):
+        effect_name, _, format_name = item.strip().partition(":")
+        try:
+            effect = Effect(effect_name.strip())
+            fmt = OutputFormat(format_name.strip()) if format_name else default_format
+        except ValueError:
+            raise ValueError(
+                f"outputs: {item.strip()!r} is not effect or effect:format (effects: "
+                f"{', '.join(e.value for e in Effect)}; formats: {', '.join(f.value for f in OutputFormat)})"
+            ) from None
+        spec = OutputSpec(effect, fmt)
+        if spec in specs:
+            raise ValueError(f"outputs: {item.strip()!r} is asked for twice")
+        specs.append(spec)
+    return specs
 
 
 class RemoveParams(BaseModel):
@@ -114,7 +159,8 @@ class RemoveParams(BaseModel):
     color: str = Field(
         "#ffffff",
         description="Background for effect=color: #rrggbb (send # as %23), rrggbb, #rgb, a CSS colour name "
-        "(white, orange, ...) or r,g,b.",
+        "(white, orange, ...) or r,g,b; with an alpha (#rrggbbaa, r,g,b,a) under 255 the answer keeps an alpha "
+        "channel (the subject over a translucent colour).",
     )
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Hard mask: alpha = 1 where above, else 0.")
     reverse: bool = Field(False, description="Swap subject and background (keep the background, remove the subject).")
@@ -143,15 +189,40 @@ class RemoveParams(BaseModel):
     def _refine_aliases(cls, value: object) -> object:
         return REFINE_ALIASES.get(value.lower(), value) if isinstance(value, str) else value
 
+    outputs: str | None = Field(
+        None,
+        max_length=400,
+        description="Several outputs from one model call, answered as one ZIP (entries <effect>.<ext>): a "
+        "comma-separated list of effect or effect:format, e.g. rgba,white:jpeg,mask (format: the `format` "
+        "parameter). `effect` is then ignored; every other parameter applies to each output.",
+    )
+
     @field_validator("color")
     @classmethod
     def _color_parses(cls, value: str) -> str:
         parse_color(value)
         return value
 
+    @model_validator(mode="after")
+    def _outputs_parse(self) -> RemoveParams:
+        if self.outputs is not None:
+            parse_outputs(self.outputs, self.format)
+        return self
+
     @property
-    def rgb(self) -> RGB:
+    def rgba(self) -> RGBA:
         return parse_color(self.color)
+
+    @property
+    def requested(self) -> list[OutputSpec]:
+        """What to send back: the ``outputs`` list, or the one ``effect`` in ``format``."""
+        if self.outputs is None:
+            return [OutputSpec(self.effect, self.format)]
+        return parse_outputs(self.outputs, self.format)
+
+    @property
+    def needs_background(self) -> bool:
+        return any(spec.effect == Effect.BACKGROUND for spec in self.requested)
 
 
 class BatchingConfig(BaseModel):

@@ -47,6 +47,12 @@ def send_traffic(url: str) -> None:
                     headers=RUN_THE_MODEL,
                 )
                 assert response.status_code == 200, response.text
+            several = client.post(
+                "/v1/remove", params={"tier": "fast", "outputs": "rgba,mask"}, content=image, headers=RUN_THE_MODEL
+            )
+            assert several.status_code == 200, several.text
+            rembg = client.post("/api/remove", files={"file": ("i.png", image)}, data={"model": "u2netp", "om": "true"})
+            assert rembg.status_code == 200, rembg.text
             assert client.post("/v1/remove", params={"tier": "fast"}, content=b"not an image").status_code == 400
             assert client.post("/v1/remove", params={"tier": "ultra"}, content=image).status_code == 422
             time.sleep(2.0)
@@ -61,6 +67,10 @@ def test_every_dashboard_expression_returns_data(scraped: Prometheus, service: s
     # The unknown tier is counted under `other`, not under the string the client sent.
     assert scraped.query('ray_bgserve_requests_total{tier="other", code="invalid_parameter"}')
     assert not scraped.query('ray_bgserve_requests_total{tier="ultra"}')
+    # rembg's API is counted as its own api, with the tier and effect its form fields asked for; several outputs in
+    # one ZIP under effect "outputs", format "zip".
+    assert scraped.query('ray_bgserve_requests_total{api="rembg", tier="fast", effect="mask", status="200"}')
+    assert scraped.query('ray_bgserve_requests_total{api="v1", effect="outputs", format="zip", status="200"}')
     dashboard = json.loads(DASHBOARD.read_text())
     gpu_only = gpu_only_expressions()
     empty = []

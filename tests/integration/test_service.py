@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ import pytest
 from PIL import Image
 
 from serve_app.catalogue import Tier
+from serve_app.mask_cache import RUN_THE_MODEL
 from serve_app.runtimes.parity import iou
 from tests.conftest import ROOT, png_bytes, skimage_photo
 from tests.integration.conftest import Cluster
@@ -241,6 +243,11 @@ def test_rembgs_api_answers_as_rembg_does(client: httpx.Client) -> None:
     assert green.headers["x-tier"] == "quality"
     corner = decode(green)[:8, :8].reshape(-1, 3).mean(axis=0)
     assert corner[1] > 200 and corner[0] < 60 and corner[2] < 60
+    translucent = client.post("/api/remove", files=upload, data={"bgc": "0,0,255,100", "model": "birefnet-general"})
+    pixels = decode(translucent)
+    assert pixels.shape == (SCENE_HEIGHT, SCENE_WIDTH, 4)  # the PNG keeps an alpha, as rembg's does
+    corner = pixels[:8, :8].reshape(-1, 4).mean(axis=0)  # background: the translucent colour
+    assert abs(corner[3] - 100) < 8 and corner[2] > 200 and corner[0] < 60 and corner[1] < 60
     unknown = client.post("/api/remove", files=upload, data={"model": "no-such-model"})
     assert unknown.status_code == 422 and "unknown rembg model" in unknown.json()["error"]["message"]
     by_url = client.get("/api/remove", params={"url": "http://example.invalid/input.png"})
@@ -299,6 +306,44 @@ def test_a_repeated_image_is_served_from_the_mask_cache_without_a_model_call(
     assert fresh.headers["x-cache"] == "miss" and int(fresh.headers["x-batch-size"]) >= 1  # the model ran again
     other_tier = remove(client, upload, tier="balanced", effect="mask")
     assert other_tier.headers["x-cache"] == "miss"  # each tier's mask is its own
+
+
+def test_several_outputs_come_from_one_model_call_in_one_zip(client: httpx.Client, cluster: Cluster) -> None:
+    rng = np.random.default_rng(4343)
+    upload = png_bytes(scenes.make_scene(rng, SCENE_HEIGHT, SCENE_WIDTH).image)  # drawn for this test only
+    served_before = requests_served_by(cluster, "fast")
+    response = client.post(
+        "/v1/remove",
+        params={"tier": "fast", "outputs": "rgba,white:jpeg,mask,overlay:webp", "refine": "none"},
+        files={"image": ("upload.png", upload, "image/png")},
+        headers=RUN_THE_MODEL,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip" and response.headers["x-cache"] == "miss"
+    assert "outputs.zip" in response.headers["content-disposition"]
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert archive.namelist() == ["rgba.png", "white.jpg", "mask.png", "overlay.webp"]
+    entries = {name: Image.open(io.BytesIO(archive.read(name))) for name in archive.namelist()}
+    assert {name: image.mode for name, image in entries.items()} == {
+        "rgba.png": "RGBA",
+        "white.jpg": "RGB",
+        "mask.png": "L",
+        "overlay.webp": "RGB",
+    }
+    assert all(image.size == (SCENE_WIDTH, SCENE_HEIGHT) for image in entries.values())
+    mask = np.asarray(entries["mask.png"])
+    np.testing.assert_array_equal(np.asarray(entries["rgba.png"])[..., 3], mask)  # one mask under every output
+    # The model ran once for the four: one request at the tier's replica (Serve's own count).
+    assert until(lambda: requests_served_by(cluster, "fast") >= served_before + 1, timeout_s=15)
+    time.sleep(2.5)  # Ray exports metrics every second here: let any further count arrive
+    assert requests_served_by(cluster, "fast") == served_before + 1
+    # Each entry is what a single request for it gives (these come from the cache: the same mask).
+    single = remove(client, upload, tier="fast", effect="white", format="jpeg")
+    assert single.headers["x-cache"] == "hit" and archive.read("white.jpg") == single.content
+    bad = client.post("/v1/remove", params={"outputs": "rgba,sepia"}, content=upload)
+    assert bad.status_code == 422 and "'sepia' is not effect" in bad.json()["error"]["message"]
+    no_background = client.post("/v1/remove", params={"tier": "fast", "outputs": "mask,background"}, content=upload)
+    assert no_background.status_code == 422 and "background" in no_background.json()["error"]["message"]
 
 
 def test_threshold_and_reverse(client: httpx.Client) -> None:

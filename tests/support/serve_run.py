@@ -57,6 +57,8 @@ def wait_until_ready(
             if response.status_code == 200:
                 return
             last = response.text
+            if "DEPLOY_FAILED" in last:  # Serve gave up on a deployment: waiting longer cannot help
+                raise RuntimeError(f"the service failed to deploy: {last}")
         except httpx.TransportError as exc:
             last = repr(exc)
         time.sleep(every_s)

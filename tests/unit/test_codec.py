@@ -191,3 +191,27 @@ def test_a_request_for_lossless_webp_gets_the_same_pixels_as_png() -> None:
     np.testing.assert_array_equal(
         np.asarray(Image.open(io.BytesIO(as_webp.body))), np.asarray(Image.open(io.BytesIO(as_png.body)))
     )
+
+
+def test_colour_pngs_are_written_fast_and_exact_from_several_threads() -> None:
+    """fpng (not zlib) writes colour PNGs: the pixels come back exactly, through Pillow and OpenCV alike, also
+    when the ingress's threads encode at once and from a view (a crop) of a larger array."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+
+    from serve_app import codec
+
+    assert codec.fpng is not None, "fpng is a dependency: the fast PNG path must be the one tested"
+    rng = np.random.default_rng(11)
+    whole = np.dstack([rng.integers(0, 256, (300, 400, 3), np.uint8), rng.integers(0, 256, (300, 400), np.uint8)])
+    views = [whole[10 + i : 200 + i, 20:333] for i in range(8)]  # non-contiguous crops
+    with ThreadPoolExecutor(4) as pool:
+        encoded = list(pool.map(lambda view: encode_image(view, OutputFormat.PNG), views))
+    for view, data in zip(views, encoded, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), view)
+        by_opencv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(cv2.cvtColor(by_opencv, cv2.COLOR_BGRA2RGBA), view)
+    pillows = io.BytesIO()
+    Image.fromarray(views[0]).save(pillows, format="PNG", compress_level=1)
+    assert encoded[0] != pillows.getvalue()  # another writer than Pillow's

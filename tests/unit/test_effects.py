@@ -48,7 +48,7 @@ def test_mask_truncates_like_remover() -> None:
 
 def test_color_composites_over_the_colour(scene: tuple[np.ndarray, np.ndarray]) -> None:
     image, alpha = scene
-    out = apply_effect(image, alpha, Effect.COLOR, (0, 255, 0))
+    out = apply_effect(image, alpha, Effect.COLOR, (0, 255, 0, 255))
     np.testing.assert_array_equal(out[:, :20], image[:, :20])
     np.testing.assert_array_equal(out[:, 40:], np.broadcast_to((0, 255, 0), out[:, 40:].shape))
     expected = image[:, 30].astype(np.float32) * alpha[:, 30:31] + np.array([0, 255, 0]) * (1 - alpha[:, 30:31])
@@ -241,3 +241,63 @@ def test_a_background_image_is_resized_to_cover_and_composited(scene: tuple[np.n
     with pytest.raises(ValueError, match="background"):
         apply_effect(image, alpha, Effect.BACKGROUND)
     assert cover(np.zeros((10, 10, 3), np.uint8), 30, 60).shape == (30, 60, 3)  # upscaled too
+
+
+def test_a_translucent_colour_composites_as_pillow_does(scene: tuple[np.ndarray, np.ndarray]) -> None:
+    """rembg's bgc with an alpha: Pillow's alpha_composite of the cut-out onto the colour (rembg's own code)."""
+    from PIL import Image
+
+    image, alpha = scene
+    color = (10, 200, 30, 128)
+    out = apply_effect(image, alpha, Effect.COLOR, color)
+    assert out.shape == (*image.shape[:2], 4)
+    cutout = Image.fromarray(np.dstack([image, alpha_to_uint8(alpha)]))
+    expected = np.asarray(Image.alpha_composite(Image.new("RGBA", cutout.size, color), cutout))
+    assert np.abs(out.astype(int) - expected).max() <= 2
+    np.testing.assert_array_equal(out[:, 45:], np.broadcast_to(color, out[:, 45:].shape))  # no subject: the colour
+    np.testing.assert_array_equal(out[:, :20, :3], image[:, :20])  # all subject: the photo, opaque
+    assert (out[:, :20, 3] == 255).all()
+
+
+def test_several_outputs_come_from_one_mask_in_one_zip() -> None:
+    import zipfile
+
+    from PIL import Image
+
+    from serve_app.pipeline import postprocess
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mask = np.zeros((32, 32), np.float32)
+    mask[8:24, 8:24] = 1.0
+    params = RemoveParams(outputs="rgba, white:jpeg,mask,rgba:webp", format="png", refine="none")
+    rendered = postprocess(image, mask, params)
+    assert rendered.media_type == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(rendered.body))
+    assert archive.namelist() == ["rgba.png", "white.jpg", "mask.png", "rgba.webp"]
+    assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
+    for name in archive.namelist():  # each entry is what the single request makes
+        effect, fmt = {"rgba.png": ("rgba", "png"), "white.jpg": ("white", "jpeg"), "mask.png": ("mask", "png"),
+                       "rgba.webp": ("rgba", "webp")}[name]  # fmt: skip
+        single = postprocess(image, mask, RemoveParams(effect=effect, format=fmt, refine="none"))
+        assert archive.read(name) == single.body, name
+        assert Image.open(io.BytesIO(archive.read(name))).size == (50, 40)
+    assert rendered.foreground == single.foreground
+    assert set(rendered.timings) == {"upsample", "effect", "encode"}
+    assert postprocess(image, mask, params).body == rendered.body  # the same outputs, the same bytes (ETag)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "complaint"),
+    [
+        ("rgba,sepia", "'sepia' is not effect"),
+        ("mask:gif", "'mask:gif'"),
+        ("rgba,rgba:png", "asked for twice"),
+        ("", "'' is not effect"),
+    ],
+)
+def test_bad_output_lists_are_refused(outputs: str, complaint: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=complaint):
+        RemoveParams(outputs=outputs)

@@ -19,7 +19,8 @@ def test_options_map_onto_ours() -> None:
     assert RembgParams(ppm="1").to_remove_params().threshold == 0.5
     assert RembgParams(a="true").to_remove_params().refine == Refine.FULL
     coloured = RembgParams(bgc="0,255,0,255").to_remove_params()
-    assert coloured.effect == Effect.COLOR and coloured.rgb == (0, 255, 0)
+    assert coloured.effect == Effect.COLOR and coloured.rgba == (0, 255, 0, 255)
+    assert RembgParams(bgc="0,0,255,128").to_remove_params().rgba == (0, 0, 255, 128)  # translucent, as rembg
     assert RembgParams(om="true", bgc="0,255,0,255").to_remove_params().effect == Effect.MASK  # om wins, as in rembg
     assert RembgParams(extras='{"sam_prompt": []}').extras is not None
 
@@ -40,7 +41,7 @@ def test_every_model_has_a_tier() -> None:
     [
         ({"model": "no-such-model"}, "unknown rembg model"),
         ({"bgc": "0,255,0"}, "R,G,B,A"),
-        ({"bgc": "0,255,0,128"}, "opaque"),
+        ({"bgc": "0,255,0,256"}, "R,G,B,A"),
         ({"extras": "{not json"}, "JSON"),
         ({"af": "300"}, "less than or equal"),
         ({"size": "full"}, "Extra inputs"),

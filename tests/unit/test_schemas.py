@@ -29,13 +29,18 @@ from serve_app.weights import ResolvedWeights
         (" 10, 20 ,30 ", (10, 20, 30)),
         ("white", (255, 255, 255)),
         ("#FFA500", (255, 165, 0)),
+        ("0,128,255,64", (0, 128, 255, 64)),
+        ("#00ff0080", (0, 255, 0, 128)),
+        ("0f08", (0, 255, 0, 136)),
     ],
 )
-def test_colours_parse(text: str, rgb: tuple[int, int, int]) -> None:
-    assert parse_color(text) == rgb
+def test_colours_parse(text: str, rgb: tuple[int, ...]) -> None:
+    assert parse_color(text) == (rgb if len(rgb) == 4 else (*rgb, 255))  # opaque unless an alpha is given
 
 
-@pytest.mark.parametrize("text", ["", "#12345", "256,0,0", "1,2", "-1,2,3", "notacolour", "#gggggg"])
+@pytest.mark.parametrize(
+    "text", ["", "#12345", "256,0,0", "1,2", "1,2,3,4,5", "1,2,3,256", "-1,2,3", "notacolour", "#gggggg"]
+)
 def test_bad_colours_are_rejected(text: str) -> None:
     with pytest.raises(ValueError, match="color"):
         parse_color(text)
@@ -46,7 +51,7 @@ def test_bad_colours_are_rejected(text: str) -> None:
 def test_request_defaults_and_bounds() -> None:
     params = RemoveParams()
     assert params.tier is None and params.effect.value == "rgba" and params.format.value == "png"
-    assert params.threshold is None and params.reverse is False and params.rgb == (255, 255, 255)
+    assert params.threshold is None and params.reverse is False and params.rgba == (255, 255, 255, 255)
     for bad in ({"threshold": 1.5}, {"threshold": -0.1}, {"tier": "ultra"}, {"effect": "sepia"}, {"x": 1}):
         with pytest.raises(ValidationError):
             RemoveParams.model_validate(bad)
