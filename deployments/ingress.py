@@ -96,6 +96,7 @@ class Ingress:
                     "X-Tier",
                     "X-Weights",
                     "X-Batch-Size",
+                    "X-Runtime",
                     "X-Model-Input",
                     "Server-Timing",
                     "X-Cache",
@@ -202,7 +203,7 @@ class Ingress:
         directives = request.headers.get("cache-control", "").lower()
         cached = None if "no-cache" in directives or "no-store" in directives else self.mask_cache.get(key)
         if cached is not None:  # no model call: batch size 0 and no model time say so
-            result = MaskResult(mask=cached.mask, batch_size=0, model_seconds=0.0)
+            result = MaskResult(mask=cached.mask, batch_size=0, model_seconds=0.0, runtime=cached.runtime)
         else:
             result = await self.models[tier.tier].predict(prepared.model_input)
             if "no-store" not in directives:

@@ -1,15 +1,20 @@
 """The model deployment: one class, bound once per tier (and named after it), a thin shim over
 ``serve_app.predictor.Predictor``, which does the model work.
 
-Requests are aggregated with ``@serve.batch``; the batch runs in a worker thread so the replica's event loop
-keeps gathering the next batch meanwhile. Batch size and wait come from ``user_config`` (``BatchingConfig``), so
-``serve deploy`` with new values changes them live, without reloading the model.
+Requests are aggregated with ``@serve.batch``; the batch runs on the replica's one model thread so the event
+loop keeps gathering the next batch meanwhile. One thread, always the same: batches run one at a time anyway, and
+torch's per-thread state and the allocator's per-thread arenas stay with it instead of spreading over a pool
+(asyncio.to_thread's) as batches land on its threads in turn. Batch size and wait come from ``user_config``
+(``BatchingConfig``), so ``serve deploy`` with new values changes them live, without reloading the model.
 """
 
 import asyncio
+import contextvars
+import functools
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -37,6 +42,7 @@ class ModelDeployment:
         except BaseException as exc:  # the ingress shows why; Serve retries the replica
             progress.failed(exc)
             raise
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{tier.tier.value}-model")
         self.metrics.loaded(self.predictor.runtime.name, self.predictor.load_phases)
         self.gpu_metrics = GpuMetrics.start(str(self.predictor.runtime.device))
 
@@ -67,7 +73,8 @@ class ModelDeployment:
     async def predict_batch(self, requests: list[tuple[np.ndarray, float]]) -> list[MaskResult | ServiceError]:
         # Errors come back as values: an exception raised here would fail every request of the batch.
         images, deadlines = [image for image, _ in requests], [deadline for _, deadline in requests]
-        return await asyncio.to_thread(self.predictor.predict_many, images, deadlines)
+        run = functools.partial(contextvars.copy_context().run, self.predictor.predict_many, images, deadlines)
+        return await asyncio.get_running_loop().run_in_executor(self.model_thread, run)  # as to_thread, one thread
 
     def check_health(self) -> None:
         self.predictor.check_health()

@@ -45,6 +45,7 @@ REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
             "X-Tier": _header("The tier that made it."),
             "X-Weights": _header("The checkpoint that made it, or `untrained`."),
             "X-Batch-Size": _header("How many images shared its model call."),
+            "X-Runtime": _header("The runtime that made the mask (eager, openvino, onnx, ...; what auto chose)."),
             "X-Model-Input": _header("The size the model saw, WIDTHxHEIGHT."),
             "X-Cache": _header("hit: the mask came from the ingress's cache (no model call); miss: the model ran."),
             "ETag": _header("Names these bytes: send it back as If-None-Match to get 304 with no body."),

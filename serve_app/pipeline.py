@@ -120,9 +120,9 @@ def step_seconds(
 def result_headers(
     tier: str, weights: str, prepared: Preprocessed, result: MaskResult, rendered: Rendered, steps: dict[str, float]
 ) -> dict[str, str]:
-    """X-Tier, X-Weights, X-Batch-Size, X-Model-Input, the subject's box (X-Foreground-Top, -Left, -Width,
-    -Height, as remove.bg names them; all 0 with no subject) and Server-Timing (ms per step of ``step_seconds``,
-    in request order)."""
+    """X-Tier, X-Weights, X-Batch-Size, X-Runtime (the runtime that made the mask), X-Model-Input, the subject's
+    box (X-Foreground-Top, -Left, -Width, -Height, as remove.bg names them; all 0 with no subject) and
+    Server-Timing (ms per step of ``step_seconds``, in request order)."""
     height, width = prepared.model_input.shape[:2]
     box = rendered.foreground
     return {
@@ -133,6 +133,7 @@ def result_headers(
         "X-Tier": tier,
         "X-Weights": weights,
         "X-Batch-Size": str(result.batch_size),
+        "X-Runtime": result.runtime,
         "X-Model-Input": f"{width}x{height}",
         "Server-Timing": ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in steps.items()),
     }

@@ -8,6 +8,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import cast
 
 import numpy as np
@@ -196,7 +197,9 @@ class Predictor:
     ) -> list[MaskResult | ServiceError]:
         """Masks for a batch. With ``deadlines`` (epoch seconds, one per image), an image whose deadline has passed
         is not run: its caller has already answered 504, and its share of the batch is free for live requests."""
-        return run_before_deadlines(images, deadlines, self.runtime.predict, on_model_call=self.on_model_call)
+        results = run_before_deadlines(images, deadlines, self.runtime.predict, on_model_call=self.on_model_call)
+        name = self.runtime.name
+        return [replace(r, runtime=name) if isinstance(r, MaskResult) else r for r in results]
 
     def check_health(self) -> None:
         self.runtime.check_health()

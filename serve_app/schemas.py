@@ -28,6 +28,7 @@ from serve_app.catalogue import CATALOGUE, ModelSpec, Tier
 from serve_app.resize import DynamicResize, ResizePolicy, StaticResize
 from serve_app.runtimes import RuntimeSettings, runtime_choices
 from serve_app.runtimes.onnx_artifacts import EXPORT_DIR, export_command
+from serve_app.runtimes.openvino import CONVERTED_DIR
 from serve_app.weights import ResolvedWeights, weights_label
 
 
@@ -575,6 +576,7 @@ class ServedTier(BaseModel):
             cpu_threads=config.cpu_threads,
             static_size=isinstance(self.resize, StaticResize),
             export_dir=self.weights_dir / EXPORT_DIR,
+            converted_dir=self.weights_dir / CONVERTED_DIR,
             export_command=export_command(self.tier, config.weights, self.weights_dir, self.base_size),
             onnx_providers=tuple(config.onnx_providers) if config.onnx_providers else None,
             cudnn_benchmark=config.cudnn_benchmark,
@@ -634,3 +636,4 @@ class MaskResult:
     mask: Annotated[np.ndarray, "float32 HxW in [0, 1] at the model's input size"]
     batch_size: int  # images in the model call it ran in
     model_seconds: float  # that call's duration
+    runtime: str = ""  # the runtime that ran it (what `auto` chose, too)

@@ -15,6 +15,7 @@ from serve_app.runtimes.base import Runtime, RuntimeSettings
 from serve_app.runtimes.compiled import CompileRuntime, TorchScriptRuntime
 from serve_app.runtimes.eager import EagerRuntime
 from serve_app.runtimes.onnx import OnnxInt8Runtime, OnnxRuntime
+from serve_app.runtimes.openvino import OpenVinoRuntime
 from serve_app.runtimes.parity import parity_rule
 from serve_app.runtimes.precision import BF16Runtime, FP16Runtime, Int8Runtime
 
@@ -22,6 +23,7 @@ RUNTIMES: dict[str, type[Runtime]] = {
     cls.name: cls
     for cls in (
         EagerRuntime,
+        OpenVinoRuntime,
         OnnxRuntime,
         TorchScriptRuntime,
         Int8Runtime,

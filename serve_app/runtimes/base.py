@@ -30,6 +30,7 @@ class RuntimeSettings:
     static_size: bool = True  # every input is base_size x base_size (false for the quality tier)
     export_dir: Path | None = None  # where ONNX exports live (the onnx runtimes)
     export_command: str | None = None  # what to run when the export is missing or stale
+    converted_dir: Path | None = None  # where the openvino runtime keeps the model it converts at first start
     onnx_providers: tuple[str, ...] | None = None  # None: the best present for the device
     cudnn_benchmark: bool = True  # let cuDNN pick the fastest kernels per shape (static tiers benefit)
     allow_tf32: bool = False  # TF32 matmuls on Ampere+: faster, but fp32 runtimes then drift from eager fp32

@@ -8,15 +8,12 @@ otherwise the runtime refuses and says which export command to run.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ import torch
 
 from serve_app.errors import ConfigurationError
 from serve_app.runtimes.base import Runtime
+from serve_app.runtimes.files import directory_lock
 from serve_app.runtimes.inspyrenet import PinnedStaging, normalise_per_sample, to_model_tensor
 from serve_app.runtimes.onnx_artifacts import find_export
 
@@ -160,7 +158,7 @@ class OnnxInt8Runtime(OnnxRuntime):
         digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
         quantised = onnx_path.with_name(f"{onnx_path.stem}-int8-{digest}.onnx")
         try:
-            with _directory_lock(onnx_path.parent):  # replicas starting together quantise once
+            with directory_lock(onnx_path.parent, ".quantising.lock"):  # replicas starting together quantise once
                 if not quantised.is_file():
                     quantise_matmul_weights(onnx_path, quantised)
         except OSError as exc:
@@ -172,16 +170,6 @@ class OnnxInt8Runtime(OnnxRuntime):
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
         return np.concatenate([self.session.masks(images[i : i + 1]) for i in range(len(images))])
-
-
-@contextlib.contextmanager
-def _directory_lock(directory: Path) -> Iterator[None]:
-    with open(directory / ".quantising.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def quantise_matmul_weights(source: Path, target: Path) -> None:

@@ -33,7 +33,7 @@ from tests.unit.test_runtime import SIZE, mixed_batch
 def test_the_config_accepts_exactly_the_registered_runtimes() -> None:
     for name in [*RUNTIMES, "auto"]:
         assert TierConfig(runtime=name).runtime == name
-    with pytest.raises(ValidationError, match="valid: eager, onnx"):
+    with pytest.raises(ValidationError, match="valid: eager, openvino, onnx"):
         TierConfig(runtime="tensorrt")
     schema = TierConfig.model_json_schema()["properties"]["runtime"]
     assert schema["enum"] == [*RUNTIMES, "auto"]  # what /docs and editors offer
@@ -122,6 +122,55 @@ def test_onnx_holds_parity(
     export_dir: Path, weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray
 ) -> None:
     check(loaded("onnx", weights, export_dir), batch, reference)
+
+
+@pytest.fixture(scope="module")
+def converted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("openvino")
+
+
+def test_openvino_holds_parity_and_keeps_its_converted_model(
+    converted_dir: Path, weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray
+) -> None:
+    """Converted at the first load from the PyTorch model (no export step), fp32 even on a bf16-capable CPU, and
+    the converted model reused by the next load."""
+    settings = RuntimeSettings(weights, SIZE, "cpu", converted_dir=converted_dir)
+    runtime = create_runtime("openvino", settings)
+    runtime.load()
+    check(runtime, batch, reference)
+    (xml,) = converted_dir.glob("*.xml")
+    assert xml.with_suffix(".bin").is_file() and not list(converted_dir.glob(".converting-*"))
+    assert xml.name.startswith(f"test-segmenting-{SIZE}-")
+    before = xml.stat().st_mtime_ns
+    create_runtime("openvino", settings).load()
+    assert xml.stat().st_mtime_ns == before and len(list(converted_dir.glob("*.xml"))) == 1
+
+
+def test_openvino_refuses_the_quality_tiers_varying_sizes(converted_dir: Path, weights: ResolvedWeights) -> None:
+    """Converted with a dynamic height and width, the model fails at any other size (Swin's padding is traced as
+    constants): refused at load, with what to use instead, rather than failing requests."""
+    settings = RuntimeSettings(weights, SIZE, "cpu", static_size=False, converted_dir=converted_dir)
+    with pytest.raises(ConfigurationError, match="input size varies"):
+        create_runtime("openvino", settings).load()
+
+
+def test_openvino_converts_again_for_other_weights(
+    converted_dir: Path, weights: ResolvedWeights, tmp_path: Path
+) -> None:
+    """Other weights under the same file name never reuse a converted model: its name holds their digest."""
+    other = tmp_path / "test-segmenting.pth"
+    state = torch.load(weights.path, map_location="cpu", weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 1.0
+    torch.save(state, other)
+    directory = tmp_path / "converted"
+    for path in converted_dir.glob(f"*-{SIZE}-*"):
+        (directory / path.name).parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, directory / path.name)
+    create_runtime(
+        "openvino", RuntimeSettings(ResolvedWeights(other, other.name), SIZE, "cpu", converted_dir=directory)
+    ).load()
+    assert len(list(directory.glob(f"*-{SIZE}-*.xml"))) == 2
 
 
 def test_onnx_int8_stays_near_eager_and_keeps_its_quantised_model(

@@ -1,0 +1,122 @@
+"""OpenVINO on the CPU: the loaded PyTorch model is converted by ``openvino.convert_model`` at the first start (no
+export step to run), kept on disk beside the weights, and compiled for latency in fp32.
+
+- **fp32 on purpose**: on CPUs with native bf16 (AVX-512 BF16, AMX) OpenVINO infers in bf16 unless told
+  otherwise; ``INFERENCE_PRECISION_HINT`` is set to f32, so masks hold exact parity with eager.
+- **The converted model** lives at ``<weights_dir>/openvino/<checkpoint>-<size>-<key>.xml`` (+ ``.bin``), the key a
+  digest of the checkpoint's sha256, the input shape, and the OpenVINO and torch versions: other weights or
+  another OpenVINO never reuse it. It is written under a lock (replicas starting together convert once) into a
+  staging folder and renamed into place, ``.bin`` before ``.xml`` (a reader looks for the ``.xml``).
+- **Shapes**: the batch axis is dynamic; height and width are the tier's. Not the quality tier: converted with a
+  dynamic height and width, the Swin backbone's padding and shifted-window mask arithmetic (Python on sizes) are
+  traced as constants of the example's size, and another size fails in a Reshape (measured with OpenVINO 2026.4);
+  a conversion per size would cost ~20 s for each new size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from serve_app.errors import ConfigurationError
+from serve_app.runtimes.base import Runtime
+from serve_app.runtimes.files import directory_lock
+from serve_app.runtimes.inspyrenet import LogitsModel, load_model, normalise_per_sample, to_model_tensor
+from serve_app.runtimes.onnx_artifacts import source_fingerprint
+
+logger = logging.getLogger(__name__)
+
+CONVERTED_DIR = "openvino"  # beside the checkpoints, under the weights directory
+
+
+class OpenVinoRuntime(Runtime):
+    name = "openvino"
+    exact = True
+    summary = (
+        "OpenVINO in fp32, converted from the loaded model at the first start (tens of seconds; kept beside the "
+        "weights for later starts): the fastest exact runtime on CPUs here (docs/benchmarks.md); `openvino` comes "
+        "with the `cpu` extra"
+    )
+    devices = "CPU; not the quality tier (its variable input size does not convert)"
+
+    def load(self) -> None:
+        if self.device.type != "cpu":
+            raise ConfigurationError("openvino runs on CPU only here (on a GPU use eager, onnx or fp16)")
+        if not self.settings.static_size:
+            raise ConfigurationError(
+                f"{self.name}: this tier's input size varies, and the converted model holds one size (use eager)"
+            )
+        import openvino as ov
+
+        s = self.settings
+        if s.converted_dir is None:
+            raise ConfigurationError("the openvino runtime needs a directory for its converted model")
+        key = hashlib.sha256(
+            "\n".join([source_fingerprint(s.weights), str(s.base_size), ov.__version__, torch.__version__]).encode()
+        ).hexdigest()[:12]
+        path = s.converted_dir / f"{Path(s.weights.label).stem}-{s.base_size}-{key}.xml"
+        try:
+            s.converted_dir.mkdir(parents=True, exist_ok=True)
+            with directory_lock(s.converted_dir, ".converting.lock"):
+                if not path.is_file():
+                    self._convert(path)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"openvino could not keep its converted model in {s.converted_dir} ({exc}): make it writable"
+            ) from exc
+        core = ov.Core()
+        self.compiled = core.compile_model(
+            core.read_model(path),
+            "CPU",
+            {
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": self.cpu_threads,
+                "INFERENCE_PRECISION_HINT": "f32",  # not the bf16 OpenVINO picks on bf16-capable CPUs
+            },
+        )
+        self._requests = threading.local()  # an infer request per calling thread
+        logger.info("openvino %s: %s on CPU, %d threads, fp32", ov.__version__, path.name, self.cpu_threads)
+
+    def _convert(self, path: Path) -> None:
+        """Convert the PyTorch model to OpenVINO's format, staged and renamed into place."""
+        import openvino as ov
+
+        s = self.settings
+        started = time.perf_counter()
+        model = LogitsModel(load_model(s.weights, s.base_size)).eval()
+        example = torch.zeros(1, 3, s.base_size, s.base_size)
+        with torch.no_grad():  # a dynamic batch axis
+            shape = ov.PartialShape([-1, 3, s.base_size, s.base_size])
+            converted = ov.convert_model(model, example_input=example, input=[shape])
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".converting-"))
+        try:
+            staged = staging / path.name
+            ov.save_model(converted, staged, compress_to_fp16=False)  # fp32 weights, as loaded
+            staged.with_suffix(".bin").replace(path.with_suffix(".bin"))
+            staged.replace(path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        logger.info("openvino: converted %s in %.1f s to %s", s.weights.label, time.perf_counter() - started, path)
+
+    def _request(self) -> Any:
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        return request
+
+    def _predict(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = to_model_tensor(images, self.device).contiguous()
+            request = self._request()
+            request.infer({0: x.numpy()})
+            logits = torch.from_numpy(np.array(request.get_output_tensor(0).data))  # a copy: the request's buffer
+            return normalise_per_sample(logits)[:, 0].numpy()
