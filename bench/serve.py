@@ -9,7 +9,7 @@
   where the time goes (decode, resize, queue, model, upsample, effect, encode: means of the service's
   Server-Timing headers).
 
-    python -m bench.serve                                     # fast tier, its configured runtime, mask + rgba
+    python -m bench.serve                                     # fast tier, its runtime in configs/cpu.yaml, mask + rgba
     python -m bench.serve --tiers fast,balanced --runtime fast=onnx --effects mask
 
 Writes ``<out>/serve.json``, ``serve.md`` and ``serve.png``. Without --weights it uses the segmenting test
@@ -41,6 +41,10 @@ from tests.support.reference import reference_remover
 PORT = 8797
 
 
+def cpu_config_args() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())["applications"][0]["args"]
+
+
 def start_service(weights: str, runtimes: dict[str, str], tiers: list[str], weights_dir: Path) -> None:
     import ray
     from ray import serve
@@ -48,12 +52,11 @@ def start_service(weights: str, runtimes: dict[str, str], tiers: list[str], weig
     from deployments.app import build_app
     from serve_app.schemas import AppConfig
 
-    config = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())["applications"][0]
-    args = config["args"]
-    args["tiers"] = {t: {**args["tiers"][t], "weights": weights, "runtime": runtimes.get(t, "eager")} for t in tiers}
+    args = cpu_config_args()
+    args["tiers"] = {t: {**args["tiers"][t], "weights": weights, "runtime": runtimes[t]} for t in tiers}
     args["default_tier"] = tiers[0]
     args["weights_dir"] = str(weights_dir)  # where the onnx runtime finds its export
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # its own Ray, never one running here
     serve.start(http_options={"host": "127.0.0.1", "port": PORT, "request_timeout_s": 900})
     serve.run(build_app(AppConfig.model_validate(args)), name="bench", route_prefix="/")
 
@@ -112,8 +115,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiers", default="fast")
     parser.add_argument("--effects", default="mask,rgba")
-    parser.add_argument("--runtime", action="append", default=[], help="TIER=RUNTIME (default eager)")
-    parser.add_argument("--weights-dir", type=Path, default=None, help="where ONNX exports live (for onnx)")
+    parser.add_argument(
+        "--runtime", action="append", default=[], help="TIER=RUNTIME (default: the tier's in configs/cpu.yaml)"
+    )
+    parser.add_argument(
+        "--weights-dir", type=Path, default=None, help="where ONNX exports and OpenVINO's converted models live"
+    )
     parser.add_argument("--weights", default=None)
     parser.add_argument("--photos", type=int, default=4)
     parser.add_argument("--concurrency", default="1,4,16")
@@ -124,7 +131,8 @@ def main() -> None:
 
         args.weights = str(segmenting_checkpoint()[0])
     tiers = args.tiers.split(",")
-    runtimes: dict[str, str] = dict(r.split("=") for r in args.runtime)
+    configured = {tier: settings.get("runtime", "eager") for tier, settings in cpu_config_args()["tiers"].items()}
+    runtimes: dict[str, str] = {**configured, **dict(r.split("=") for r in args.runtime)}
     weights_dir = args.weights_dir or Path(tempfile.mkdtemp())
     photos = [photo_1080p(p) for p in PHOTOS[: args.photos]]
     uploads = [jpeg(p) for p in photos]
@@ -139,7 +147,7 @@ def main() -> None:
                     row = {
                         "tier": tier,
                         "effect": effect,
-                        "runtime": runtimes.get(tier, "eager"),
+                        "runtime": runtimes[tier],
                         **load(client, uploads, tier, effect, concurrency, count),
                     }
                     rows.append(row)
@@ -149,12 +157,12 @@ def main() -> None:
 
     # The service idles (its replicas keep their models) while the same runtime runs here: what Ray's own
     # processes take from the model on this box, before any request goes through it.
-    beside = {t: bare_runtime(t, runtimes.get(t, "eager"), args.weights, weights_dir, args.photos) for t in tiers}
+    beside = {t: bare_runtime(t, runtimes[t], args.weights, weights_dir, args.photos) for t in tiers}
     serve.shutdown()
     ray.shutdown()
     summary = []
     for tier in tiers:
-        runtime = runtimes.get(tier, "eager")
+        runtime = runtimes[tier]
         bare = bare_runtime(tier, runtime, args.weights, weights_dir, args.photos)
         for effect in args.effects.split(","):
             remover = remover_seconds(tier, args.weights, photos, effect)

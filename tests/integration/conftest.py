@@ -28,8 +28,15 @@ APP_NAME = "bgserve"
 
 
 def place_test_weights(tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path) -> Path:
+    """A weights directory with the test checkpoint, and OpenVINO's converted models (configs/test.yaml's fast tier
+    runs openvino) kept beside the cached checkpoint: each service the tests start converts only once per machine."""
+    from serve_app.runtimes.openvino import CONVERTED_DIR
+
     directory = tmp_path_factory.mktemp("weights")
     (directory / "test-segmenting.pth").symlink_to(segmenting_weights)
+    converted = segmenting_weights.parent / CONVERTED_DIR
+    converted.mkdir(exist_ok=True)
+    (directory / CONVERTED_DIR).symlink_to(converted)
     return directory
 
 

@@ -340,7 +340,7 @@ def test_several_outputs_come_from_one_model_call_in_one_zip(client: httpx.Clien
     # Each entry is what a single request for it gives (these come from the cache: the same mask).
     single = remove(client, upload, tier="fast", effect="white", format="jpeg")
     assert single.headers["x-cache"] == "hit" and archive.read("white.jpg") == single.content
-    assert response.headers["x-runtime"] == single.headers["x-runtime"] == "eager"  # configs/test.yaml's; a hit too
+    assert response.headers["x-runtime"] == single.headers["x-runtime"] == "openvino"  # configs/test.yaml's; a hit too
     bad = client.post("/v1/remove", params={"outputs": "rgba,sepia"}, content=upload)
     assert bad.status_code == 422 and "'sepia' is not effect" in bad.json()["error"]["message"]
     no_background = client.post("/v1/remove", params={"tier": "fast", "outputs": "mask,background"}, content=upload)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,11 @@ class LocalRayCluster:
         for node in [*self.workers, *([self.head] if self.head else [])]:
             if node.process.poll() is None:
                 node.kill()
+        # `ray start --head` leaves its address where a later plain `ray.init()` on this machine would try to join
+        # it; `ray stop` would remove it, the kills above do not.
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.is_file() and current.read_text().strip() == f"{HEAD_IP}:{self.gcs_port}":
+            current.unlink()
 
 
 def cluster_env(weights_dir: Path) -> dict[str, str]:

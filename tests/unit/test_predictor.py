@@ -98,5 +98,6 @@ def test_warm_up_is_small_on_a_cpu_unless_the_runtime_specialises_on_shapes() ->
 
     assert warmup_side(balanced, runtime("eager", "cpu")) == 128
     assert warmup_side(balanced, runtime("compile", "cpu")) == balanced.base_size == 1024
+    assert warmup_side(balanced, runtime("openvino", "cpu")) == 1024  # converted for that size only
     assert warmup_side(balanced, runtime("eager", "cuda")) == 1024  # cuDNN tunes per shape: the real one
     assert warmup_side(quality, runtime("eager", "cuda")) == 512
