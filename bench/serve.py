@@ -37,6 +37,7 @@ from serve_app.catalogue import Tier
 from serve_app.mask_cache import RUN_THE_MODEL
 from serve_app.resize import to_model_input
 from tests.support.reference import reference_remover
+from tests.support.serve_run import wait_until_ready
 
 PORT = 8797
 
@@ -139,6 +140,7 @@ def main() -> None:
     start_service(args.weights, runtimes, tiers, weights_dir)
     rows: list[dict[str, Any]] = []
     with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=900) as client:
+        wait_until_ready(client)  # the ingress's view of its tiers follows serve.run by up to a second
         for tier in tiers:
             for effect in args.effects.split(","):
                 request(client, uploads[0], tier, effect)  # warm-up

@@ -1,0 +1,169 @@
+"""``bgserve-remove``: remove the backgrounds of a file, a folder (recursively) or a glob through a running service,
+with a progress bar, resume and a summary. Built on ``serve_app.client``.
+
+    bgserve-remove photos/ --out cutouts/                       # every image under photos/, rgba PNGs
+    bgserve-remove 'shots/*.jpg' --tier fast --effect white --format jpeg --out white/
+    bgserve-remove photo.jpg --url http://gpu-box:8000 --api-key "$KEY"
+
+Outputs are named ``<name>_<effect>.<ext>`` (as transparent-background's CLI names them), in ``--out`` (the
+input's folder structure kept). An output that exists is skipped, so a second run resumes where the first
+stopped. Each file is written to a temporary name and renamed when complete: an interrupted run (Ctrl-C) leaves
+no half-written output. The exit status is 0 when every image was done or skipped, 1 when any failed, 130 when
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from serve_app.client import DEFAULT_URL, Client, RemoveError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".avif"})
+EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+# Two fast-tier batches in flight (max_batch_size 4): the replica starts the next while the ingress encodes the last.
+DEFAULT_CONCURRENCY = 8
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: dict[Path, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.done / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.done} done, {self.skipped} skipped (already there), {len(self.failed)} failed in "
+            f"{self.seconds:.1f} s ({rate:.2f} images/s)"
+        )
+
+
+def find_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
+    """(image, its path relative to what was named) for each file, folder (recursively) or glob, sorted. A folder
+    keeps only image suffixes; a file named on its own is always taken (the service says if it is no image)."""
+    found: dict[Path, Path] = {}
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                    found.setdefault(file, file.relative_to(path))
+        elif path.is_file():
+            found.setdefault(path, Path(path.name))
+        else:
+            for match in sorted(glob.glob(pattern, recursive=True)):
+                if Path(match).is_file():
+                    found.setdefault(Path(match), Path(Path(match).name))
+    return sorted(found.items())
+
+
+def output_path(relative: Path, out: Path, effect: str, fmt: str) -> Path:
+    return out / relative.parent / f"{relative.stem}_{effect}.{EXTENSIONS[fmt]}"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place: readers (and a resumed run) see the
+    whole file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bgserve-remove", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
+    parser.add_argument("--url", default=os.environ.get("BGSERVE_URL", DEFAULT_URL), help="the service ($BGSERVE_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("BGSERVE_API_KEY"), help="($BGSERVE_API_KEY)")
+    parser.add_argument("--out", type=Path, default=Path("."), help="output folder (default: here)")
+    parser.add_argument("--tier", choices=("fast", "balanced", "quality"), help="default: the service's")
+    parser.add_argument("--effect", default="rgba", help="rgba, mask, color, blur, green, white, overlay")
+    parser.add_argument("--color", help="for --effect color: #rrggbb, a CSS name or r,g,b")
+    parser.add_argument("--format", default="png", choices=tuple(EXTENSIONS))
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
+    parser.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
+    parser.add_argument("--retries", type=int, default=4, help="for 503/504 answers and lost connections")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    inputs = find_inputs(args.inputs)
+    if not inputs:
+        print(f"no images found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 1
+    summary = Summary()
+    todo = []
+    for image, relative in inputs:
+        target = output_path(relative, args.out, args.effect, args.format)
+        if target.exists() and not args.overwrite:
+            summary.skipped += 1
+        else:
+            todo.append((image, target))
+    options = {"tier": args.tier, "effect": args.effect, "format": args.format, "color": args.color}
+    stop = threading.Event()
+    started = time.perf_counter()
+    client = Client(args.url, api_key=args.api_key, retries=args.retries)
+
+    def one(image: Path, target: Path) -> None:
+        if stop.is_set():  # interrupted: not started
+            raise InterruptedError
+        result = client.remove(image, **options)
+        write_atomically(target, result.content)
+
+    progress = tqdm(total=len(inputs), initial=summary.skipped, unit="image", dynamic_ncols=True)
+    pool = ThreadPoolExecutor(max(1, args.concurrency))
+    pending: dict[Future[None], Path] = {pool.submit(one, image, target): image for image, target in todo}
+    try:
+        while pending:
+            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in finished:
+                image = pending.pop(future)
+                error = future.exception()
+                if error is None:
+                    summary.done += 1
+                else:
+                    reason = str(error) if isinstance(error, RemoveError) else f"{type(error).__name__}: {error}"
+                    summary.failed[image] = reason
+                    progress.write(f"failed: {image}: {reason}")
+                progress.update(1)
+    except KeyboardInterrupt:
+        stop.set()
+        progress.close()
+        print("\ninterrupted: waiting for the requests in flight (no output is left half-written)", file=sys.stderr)
+        pool.shutdown(wait=True, cancel_futures=True)
+        client.close()
+        summary.seconds = time.perf_counter() - started
+        print(summary.line(), file=sys.stderr)
+        return 130
+    pool.shutdown()
+    client.close()
+    progress.close()
+    summary.seconds = time.perf_counter() - started
+    print(summary.line())
+    for image, reason in summary.failed.items():
+        print(f"  failed: {image}: {reason}")
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

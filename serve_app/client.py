@@ -1,0 +1,290 @@
+"""A typed Python client for the service, sync (``Client``) and async (``AsyncClient``), on httpx. It imports no
+Ray and no torch, so scripts and other services can use it on their own.
+
+    from serve_app.client import Client
+
+    with Client("http://localhost:8000", api_key="...") as client:
+        cutout = client.remove("photo.jpg", tier="fast").image()        # a PIL image (RGBA)
+        on_white = client.remove(pil_image, effect="white", format="jpeg").content   # the bytes
+        results = client.remove_many(paths, concurrency=8, effect="mask")
+
+An image is a path, bytes, a PIL image or an HxWx3 (or HxW) uint8 NumPy array. Errors come back as
+``RemoveError`` with the service's ``status``, ``code`` and ``message``. Answers that say "try again" (503 with
+``Retry-After``: overloaded, a tier starting, a lost ingress; 504 deadline_exceeded) and dropped connections are
+retried up to ``retries`` times, waiting what ``Retry-After`` says (else ``backoff_s``, doubling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ImageInput = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
+RETRIED_STATUSES = frozenset({503, 504})
+DEFAULT_URL = "http://localhost:8000"
+
+
+class RemoveError(Exception):
+    """The service refused or failed a request (its JSON error body), or it could not be reached."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> RemoveError:
+        try:
+            error = response.json()["error"]
+            code, message = str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", response.text[:500] or response.reason_phrase
+        return cls(response.status_code, code, message, retry_after(response))
+
+
+@dataclass(frozen=True)
+class Result:
+    """One answer: the bytes and what the headers say about them."""
+
+    content: bytes
+    media_type: str
+    headers: Mapping[str, str] = field(repr=False)
+    attempts: int = 1  # requests sent for it (more than one after retries)
+
+    def image(self) -> Image.Image:
+        """The answer as a PIL image (not for a ZIP of several outputs)."""
+        image = Image.open(io.BytesIO(self.content))
+        image.load()
+        return image
+
+    @property
+    def tier(self) -> str:
+        return self.headers.get("x-tier", "")
+
+    @property
+    def runtime(self) -> str:
+        return self.headers.get("x-runtime", "")
+
+    @property
+    def cached(self) -> bool:
+        return self.headers.get("x-cache") == "hit"
+
+    @property
+    def foreground(self) -> tuple[int, int, int, int]:
+        """The subject's box (top, left, width, height); all 0 when there is no subject."""
+        sides = ("top", "left", "width", "height")
+        return tuple(int(self.headers.get(f"x-foreground-{side}", 0)) for side in sides)  # type: ignore[return-value]
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+def image_bytes(image: ImageInput) -> bytes:
+    """What to upload: a file's bytes as they are; PIL images and arrays as PNG (lossless)."""
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        with open(image, "rb") as handle:
+            return handle.read()
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+    raise TypeError(f"an image is a path, bytes, a PIL image or a NumPy array, not {type(image).__name__}")
+
+
+def request_parts(image: ImageInput, background: ImageInput | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """httpx's arguments for one POST /v1/remove: query parameters (None left out, booleans as true/false) and the
+    multipart upload."""
+    params = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}
+    files = {"image": ("image", image_bytes(image), "application/octet-stream")}
+    if background is not None:
+        files["background"] = ("background", image_bytes(background), "application/octet-stream")
+    return {"params": params, "files": files}
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class _Retrying:
+    """What both clients share: when to retry and how long to wait."""
+
+    def __init__(self, retries: int, backoff_s: float) -> None:
+        self.retries, self.backoff_s = retries, backoff_s
+
+    def retriable(self, error: RemoveError, attempt: int) -> bool:
+        """A "try again" answer (or no answer at all), with retries left."""
+        return attempt <= self.retries and (error.status in RETRIED_STATUSES or error.status == 0)
+
+    def wait_s(self, attempt: int, error: RemoveError) -> float:
+        if error.retry_after is not None:
+            return error.retry_after
+        return self.backoff_s * 2 ** (attempt - 1)
+
+    @staticmethod
+    def outcome(response: httpx.Response, attempt: int) -> Result | RemoveError:
+        if response.status_code == 200:
+            media_type = response.headers.get("content-type", "").split(";")[0]
+            return Result(response.content, media_type, dict(response.headers), attempt)
+        return RemoveError.from_response(response)
+
+
+class Client(_Retrying):
+    """A sync client; safe to share between threads (``remove_many`` does)."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        retries: int = 4,
+        backoff_s: float = 1.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(retries, backoff_s)
+        self.http = httpx.Client(base_url=url, headers=auth_headers(api_key), timeout=timeout_s, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def tiers(self) -> list[dict[str, Any]]:
+        response = self.http.get("/v1/tiers")
+        if response.status_code != 200:
+            raise RemoveError.from_response(response)
+        return list(response.json())
+
+    def remove(
+        self,
+        image: ImageInput,
+        *,
+        tier: str | None = None,
+        effect: str | None = None,
+        background: ImageInput | None = None,
+        **options: Any,
+    ) -> Result:
+        """One image through ``POST /v1/remove``; ``options`` are its query parameters (color, format, crop,
+        outputs, ...). Raises ``RemoveError``."""
+        parts = request_parts(image, background, {"tier": tier, "effect": effect, **options})
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                outcome = self.outcome(self.http.post("/v1/remove", **parts), attempt)
+            except httpx.TransportError as exc:
+                outcome = RemoveError(0, "unreachable", f"{type(exc).__name__}: {exc}")
+            if isinstance(outcome, Result):
+                return outcome
+            if not self.retriable(outcome, attempt):
+                raise outcome
+            time.sleep(self.wait_s(attempt, outcome))
+
+    def remove_many(
+        self, images: Iterable[ImageInput], *, concurrency: int = 8, **options: Any
+    ) -> list[Result | RemoveError]:
+        """Each image through ``remove``, ``concurrency`` at a time, in order; a failure is returned in its place,
+        not raised, so one bad image does not lose the others."""
+
+        def one(image: ImageInput) -> Result | RemoveError:
+            try:
+                return self.remove(image, **options)
+            except RemoveError as exc:
+                return exc
+            except (OSError, TypeError) as exc:  # a path that cannot be read, an object that is no image
+                return RemoveError(0, "unreadable", str(exc))
+
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            return list(pool.map(one, images))
+
+
+class AsyncClient(_Retrying):
+    """The same for asyncio."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        retries: int = 4,
+        backoff_s: float = 1.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(retries, backoff_s)
+        self.http = httpx.AsyncClient(
+            base_url=url, headers=auth_headers(api_key), timeout=timeout_s, transport=transport
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def tiers(self) -> list[dict[str, Any]]:
+        response = await self.http.get("/v1/tiers")
+        if response.status_code != 200:
+            raise RemoveError.from_response(response)
+        return list(response.json())
+
+    async def remove(
+        self,
+        image: ImageInput,
+        *,
+        tier: str | None = None,
+        effect: str | None = None,
+        background: ImageInput | None = None,
+        **options: Any,
+    ) -> Result:
+        parts = request_parts(image, background, {"tier": tier, "effect": effect, **options})
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                outcome = self.outcome(await self.http.post("/v1/remove", **parts), attempt)
+            except httpx.TransportError as exc:
+                outcome = RemoveError(0, "unreachable", f"{type(exc).__name__}: {exc}")
+            if isinstance(outcome, Result):
+                return outcome
+            if not self.retriable(outcome, attempt):
+                raise outcome
+            await asyncio.sleep(self.wait_s(attempt, outcome))
+
+    async def remove_many(
+        self, images: Iterable[ImageInput], *, concurrency: int = 8, **options: Any
+    ) -> list[Result | RemoveError]:
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(image: ImageInput) -> Result | RemoveError:
+            async with gate:
+                try:
+                    return await self.remove(image, **options)
+                except RemoveError as exc:
+                    return exc
+                except (OSError, TypeError) as exc:
+                    return RemoveError(0, "unreadable", str(exc))
+
+        return list(await asyncio.gather(*(one(image) for image in images)))
