@@ -15,11 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from ray import serve
@@ -43,6 +44,7 @@ from serve_app.pipeline import decode_background, postprocess, preprocess, resul
 from serve_app.rembg_api import RembgParams
 from serve_app.schemas import AppConfig, MaskResult, RemoveParams, ServedTier, TierInfo
 
+WEB_PAGE = (Path(__file__).parent / "web" / "index.html").read_text()  # plain HTML, CSS and JS: no CDN, no build
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -147,8 +149,9 @@ class Ingress:
         return app
 
     # --- routes -------------------------------------------------------------------------------------------------
-    async def root(self, request: Request) -> RedirectResponse:
-        return RedirectResponse(f"{request.scope.get('root_path', '')}/docs")
+    async def root(self) -> HTMLResponse:
+        """The web page (deployments/web/index.html): upload, choose, compare, download; it calls the API."""
+        return HTMLResponse(WEB_PAGE)
 
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}

@@ -1,0 +1,77 @@
+"""The web page at `/`, in a real headless browser: Playwright driving Debian's Chromium against the real app.
+
+Set BGSERVE_SCREENSHOT_DIR to keep a screenshot of the page with a result there (docs/web-page.png is one)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support import scenes
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (scripts/test.sh installs Debian's)")
+
+
+@pytest.fixture
+def page(service: str) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 900})
+        page = context.new_page()
+        page.goto(f"{service}/")
+        page.wait_for_function("document.querySelectorAll('#tier option').length === 3")
+        yield page
+        browser.close()
+
+
+def test_upload_choose_compare_and_download(page: Any, tmp_path: Path) -> None:
+    photo = tmp_path / "scene.jpg"  # a subject the test weights find, on a background they leave
+    Image.fromarray(scenes.make_scene(np.random.default_rng(77), 128, 160).image).save(photo, quality=95)
+    assert [o.strip() for o in page.locator("#tier option").all_inner_texts()] == ["fast", "balanced", "quality"]
+    page.set_input_files("#file", str(photo))
+    assert "scene.jpg" in page.inner_text("#chosen")
+    page.select_option("#tier", "fast")
+    page.select_option("#effect", "color")
+    assert page.is_visible("#color")  # the colour picker appears for effect=color
+    page.fill("#color", "#00ff00")
+    page.select_option("#format", "jpeg")
+    page.click("#go")
+    page.wait_for_selector("#result", state="visible", timeout=60_000)
+    facts = page.inner_text("#facts")
+    assert "tier fast" in facts and "runtime openvino" in facts and "model" in facts, facts  # Server-Timing shown
+    assert page.get_attribute("#after", "src").startswith("blob:")
+    page.fill("#slider", "20")  # the before/after slider moves the cut between the two images
+    assert "20%" in page.get_attribute("#after", "style")
+    if os.environ.get("BGSERVE_SCREENSHOT_DIR"):
+        page.screenshot(path=str(Path(os.environ["BGSERVE_SCREENSHOT_DIR"]) / "web-page.png"), full_page=True)
+    with page.expect_download() as download:
+        page.click("#download button")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name == "scene_color.jpg"
+    result = Image.open(io.BytesIO(saved.read_bytes()))
+    assert result.format == "JPEG" and result.size == (160, 128)
+    corner = result.convert("RGB").getpixel((2, 2))  # the background is the chosen green
+    assert corner[1] > 200 and corner[0] < 80 and corner[2] < 80, corner
+
+
+def test_a_file_that_is_no_image_shows_the_services_message(page: Any, tmp_path: Path) -> None:
+    fake = tmp_path / "holiday.png"
+    fake.write_text("these are words, not pixels")
+    page.set_input_files("#file", str(fake))
+    page.click("#go")
+    page.wait_for_selector("#error", state="visible", timeout=30_000)
+    message = page.inner_text("#error")
+    assert "400 invalid_image" in message and "image" in message.split("(")[0], message
+    assert page.is_hidden("#result")
