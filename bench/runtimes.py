@@ -232,7 +232,7 @@ def device_name(device: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiers", default="fast,balanced,quality")
-    parser.add_argument("--runtimes", default="eager,torchscript,onnx,bf16,int8")
+    parser.add_argument("--runtimes", default="eager,openvino,onnx,torchscript,bf16,int8")
     parser.add_argument("--batches", default=None, help="default: 1,2,4,8 on CUDA; on CPU 1,2,4 for fast, else 1")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")

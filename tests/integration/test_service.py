@@ -267,6 +267,18 @@ def requests_served_by(cluster: Cluster, deployment: str) -> float:
     )
 
 
+def settled_count(cluster: Cluster, deployment: str, every_s: float = 2.5) -> float:
+    """``requests_served_by`` once two reads ``every_s`` apart agree: Ray exports metrics every second here, so a
+    request answered just before may not be counted yet."""
+    previous = requests_served_by(cluster, deployment)
+    while True:
+        time.sleep(every_s)
+        current = requests_served_by(cluster, deployment)
+        if current == previous:
+            return current
+        previous = current
+
+
 def test_a_repeated_image_is_served_from_the_mask_cache_without_a_model_call(
     client: httpx.Client, cluster: Cluster
 ) -> None:
@@ -311,7 +323,7 @@ def test_a_repeated_image_is_served_from_the_mask_cache_without_a_model_call(
 def test_several_outputs_come_from_one_model_call_in_one_zip(client: httpx.Client, cluster: Cluster) -> None:
     rng = np.random.default_rng(4343)
     upload = png_bytes(scenes.make_scene(rng, SCENE_HEIGHT, SCENE_WIDTH).image)  # drawn for this test only
-    served_before = requests_served_by(cluster, "fast")
+    served_before = settled_count(cluster, "fast")  # earlier tests' requests all counted
     response = client.post(
         "/v1/remove",
         params={"tier": "fast", "outputs": "rgba,white:jpeg,mask,overlay:webp", "refine": "none"},
