@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import os
 import sys
 import tempfile
@@ -33,6 +34,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 # Two fast-tier batches in flight (max_batch_size 4): the replica starts the next while the ingress encodes the last.
 DEFAULT_CONCURRENCY = 8
+UMASK = os.umask(0o022)  # read once, at import (changing it is process-wide, not for threads to do)
+os.umask(UMASK)
 
 
 @dataclass
@@ -62,10 +65,11 @@ def find_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
                     found.setdefault(file, file.relative_to(path))
         elif path.is_file():
             found.setdefault(path, Path(path.name))
-        else:
+        else:  # a glob: paths kept relative to its part before the first wildcard
+            base = Path(*[part for part in itertools.takewhile(lambda p: not glob.has_magic(p), path.parts)])
             for match in sorted(glob.glob(pattern, recursive=True)):
                 if Path(match).is_file():
-                    found.setdefault(Path(match), Path(Path(match).name))
+                    found.setdefault(Path(match), Path(match).relative_to(base))
     return sorted(found.items())
 
 
@@ -79,6 +83,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
+        os.fchmod(handle, 0o666 & ~UMASK)  # as an ordinary new file (mkstemp makes it 0600)
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         os.replace(staging, path)
@@ -113,12 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = Summary()
     todo = []
+    claimed: dict[Path, Path] = {}  # output -> the input that makes it
+    ours = f"_{args.effect}.{EXTENSIONS[args.format]}"
+    inputs = [(image, relative) for image, relative in inputs if not image.name.endswith(ours)]  # earlier outputs
     for image, relative in inputs:
         target = output_path(relative, args.out, args.effect, args.format)
-        if target.exists() and not args.overwrite:
+        if target in claimed:  # photo.jpg and photo.png would both make photo_rgba.png
+            summary.failed[image] = f"{target} is also {claimed[target]}'s output: rename one of them"
+        elif target.exists() and not args.overwrite:
             summary.skipped += 1
         else:
             todo.append((image, target))
+        claimed.setdefault(target, image)
     options = {"tier": args.tier, "effect": args.effect, "format": args.format, "color": args.color}
     stop = threading.Event()
     started = time.perf_counter()
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         result = client.remove(image, **options)
         write_atomically(target, result.content)
 
-    progress = tqdm(total=len(inputs), initial=summary.skipped, unit="image", dynamic_ncols=True)
+    progress = tqdm(total=len(inputs), initial=summary.skipped + len(summary.failed), unit="image", dynamic_ncols=True)
     pool = ThreadPoolExecutor(max(1, args.concurrency))
     pending: dict[Future[None], Path] = {pool.submit(one, image, target): image for image, target in todo}
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -85,11 +86,16 @@ class Result:
         return tuple(int(self.headers.get(f"x-foreground-{side}", 0)) for side in sides)  # type: ignore[return-value]
 
 
+MAX_RETRY_AFTER_S = 60.0  # a proxy's Retry-After of an hour should not stall a batch for that long
+
+
 def retry_after(response: httpx.Response) -> float | None:
+    """Seconds the answer asks to wait, kept within 0..MAX_RETRY_AFTER_S; None when absent or not a number."""
     try:
-        return float(response.headers["retry-after"])
+        seconds = float(response.headers["retry-after"])
     except (KeyError, ValueError):
         return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None
 
 
 def image_bytes(image: ImageInput) -> bytes:
@@ -211,8 +217,10 @@ class Client(_Retrying):
                 return self.remove(image, **options)
             except RemoveError as exc:
                 return exc
-            except (OSError, TypeError) as exc:  # a path that cannot be read, an object that is no image
+            except (OSError, TypeError, ValueError) as exc:  # a path that cannot be read, an object that is no image
                 return RemoveError(0, "unreadable", str(exc))
+            except httpx.HTTPError as exc:  # redirects, undecodable answers: this image's failure, not the batch's
+                return RemoveError(0, "http_error", f"{type(exc).__name__}: {exc}")
 
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
             return list(pool.map(one, images))
@@ -284,7 +292,9 @@ class AsyncClient(_Retrying):
                     return await self.remove(image, **options)
                 except RemoveError as exc:
                     return exc
-                except (OSError, TypeError) as exc:
+                except (OSError, TypeError, ValueError) as exc:
                     return RemoveError(0, "unreadable", str(exc))
+                except httpx.HTTPError as exc:
+                    return RemoveError(0, "http_error", f"{type(exc).__name__}: {exc}")
 
         return list(await asyncio.gather(*(one(image) for image in images)))

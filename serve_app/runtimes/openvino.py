@@ -36,6 +36,7 @@ from serve_app.runtimes.onnx_artifacts import source_fingerprint
 logger = logging.getLogger(__name__)
 
 CONVERTED_DIR = "openvino"  # beside the checkpoints, under the weights directory
+CONVERSION_VERSION = "1"  # bump when the converted graph changes (inspyrenet.py's model code, this conversion)
 
 
 class OpenVinoRuntime(Runtime):
@@ -61,13 +62,15 @@ class OpenVinoRuntime(Runtime):
         if s.converted_dir is None:
             raise ConfigurationError("the openvino runtime needs a directory for its converted model")
         key = hashlib.sha256(
-            "\n".join([source_fingerprint(s.weights), str(s.base_size), ov.__version__, torch.__version__]).encode()
+            "\n".join(
+                [CONVERSION_VERSION, source_fingerprint(s.weights), str(s.base_size), ov.__version__, torch.__version__]
+            ).encode()
         ).hexdigest()[:12]
         path = s.converted_dir / f"{Path(s.weights.label).stem}-{s.base_size}-{key}.xml"
         try:
             s.converted_dir.mkdir(parents=True, exist_ok=True)
             with directory_lock(s.converted_dir, ".converting.lock"):
-                if not path.is_file():
+                if not (path.is_file() and path.with_suffix(".bin").is_file()):
                     self._convert(path)
         except OSError as exc:
             raise ConfigurationError(

@@ -30,3 +30,25 @@ def test_inputs_are_files_folders_and_globs_and_outputs_keep_the_folders(tmp_pat
     assert [str(relative) for _, relative in found] == ["a.jpg", "notes.txt", "sub/b.PNG", "sub/d.tiff",
                                                         "sub/deeper/c.webp"]  # fmt: skip
     assert cli.output_path(Path("sub/b.PNG"), tmp_path / "out", "white", "jpeg") == tmp_path / "out/sub/b_white.jpg"
+
+
+def test_outputs_are_readable_as_ordinary_files(tmp_path: Path) -> None:
+    target = tmp_path / "x_rgba.png"
+    cli.write_atomically(target, b"png")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~cli.UMASK  # not mkstemp's 0600
+
+
+def test_two_inputs_with_one_output_name_and_earlier_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """photo.jpg and photo.png would both write photo_rgba.png: the second is refused, not silently overwritten;
+    a previous run's outputs in the input folder are not taken as inputs. (Nothing here reaches a service: the
+    one output that would be made exists already.)"""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("photo.jpg", "photo.png", "photo_rgba.png"):
+        (folder / name).write_bytes(b"")
+    assert cli.main([str(folder), "--out", str(folder), "--url", "http://127.0.0.1:9"]) == 1
+    out = capsys.readouterr().out
+    assert "0 done, 1 skipped (already there), 1 failed" in out
+    assert "photo.png" in out and "also" in out and "photo_rgba_rgba" not in out
