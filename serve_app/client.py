@@ -124,6 +124,23 @@ def request_parts(image: ImageInput, background: ImageInput | None, options: Map
     return {"params": params, "files": files}
 
 
+def as_failure(exc: Exception) -> RemoveError:
+    """One image's failure in ``remove_many``, returned in its place rather than raised: the service's answer as
+    it is; an unreadable input; an HTTP-level failure (redirects, an undecodable answer)."""
+    if isinstance(exc, RemoveError):
+        return exc
+    if isinstance(exc, httpx.HTTPError):
+        return RemoveError(0, "http_error", f"{type(exc).__name__}: {exc}")
+    return RemoveError(0, "unreadable", str(exc))  # a path that cannot be read, an object that is no image
+
+
+def unreachable(exc: httpx.TransportError) -> RemoveError:
+    return RemoveError(0, "unreachable", f"{type(exc).__name__}: {exc}")
+
+
+FAILURES = (RemoveError, OSError, TypeError, ValueError, httpx.HTTPError)
+
+
 def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -199,7 +216,7 @@ class Client(_Retrying):
             try:
                 outcome = self.outcome(self.http.post("/v1/remove", **parts), attempt)
             except httpx.TransportError as exc:
-                outcome = RemoveError(0, "unreachable", f"{type(exc).__name__}: {exc}")
+                outcome = unreachable(exc)
             if isinstance(outcome, Result):
                 return outcome
             if not self.retriable(outcome, attempt):
@@ -215,12 +232,8 @@ class Client(_Retrying):
         def one(image: ImageInput) -> Result | RemoveError:
             try:
                 return self.remove(image, **options)
-            except RemoveError as exc:
-                return exc
-            except (OSError, TypeError, ValueError) as exc:  # a path that cannot be read, an object that is no image
-                return RemoveError(0, "unreadable", str(exc))
-            except httpx.HTTPError as exc:  # redirects, undecodable answers: this image's failure, not the batch's
-                return RemoveError(0, "http_error", f"{type(exc).__name__}: {exc}")
+            except FAILURES as exc:
+                return as_failure(exc)
 
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
             return list(pool.map(one, images))
@@ -274,7 +287,7 @@ class AsyncClient(_Retrying):
             try:
                 outcome = self.outcome(await self.http.post("/v1/remove", **parts), attempt)
             except httpx.TransportError as exc:
-                outcome = RemoveError(0, "unreachable", f"{type(exc).__name__}: {exc}")
+                outcome = unreachable(exc)
             if isinstance(outcome, Result):
                 return outcome
             if not self.retriable(outcome, attempt):
@@ -290,11 +303,7 @@ class AsyncClient(_Retrying):
             async with gate:
                 try:
                     return await self.remove(image, **options)
-                except RemoveError as exc:
-                    return exc
-                except (OSError, TypeError, ValueError) as exc:
-                    return RemoveError(0, "unreadable", str(exc))
-                except httpx.HTTPError as exc:
-                    return RemoveError(0, "http_error", f"{type(exc).__name__}: {exc}")
+                except FAILURES as exc:
+                    return as_failure(exc)
 
         return list(await asyncio.gather(*(one(image) for image in images)))
