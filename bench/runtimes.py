@@ -6,7 +6,7 @@ seed's baseline: ``transparent_background.Remover(mode=...).process()`` on the s
 Each (tier, runtime) runs in a fresh process, so peak memory is its own.
 
     python -m bench.runtimes                                   # CPU defaults (see --help), ~30 min on 2 cores
-    python -m bench.runtimes --tiers fast --batches 1,2,4,8 --device cuda
+    python -m bench.runtimes --device cuda --runtimes eager,fp16,bf16,torchscript --repeats 5   # batches 1..32
     python -m bench.runtimes --record ~/.cache/bgserve/weights/runtime-measurements.json   # feeds runtime: auto
 
 Writes ``<out>/runtimes.json``, ``runtimes.md`` and ``runtimes.png``. Without --weights it uses the segmenting test
@@ -84,17 +84,28 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     images = model_inputs(args.tier, max(batches))
     rows = []
     reference_file = Path(args.scratch) / f"eager-{args.tier}.npy"
+    cuda = args.device == "cuda"
     for batch in batches:
-        runtime.predict(images[:batch])  # warm-up: kernels, allocator, compile
+        if cuda:  # this batch size's own peak: what a replica serving it needs
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        runtime.predict(images[:batch])  # warm-up: kernels, allocator, cuDNN autotune, trace or compile
+        first_call = time.perf_counter() - started
         times = []
         for _ in range(args.repeats):
             started = time.perf_counter()
             masks = runtime.predict(images[:batch])
-            if args.device == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - started)
         per_image = statistics.median(times) / batch
-        rows.append({"batch": batch, "seconds_per_image": per_image, "images_per_s": 1 / per_image})
+        row = {"batch": batch, "seconds_per_image": per_image, "images_per_s": 1 / per_image}
+        row["first_call_seconds"] = first_call
+        if cuda:
+            row["gpu_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            row["gpu_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+        rows.append(row)
     # Parity at the tier's size, unless eager's masks saturate there (almost all exactly 0 or 1: any runtime would
     # "match"), as the test weights do away from the 128 px they were trained at; then at 128 px, where they are
     # soft. Eager decides and leaves its reference at the size it chose; the others follow it.
@@ -113,10 +124,15 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     if args.runtime == "eager":
         np.save(reference_file, masks)
     parity = compare(type(runtime), np.load(reference_file), masks)
+    used_mb = None
+    if args.device == "cuda":  # this process's whole footprint on the card: context, allocator cache, libraries
+        free, total = torch.cuda.mem_get_info()
+        used_mb = (total - free) / 2**20
     return {
         "tier": args.tier,
         "runtime": args.runtime,
         "device": args.device,
+        "device_used_mb": used_mb,
         "rows": rows,
         "peak_memory_mb": peak_memory_mb(args.device),
         "load_seconds": load_seconds,
@@ -159,9 +175,12 @@ def markdown(results: list[dict[str, Any]], baselines: dict[str, dict[str, Any]]
         "size in this run; parity on scenes and photos vs eager, at the tier's size unless the masks saturate there "
         "(the test weights do away from 128 px), then at 128 px.",
         "",
-        "| tier | runtime | batch | s/image | images/s | vs eager | peak MB | max abs | mean abs | IoU | holds "
-        "| at px |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "On CUDA, peak MB is that batch size's own peak (allocated / reserved by PyTorch's allocator, without the "
+        "CUDA context); first call is the untimed warm-up of that batch size (cuDNN autotune, trace or compile).",
+        "",
+        "| tier | runtime | batch | s/image | images/s | vs eager | peak MB | first call s | max abs | mean abs | IoU "
+        "| holds | at px |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     eager = {
         (r["tier"], row["batch"]): row["seconds_per_image"]
@@ -176,10 +195,16 @@ def markdown(results: list[dict[str, Any]], baselines: dict[str, dict[str, Any]]
         p = r["parity"]
         for row in r["rows"]:
             ratio = eager.get((r["tier"], row["batch"]), float("nan")) / row["seconds_per_image"]
+            peak = (
+                f"{row['gpu_allocated_mb']:.0f} / {row['gpu_reserved_mb']:.0f}"
+                if "gpu_allocated_mb" in row
+                else f"{r['peak_memory_mb']:.0f}"
+            )
             lines.append(
-                f"| {r['tier']} | {r['runtime']} | {row['batch']} | {row['seconds_per_image']:.3f} | "
-                f"{row['images_per_s']:.2f} | {ratio:.2f}x | {r['peak_memory_mb']:.0f} | {p['max_abs']:.2e} |"
-                f" {p['mean_abs']:.2e} | {p['iou']:.4f} | {'yes' if p['holds'] else 'NO'} | {p['size']} |"
+                f"| {r['tier']} | {r['runtime']} | {row['batch']} | {row['seconds_per_image']:.4f} | "
+                f"{row['images_per_s']:.2f} | {ratio:.2f}x | {peak} | {row.get('first_call_seconds', float('nan')):.2f}"
+                f" | {p['max_abs']:.2e} | {p['mean_abs']:.2e} | {p['iou']:.4f} | {'yes' if p['holds'] else 'NO'} |"
+                f" {p['size']} |"
             )
     lines += [
         "",
@@ -233,7 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiers", default="fast,balanced,quality")
     parser.add_argument("--runtimes", default="eager,openvino,onnx,torchscript,bf16,int8")
-    parser.add_argument("--batches", default=None, help="default: 1,2,4,8 on CUDA; on CPU 1,2,4 for fast, else 1")
+    parser.add_argument("--batches", default=None, help="default: 1,2,4,8,16,32 on CUDA; on CPU 1,2,4 for fast, else 1")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default=None, help="a checkpoint path, or untrained; default: test weights")
@@ -258,10 +283,25 @@ def main() -> None:
         args.weights = str(segmenting_checkpoint()[0])
     runtimes = args.runtimes.split(",")
     runtimes = ["eager", *[r for r in runtimes if r != "eager"]]  # eager first: the others compare with it
-    results, baselines = [], {}
+    name = device_name(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    baselines: dict[str, dict[str, Any]] = {}
+    report = {
+        "device": name,
+        "weights": args.weights,
+        "repeats": args.repeats,
+        "results": results,
+        "remover": baselines,
+    }
+
+    def save() -> None:  # after every child: a run cut short (a device lease) keeps what it measured
+        report["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        (args.out / "runtimes.json").write_text(json.dumps(report, indent=2))
+
     with tempfile.TemporaryDirectory() as scratch:
         for tier in args.tiers.split(","):
-            batches = args.batches or ("1,2,4,8" if args.device == "cuda" else "1,2,4" if tier == "fast" else "1")
+            batches = args.batches or ("1,2,4,8,16,32" if args.device == "cuda" else "1,2,4" if tier == "fast" else "1")
             common = [
                 "--scratch",
                 scratch,
@@ -279,21 +319,13 @@ def main() -> None:
                 result.setdefault("tier", tier)
                 result.setdefault("runtime", runtime)
                 results.append(result)
+                save()
                 print(json.dumps(result)[:400], flush=True)
             if not args.no_remover and args.weights != "untrained":
                 baselines[tier] = run_child("--remover-worker", tier, *common)
+                save()
                 print(tier, "Remover", baselines[tier], flush=True)
-    name = device_name(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "device": name,
-        "weights": args.weights,
-        "repeats": args.repeats,
-        "results": results,
-        "remover": baselines,
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    (args.out / "runtimes.json").write_text(json.dumps(report, indent=2))
+    save()
     (args.out / "runtimes.md").write_text(markdown(results, baselines, name))
     chart(results, args.out / "runtimes.png")
     print(markdown(results, baselines, name))

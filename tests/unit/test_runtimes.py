@@ -2,7 +2,7 @@
 
 ONNX and TorchScript must match eager to 1e-4 (max abs on the mask); bf16 and INT8 to one grey level on
 average with the same thresholded mask (IoU >= 0.99). torch.compile (minutes of compiling on CPU) is behind
-`-m slow`, fp16 behind `-m gpu`.
+`-m slow`; every PyTorch runtime on CUDA (fp16 among them) behind `-m gpu`.
 """
 
 from __future__ import annotations
@@ -243,12 +243,26 @@ def test_compile_holds_parity(weights: ResolvedWeights, batch: np.ndarray, refer
     check(loaded("compile", weights), batch, reference)
 
 
+CUDA_RUNTIMES = ["eager", "torchscript", "fp16", "bf16", "compile"]  # ONNX on CUDA needs onnxruntime-gpu
+
+
+@pytest.fixture(scope="module")
+def cuda_reference(weights: ResolvedWeights, batch: np.ndarray) -> np.ndarray:
+    """Eager fp32 on the same GPU (TF32 off, the service's default): what every CUDA runtime is held to."""
+    eager = create_runtime("eager", RuntimeSettings(weights, SIZE, "cuda"))
+    eager.load()
+    return eager.predict(batch)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_fp16_holds_parity_on_cuda(weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray) -> None:
-    runtime = create_runtime("fp16", RuntimeSettings(weights, SIZE, "cuda"))
+@pytest.mark.parametrize("name", CUDA_RUNTIMES)
+def test_runtime_holds_parity_and_batches_exactly_on_cuda(
+    name: str, weights: ResolvedWeights, batch: np.ndarray, cuda_reference: np.ndarray
+) -> None:
+    runtime = create_runtime(name, RuntimeSettings(weights, SIZE, "cuda"))
     runtime.load()
-    check(runtime, batch, reference)
+    check(runtime, batch, cuda_reference)
 
 
 def test_auto_ranks_measured_runtimes_that_held_parity() -> None:

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Every GPU measurement in one call of a lent GPU machine, most valuable first, each step under its own time
+# limit so a short lease keeps what was measured. Results (JSON + logs) go to $OUT (default bench/results/gpu).
+#
+# That machine has PyTorch but not this project's other needs, and cannot download: prepare here, in the repo root,
+#   python -m bench.test_weights_kit pack .gpucarry/test-weights     # the segmenting test weights in 15 MB
+#   pip download --no-deps ... -d .whl <what transparent-background and pydantic need>   (docs/benchmarks.md#gpu)
+# then run `bash bench/gpu.sh` there with .whl and .gpucarry carried. On a GPU box with `pip install -e .[gpu]`
+# done, run it as it is: the wheel step is skipped when there are no wheels.
+set -u
+OUT=${OUT:-bench/results/gpu}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+PY=${PYTHON:-python3}
+started=$SECONDS
+step() { echo "=== $(date +%T) +$((SECONDS - started))s: $*"; }
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  step "installing the carried wheels"
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+export BGSERVE_TEST_CACHE=${BGSERVE_TEST_CACHE:-/tmp/bgserve-test-weights}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+$PY -c "import torch, pydantic, transparent_background; print('torch', torch.__version__, torch.cuda.get_device_name())" \
+  || exit 1
+
+step "test weights"
+if [ -d .gpucarry/test-weights ]; then
+  $PY -m bench.test_weights_kit unpack .gpucarry/test-weights || exit 1
+fi
+WEIGHTS=$($PY -c "from tests.support.segmenting_weights import segmenting_checkpoint as s; print(s()[0])") || exit 1
+echo "weights: $WEIGHTS"
+
+bench() {  # name, time limit, bench.runtimes arguments...
+  local name=$1 limit=$2
+  shift 2
+  step "bench.runtimes $name: $*"
+  timeout "$limit" $PY -m bench.runtimes --device cuda --weights "$WEIGHTS" --out "/tmp/gpu-$name" "$@"
+  cp "/tmp/gpu-$name/runtimes.json" "$OUT/$name.json" 2>/dev/null
+}
+
+RUNTIMES=eager,fp16,bf16,torchscript
+bench fast "${FAST_LIMIT:-130}" --tiers fast --runtimes $RUNTIMES --batches 1,2,4,8,16,32 --repeats 3
+bench balanced "${BALANCED_LIMIT:-160}" --tiers balanced --runtimes $RUNTIMES --batches 1,2,4,8,16 --repeats 3
+step "pytest -m gpu"
+timeout "${PYTEST_LIMIT:-120}" $PY -m pytest -m gpu -p no:cacheprovider -v tests/unit/test_runtime_cuda.py \
+  tests/unit/test_runtimes.py 2>&1 | tee "$OUT/pytest-gpu.txt"
+bench quality "${QUALITY_LIMIT:-80}" --tiers quality --runtimes eager,fp16,bf16 --batches 1,2,4,8 --repeats 2
+bench compile "${COMPILE_LIMIT:-120}" --tiers fast --runtimes eager,compile --batches 1,8 --repeats 3 --no-remover
+step "done"
