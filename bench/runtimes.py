@@ -79,9 +79,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         runtime = load_runtime(tier)
         return runtime, export_seconds, time.perf_counter() - started
 
-    runtime, export_seconds, load_seconds = make(None)
+    runtime, export_seconds, load_seconds = make(args.base_size)
     batches = [int(b) for b in args.batches.split(",")]
-    images = model_inputs(args.tier, max(batches))
+    images = model_inputs(args.tier, max(batches), args.base_size)
     rows = []
     reference_file = Path(args.scratch) / f"eager-{args.tier}.npy"
     cuda = args.device == "cuda"
@@ -147,7 +147,7 @@ def remover_worker(args: argparse.Namespace) -> dict[str, Any]:
     from serve_app.catalogue import Tier
     from tests.support.reference import reference_remover
 
-    with reference_remover(Tier(args.tier), Path(args.weights), device=args.device) as remover:
+    with reference_remover(Tier(args.tier), Path(args.weights), args.base_size, args.device) as remover:
         image = Image.fromarray(photo_1080p())
         remover.process(image, type="map")
         times = []
@@ -230,6 +230,8 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tiers = sorted({r["tier"] for r in results if "rows" in r}, key=["fast", "balanced", "quality"].index)
+    if not tiers:  # everything failed: the Markdown says why
+        return
     fig, axes = plt.subplots(1, len(tiers), figsize=(5 * len(tiers), 4), squeeze=False)
     for ax, tier in zip(axes[0], tiers, strict=True):
         for r in results:
@@ -268,6 +270,9 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2, metavar=("TIER", "RUNTIME"), help=argparse.SUPPRESS)
     parser.add_argument("--remover-worker", metavar="TIER", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--base-size", type=int, help="one model input side for every tier (rehearsals); default: each tier's"
+    )
     args = parser.parse_args()
     if args.worker:
         args.tier, args.runtime = args.worker
@@ -313,6 +318,7 @@ def main() -> None:
                 str(args.repeats),
                 "--batches",
                 batches,
+                *(["--base-size", str(args.base_size)] if args.base_size else []),
             ]
             for runtime in runtimes:
                 result = run_child("--worker", tier, runtime, *common)
