@@ -43,7 +43,14 @@ PORT = 8797
 
 
 def cpu_config_args() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())["applications"][0]["args"]
+    """The CPU config's builder args, with each tier's batching from its `deployments:` user_config (which
+    `serve run configs/cpu.yaml` applies and serve.run here would not)."""
+    application = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())["applications"][0]
+    args: dict[str, Any] = application["args"]
+    for deployment in application.get("deployments", []):
+        if deployment["name"] in args["tiers"] and "user_config" in deployment:
+            args["tiers"][deployment["name"]]["batching"] = deployment["user_config"]
+    return args
 
 
 def start_service(weights: str, runtimes: dict[str, str], tiers: list[str], weights_dir: Path) -> None:
@@ -51,13 +58,17 @@ def start_service(weights: str, runtimes: dict[str, str], tiers: list[str], weig
     from ray import serve
 
     from deployments.app import build_app
+    from deployments.proxy_guard import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
     from serve_app.schemas import AppConfig
 
     args = cpu_config_args()
     args["tiers"] = {t: {**args["tiers"][t], "weights": weights, "runtime": runtimes[t]} for t in tiers}
     args["default_tier"] = tiers[0]
     args["weights_dir"] = str(weights_dir)  # where the onnx runtime finds its export
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # its own Ray, never one running here
+    # As scripts/serve.sh starts the CPU config: the proxy guard, Serve's controller loop at 0.5 s, the dashboard on.
+    os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)
+    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
+    ray.init(address="local", include_dashboard=True, log_to_driver=False)  # its own Ray, never one running here
     serve.start(http_options={"host": "127.0.0.1", "port": PORT, "request_timeout_s": 900})
     serve.run(build_app(AppConfig.model_validate(args)), name="bench", route_prefix="/")
 

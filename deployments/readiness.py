@@ -2,7 +2,8 @@
 
 A background thread asks Serve's controller (``serve.status()``) which tier deployments have a running replica,
 the cluster whether it has a GPU, and the start-up board where starting replicas are (``startup_board.py``),
-every ``REFRESH_S``. A request only reads the last snapshot: a slow or
+every ``REFRESH_S`` while anything is starting or changing, every ``STEADY_REFRESH_S`` once every deployment is
+healthy with all its replicas running. A request only reads the last snapshot: a slow or
 stopped controller delays the next snapshot, never a request. If the controller stops answering, the last known
 state stands; with none known, requests are let through (and Serve's own errors on the call say what is wrong:
 ``model_client.py``).
@@ -27,6 +28,11 @@ from serve_app.startup import FAILED, READY
 logger = logging.getLogger(SERVE_LOGGER)
 
 REFRESH_S = 1.0
+# Once all is healthy and running. Each serve.status() costs this replica and Serve's controller CPU time (it
+# rebuilds and pickles every deployment's config): read every second, it took ~3 % of a core on an idle 2-core box,
+# time the model lost (docs/benchmarks.md). A tier that fails while steady is seen within this; Serve's router stops
+# sending it requests on its own.
+STEADY_REFRESH_S = 5.0
 FIRST_SNAPSHOT_WAIT_S = 5.0  # at start only: how long the ingress waits for its first look at the tiers
 
 
@@ -41,12 +47,23 @@ def _value(enum_or_str: Any) -> str:
     return str(getattr(enum_or_str, "value", enum_or_str))
 
 
+def settled(snapshot: ServeSnapshot) -> bool:
+    """Every deployment healthy with only running replicas, and no replica reporting a start-up."""
+    if not snapshot.deployments:
+        return False
+    steady = all(
+        _value(d.status) == "HEALTHY"
+        and all(_value(state) == "RUNNING" or not n for state, n in d.replica_states.items())
+        for d in snapshot.deployments.values()
+    )
+    return steady and all(progress.phase == READY for progress in snapshot.startup.values())
+
+
 class TierReadiness:
     """The tiers' states from a snapshot of Serve's status that a background thread keeps fresh."""
 
-    def __init__(self, app_name: str, refresh_s: float = REFRESH_S) -> None:
+    def __init__(self, app_name: str) -> None:
         self.app_name = app_name
-        self.refresh_s = refresh_s
         self.snapshot = ServeSnapshot()
         self.board = BoardReader(app_name)
         self._first = threading.Event()
@@ -79,7 +96,7 @@ class TierReadiness:
                 if not failing:  # once per outage, not once a second
                     logger.warning("could not read Serve's status; keeping the last known tier states", exc_info=True)
                 failing = True
-            time.sleep(self.refresh_s)
+            time.sleep(STEADY_REFRESH_S if not failing and settled(self.snapshot) else REFRESH_S)
 
     def _state(self, name: str) -> tuple[int | None, str, str]:
         """(serving replicas, or None when not known yet; Serve's status; Serve's message) of a deployment."""

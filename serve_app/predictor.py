@@ -112,7 +112,7 @@ def predict_grouped(
 CPU_WARMUP_SIDE = 128
 # Runtimes that warm up at the tier's real size: compile and torchscript trace or compile for the shapes they first
 # see; openvino's converted model takes only its tier's size.
-SHAPE_SPECIALISED = frozenset({"compile", "torchscript", "openvino"})
+SHAPE_SPECIALISED = frozenset({"compile", "torchscript", "openvino", "openvino_bf16"})
 
 
 def warmup_side(tier: ServedTier, runtime: Runtime) -> int:

@@ -15,7 +15,7 @@ from serve_app.runtimes.base import Runtime, RuntimeSettings
 from serve_app.runtimes.compiled import CompileRuntime, TorchScriptRuntime
 from serve_app.runtimes.eager import EagerRuntime
 from serve_app.runtimes.onnx import OnnxInt8Runtime, OnnxRuntime
-from serve_app.runtimes.openvino import OpenVinoRuntime
+from serve_app.runtimes.openvino import OpenVinoBF16Runtime, OpenVinoRuntime
 from serve_app.runtimes.parity import parity_rule
 from serve_app.runtimes.precision import BF16Runtime, FP16Runtime, Int8Runtime
 
@@ -31,6 +31,7 @@ RUNTIMES: dict[str, type[Runtime]] = {
         BF16Runtime,
         FP16Runtime,
         CompileRuntime,
+        OpenVinoBF16Runtime,
     )
 }
 

@@ -146,6 +146,20 @@ def test_openvino_holds_parity_and_keeps_its_converted_model(
     assert xml.stat().st_mtime_ns == before and len(list(converted_dir.glob("*.xml"))) == 1
 
 
+def test_openvino_bf16_holds_the_reduced_bound_where_the_cpu_has_bf16(
+    converted_dir: Path, weights: ResolvedWeights, batch: np.ndarray, reference: np.ndarray
+) -> None:
+    """The same converted model inferred in bf16: one grey level on average and the same thresholded mask, each
+    image of a batch within that bound of itself alone; refused where bf16 would be emulated."""
+    runtime = create_runtime("openvino_bf16", RuntimeSettings(weights, SIZE, "cpu", converted_dir=converted_dir))
+    if not native_bf16(torch.device("cpu")):
+        with pytest.raises(ConfigurationError, match="no bf16 arithmetic"):
+            runtime.load()
+        return
+    runtime.load()
+    check(runtime, batch, reference)
+
+
 def test_openvino_refuses_the_quality_tiers_varying_sizes(converted_dir: Path, weights: ResolvedWeights) -> None:
     """Converted with a dynamic height and width, the model fails at any other size (Swin's padding is traced as
     constants): refused at load, with what to use instead, rather than failing requests."""
