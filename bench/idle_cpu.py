@@ -99,7 +99,8 @@ def main() -> None:
         command = [sys.executable, "-m", "bench.idle_cpu", "--child", loop_s, "--seconds", str(args.seconds)]
         command += ["--settle", str(args.settle)]
         subprocess.run(command, check=True, env={**os.environ, "BENCH_DIR": args.weights_dir})
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)  # each run starts its own Ray
+        ray = Path(sys.executable).with_name("ray")  # each run starts its own Ray
+        subprocess.run([str(ray), "stop", "--force"], capture_output=True)
 
 
 if __name__ == "__main__":
