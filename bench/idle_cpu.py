@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import httpx
+import ray
+from ray import serve
 
 from bench.serve import PORT, start_service
 from tests.support.segmenting_weights import segmenting_checkpoint
@@ -26,19 +28,35 @@ from tests.support.segmenting_weights import segmenting_checkpoint
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def ray_processes() -> dict[int, str]:
-    """pid -> name of every process of the local Ray (its workers name themselves ray::...)."""
-    found = {}
+def descendants(root: int) -> set[int]:
+    """Every process under ``root``: the Ray this benchmark started (its GCS and raylet, their workers), not any other
+    Ray on the machine."""
+    parents = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def ray_processes() -> dict[int, str]:
+    """pid -> name of each process of the Ray started here (its workers name themselves ray::...)."""
+    found = {}
+    for pid in descendants(os.getpid()):
         try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        for marker in ("ray::", "gcs_server", "raylet", "dashboard", "log_monitor", "runtime_env", "monitor.py"):
+        # dashboard before raylet: the dashboard agent's command line names the raylet (--raylet-name=...)
+        for marker in ("ray::", "dashboard", "gcs_server", "raylet", "log_monitor", "runtime_env", "monitor.py"):
             if marker in command:
-                found[int(entry.name)] = command.split()[0] if marker == "ray::" else marker
+                found[pid] = command.split()[0] if marker == "ray::" else marker
                 break
     return found
 
@@ -81,6 +99,8 @@ def child(loop_s: str, seconds: float, settle_s: float) -> None:
     for name, percent in sorted(usage.items(), key=lambda kv: -kv[1]):
         print(f"  {percent:5.2f} %  {name}")
     print(f"  {sum(usage.values()):5.2f} %  all of Ray and Serve (of one core)", flush=True)
+    serve.shutdown()
+    ray.shutdown()  # the Ray this child started, and only it
 
 
 def main() -> None:
@@ -99,8 +119,6 @@ def main() -> None:
         command = [sys.executable, "-m", "bench.idle_cpu", "--child", loop_s, "--seconds", str(args.seconds)]
         command += ["--settle", str(args.settle)]
         subprocess.run(command, check=True, env={**os.environ, "BENCH_DIR": args.weights_dir})
-        ray = Path(sys.executable).with_name("ray")  # each run starts its own Ray
-        subprocess.run([str(ray), "stop", "--force"], capture_output=True)
 
 
 if __name__ == "__main__":

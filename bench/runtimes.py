@@ -125,7 +125,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         np.save(reference_file, masks)
     parity = compare(type(runtime), np.load(reference_file), masks)
     used_mb = None
-    if args.device == "cuda":  # this process's whole footprint on the card: context, allocator cache, libraries
+    if args.device == "cuda":  # in use on the whole card at the end: this process's footprint where it is alone there
         free, total = torch.cuda.mem_get_info()
         used_mb = (total - free) / 2**20
     return {

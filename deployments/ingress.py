@@ -56,13 +56,13 @@ class Ingress:
         route_core_logs_to_serve()
         self.config = config
         self.tiers = tiers
+        self.readiness = TierReadiness(serve.get_replica_context().app_name)
         self.models = {
-            tier: ModelClient(tier.value, models[tier.value], served.config.deadline_s)
+            tier: ModelClient(tier.value, models[tier.value], served.config.deadline_s, self.readiness.refresh_now)
             for tier, served in tiers.items()
         }
         self.admission = Admission(config.image_request_limit())
         self.mask_cache = MaskCache(int(config.ingress.mask_cache_mb * 1024 * 1024))
-        self.readiness = TierReadiness(serve.get_replica_context().app_name)
         self.cpu_pool = ThreadPoolExecutor(config.ingress.cpu_workers, thread_name_prefix="ingress-cpu")
         # pymatting (rgba) loads or compiles its numba kernels on first use: do it now, not in a request.
         threading.Thread(target=warm_up_matting, name="warm-up-matting", daemon=True).start()

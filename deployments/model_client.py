@@ -5,6 +5,7 @@ keep: past it the call is cancelled and the model skips the image if it has not 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 from ray.exceptions import RayActorError, RayTaskError
@@ -19,10 +20,13 @@ logger = logging.getLogger(SERVE_LOGGER)
 
 
 class ModelClient:
-    def __init__(self, tier: str, handle: DeploymentHandle, deadline_s: float) -> None:
+    def __init__(
+        self, tier: str, handle: DeploymentHandle, deadline_s: float, on_tier_trouble: Callable[[], None] = lambda: None
+    ) -> None:
         self.tier = tier
         self.handle = handle
         self.deadline_s = deadline_s
+        self.on_tier_trouble = on_tier_trouble  # a replica died or the tier is unavailable: look at Serve's status now
 
     async def predict(self, model_input: np.ndarray) -> MaskResult:
         # Wall-clock time: the replica may be another process or node (clocks kept by NTP); it skips the image
@@ -43,9 +47,11 @@ class ModelClient:
                     raise exc.cause from None
                 raise
             except RayActorError as exc:
+                self.on_tier_trouble()
                 logger.warning("tier %s replica died during a request (attempt %d): %s", self.tier, attempt, exc)
             except BackPressureError as exc:
                 raise TierUnavailableError(f"the {self.tier} tier is at capacity; retry shortly ({exc})") from exc
             except DeploymentUnavailableError as exc:
+                self.on_tier_trouble()
                 raise TierUnavailableError(f"the {self.tier} tier is unavailable: {exc}") from exc
         raise TierUnavailableError(f"the {self.tier} tier's replica died twice while serving this request")

@@ -11,7 +11,6 @@ state stands; with none known, requests are let through (and Serve's own errors 
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +29,8 @@ logger = logging.getLogger(SERVE_LOGGER)
 REFRESH_S = 1.0
 # Once all is healthy and running. Each serve.status() costs this replica and Serve's controller CPU time (it
 # rebuilds and pickles every deployment's config): read every second, it took ~3 % of a core on an idle 2-core box,
-# time the model lost (docs/benchmarks.md). A tier that fails while steady is seen within this; Serve's router stops
-# sending it requests on its own.
+# time the model lost (docs/benchmarks.md). A tier call that finds its replica dead or the tier unavailable wakes the
+# thread at once (``refresh_now``), so a failure is not left unseen for this long.
 STEADY_REFRESH_S = 5.0
 FIRST_SNAPSHOT_WAIT_S = 5.0  # at start only: how long the ingress waits for its first look at the tiers
 
@@ -48,15 +47,15 @@ def _value(enum_or_str: Any) -> str:
 
 
 def settled(snapshot: ServeSnapshot) -> bool:
-    """Every deployment healthy with only running replicas, and no replica reporting a start-up."""
+    """Every deployment healthy with only running replicas (a replica still starting shows as STARTING; the
+    start-up board is not consulted, as it keeps the entries of replicas long gone)."""
     if not snapshot.deployments:
         return False
-    steady = all(
+    return all(
         _value(d.status) == "HEALTHY"
         and all(_value(state) == "RUNNING" or not n for state, n in d.replica_states.items())
         for d in snapshot.deployments.values()
     )
-    return steady and all(progress.phase == READY for progress in snapshot.startup.values())
 
 
 class TierReadiness:
@@ -67,6 +66,7 @@ class TierReadiness:
         self.snapshot = ServeSnapshot()
         self.board = BoardReader(app_name)
         self._first = threading.Event()
+        self._wake = threading.Event()
         # A daemon thread: it lives as long as the replica's process, and dies with it.
         threading.Thread(target=self._refresh_forever, name="tier-readiness", daemon=True).start()
         self._first.wait(FIRST_SNAPSHOT_WAIT_S)  # start with a real answer if the controller gives one soon
@@ -83,20 +83,27 @@ class TierReadiness:
             deployments=deployments, cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)), startup=startup
         )
 
+    def refresh_now(self) -> None:
+        """Take the next snapshot now rather than at the steady pace (a tier call just failed)."""
+        self._wake.set()
+
     def _refresh_forever(self) -> None:
         failing = False
         while True:
+            steady = False
             try:
                 self.snapshot = self._take_snapshot()  # one reference swap: readers see the old or the new one
                 self._first.set()
                 if failing:
                     logger.info("Serve's status is readable again")
                 failing = False
+                steady = settled(self.snapshot)
             except Exception:
                 if not failing:  # once per outage, not once a second
                     logger.warning("could not read Serve's status; keeping the last known tier states", exc_info=True)
                 failing = True
-            time.sleep(STEADY_REFRESH_S if not failing and settled(self.snapshot) else REFRESH_S)
+            self._wake.wait(STEADY_REFRESH_S if steady else REFRESH_S)
+            self._wake.clear()
 
     def _state(self, name: str) -> tuple[int | None, str, str]:
         """(serving replicas, or None when not known yet; Serve's status; Serve's message) of a deployment."""

@@ -3,7 +3,7 @@
 Serve cannot call a replica whose ``__init__`` is still running, and the controller's status only says "has
 taken more than 30s to initialize". So each tier replica pushes its phases, as ``serve_app/startup.py`` reports
 them, to one small named actor per application (no CPU reserved, created by whichever replica comes first), and
-the ingress's readiness thread reads it once a second beside Serve's status: never on a request's path.
+the ingress's readiness thread reads it with each look at Serve's status: never on a request's path.
 
 Why an actor: it is Ray's own shared state, on every node of the cluster, with no extra service and no private
 API (Ray's internal KV is private; a file is not shared between nodes). It is detached, so it outlives the
@@ -79,7 +79,7 @@ class StartupReporter:
 
 class BoardReader:
     """The ingress's side: the latest report of each tier, read from a handle looked up once (a named-actor
-    lookup is a round trip to Ray's control store; the ingress reads every second)."""
+    lookup is a round trip to Ray's control store; the ingress reads it with every look at Serve's status)."""
 
     def __init__(self, app_name: str) -> None:
         self.app_name = app_name

@@ -30,7 +30,8 @@ export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_guard:middlew
 # CPU configs: Serve's controller runs its loop every 0.5 s instead of 0.1 s (Serve's own setting). On a small box
 # its idle loop otherwise takes CPU the model would use (docs/benchmarks.md); replicas start and are replaced a few
 # tenths of a second later. GPU configs keep Serve's default.
-case "$config" in
-  configs/cpu.yaml | configs/try.yaml) export RAY_SERVE_CONTROL_LOOP_INTERVAL_S=${RAY_SERVE_CONTROL_LOOP_INTERVAL_S:-0.5} ;;
+case "$(realpath "$config")" in  # the path given, or the default, from the repository root (the cd above)
+  "$PWD/configs/cpu.yaml" | "$PWD/configs/try.yaml")
+    export RAY_SERVE_CONTROL_LOOP_INTERVAL_S=${RAY_SERVE_CONTROL_LOOP_INTERVAL_S:-0.5} ;;
 esac
 exec .venv/bin/serve run "$config"

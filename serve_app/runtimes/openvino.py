@@ -84,14 +84,14 @@ class OpenVinoRuntime(Runtime):
             "INFERENCE_NUM_THREADS": self.cpu_threads,
             "INFERENCE_PRECISION_HINT": self.precision,
         }
-        # Any batch size, and a second copy fixed at one image: static shapes run ~6 % faster per image (measured,
-        # docs/benchmarks.md), at ~430 MB more memory per fixed size, so only the most common one is fixed.
+        # Fixed at one image: static shapes run ~6 % faster per image than the any-batch model (measured,
+        # docs/benchmarks.md), each compiled copy ~300-430 MB. The any-batch model is compiled at the first batch of
+        # several (seconds), so a tier that takes one image at a time (configs/cpu.yaml) never holds it.
         single = core.read_model(path)
         single.reshape([1, 3, s.base_size, s.base_size])
-        self.compiled: dict[int | None, Any] = {  # batch size -> compiled model; None: any batch size
-            None: core.compile_model(core.read_model(path), "CPU", config),
-            1: core.compile_model(single, "CPU", config),
-        }
+        self.compiled: dict[int | None, Any] = {1: core.compile_model(single, "CPU", config)}  # None: any batch
+        self._compile_any_batch = lambda: core.compile_model(core.read_model(path), "CPU", config)
+        self._compile_lock = threading.Lock()
         self._requests = threading.local()  # infer requests per calling thread
         logger.info(
             "openvino %s: %s on CPU, %d threads, %s", ov.__version__, path.name, self.cpu_threads, self.precision
@@ -120,6 +120,10 @@ class OpenVinoRuntime(Runtime):
 
     def _request(self, batch: int) -> Any:
         shape = batch if batch in self.compiled else None
+        if shape is None and None not in self.compiled:
+            with self._compile_lock:
+                if None not in self.compiled:
+                    self.compiled[None] = self._compile_any_batch()
         requests = self._requests.__dict__.setdefault("by_shape", {})
         if shape not in requests:
             requests[shape] = self.compiled[shape].create_infer_request()

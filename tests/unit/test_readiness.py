@@ -1,5 +1,6 @@
 """When the ingress's readiness thread may slow down: only once every deployment is healthy and steady."""
 
+import time
 from types import SimpleNamespace
 
 from ray.serve._private.common import DeploymentStatus, ReplicaState
@@ -23,7 +24,8 @@ def progress(phase: str) -> StartupProgress:
 
 def test_steady_only_when_every_deployment_is_healthy_and_running() -> None:
     assert settled(snapshot(ingress=deployment(), fast=deployment(RUNNING=2, STARTING=0)))
-    assert settled(snapshot({"fast": progress("ready")}, fast=deployment()))
+    # not the start-up board: a replica still starting shows as STARTING, and the board keeps gone replicas' entries
+    assert settled(snapshot({"fast": progress("warming up"), "gone": progress("failed")}, fast=deployment()))
 
 
 def test_anything_starting_changing_or_unknown_keeps_the_fast_refresh() -> None:
@@ -33,5 +35,26 @@ def test_anything_starting_changing_or_unknown_keeps_the_fast_refresh() -> None:
     assert not settled(snapshot(fast=deployment(DeploymentStatus.UNHEALTHY)))
     assert not settled(snapshot(fast=deployment(RUNNING=1, STARTING=1)))
     assert not settled(snapshot(fast=deployment(RUNNING=1, STOPPING=1)))
-    assert not settled(snapshot({"fast": progress("warming up")}, fast=deployment()))
-    assert not settled(snapshot({"fast": progress("failed")}, fast=deployment()))
+
+
+def test_a_failed_tier_call_wakes_the_steady_refresh(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """At the steady pace the thread sleeps 5 s; a tier call that finds its replica dead asks for a look now."""
+    import threading
+
+    from deployments import readiness
+
+    looks = []
+    looked = threading.Event()
+
+    def take_snapshot(self: readiness.TierReadiness) -> ServeSnapshot:
+        looks.append(time.monotonic())
+        looked.set()
+        return snapshot(fast=deployment())  # settled: the next look would be 5 s away
+
+    monkeypatch.setattr(readiness.TierReadiness, "_take_snapshot", take_snapshot)
+    watched = readiness.TierReadiness("app")
+    time.sleep(0.2)
+    assert len(looks) == 1
+    looked.clear()
+    watched.refresh_now()
+    assert looked.wait(1.0) and len(looks) == 2 and looks[1] - looks[0] < 1.0
