@@ -46,18 +46,21 @@ def descendants(root: int) -> set[int]:
 
 
 def ray_processes() -> dict[int, str]:
-    """pid -> name of each process of the Ray started here (its workers name themselves ray::...)."""
+    """pid -> name of each process of the Ray started here: a worker's own name (ray::...), a binary's (gcs_server,
+    raylet) or a Python script's (dashboard.py, log_monitor.py, ...). Only argv[0] and the script are looked at:
+    the raylet's arguments name the dashboard, the dashboard agent's name the raylet."""
     found = {}
     for pid in descendants(os.getpid()):
         try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        # dashboard before raylet: the dashboard agent's command line names the raylet (--raylet-name=...)
-        for marker in ("ray::", "dashboard", "gcs_server", "raylet", "log_monitor", "runtime_env", "monitor.py"):
-            if marker in command:
-                found[pid] = command.split()[0] if marker == "ray::" else marker
-                break
+        program = Path(argv[0]).name
+        if argv[0].startswith("ray::") or program in ("gcs_server", "raylet"):
+            found[pid] = argv[0].split()[0] if argv[0].startswith("ray::") else program
+        else:
+            scripts = [Path(a).name for a in argv[1:] if a.endswith(".py")]
+            found[pid] = scripts[0] if scripts else "python -c (a Ray helper)" if "-c" in argv[1:2] else program
     return found
 
 
