@@ -31,7 +31,10 @@ $PY -c "import torch, pydantic, transparent_background; print('torch', torch.__v
   || exit 1
 
 if [ "${WEIGHTS:-}" = untrained ]; then  # timings and memory only (the cost is the same; parity means nothing)
-  step "untrained weights: no parity, no Remover"
+  step "untrained weights: timings only (saved as a checkpoint so that Remover loads them too)"
+  WEIGHTS=/tmp/untrained.pth
+  $PY -c "import torch; from serve_app.runtimes.inspyrenet import load_model; from serve_app.weights import ResolvedWeights
+torch.save(load_model(ResolvedWeights(None, 'untrained'), 384).state_dict(), '$WEIGHTS')" || exit 1
 else
   step "test weights"
   if [ -d .gpucarry/test-weights ]; then  # else (another torch seeds the backbone differently) trained here on the CPUs
@@ -43,9 +46,10 @@ else
   [ -f "$WEIGHTS" ] || exit 1
 fi
 
-bench() {  # name, time limit, bench.runtimes arguments...
+bench() {  # name, time limit (0: skip), bench.runtimes arguments...
   local name=$1 limit=$2
   shift 2
+  [ "$limit" = 0 ] && return
   step "bench.runtimes $name: $*"
   timeout "$limit" $PY -m bench.runtimes --device "$DEVICE" --weights "$WEIGHTS" --out "/tmp/gpu-$name" \
     ${BASE_SIZE:+--base-size "$BASE_SIZE"} "$@"
@@ -54,12 +58,17 @@ bench() {  # name, time limit, bench.runtimes arguments...
 
 # Limits from the first lease (H200): ~15-20 s per worker process (imports, model build), the test weights trained
 # there in ~100 s; a 10-minute call fits setup + fast + balanced + quality, then whatever the tests get.
+# Each tier's runtimes can be narrowed (FAST_RUNTIMES=...) to what an earlier lease left unmeasured.
 RUNTIMES=eager,fp16,bf16,torchscript
-bench fast "${FAST_LIMIT:-150}" --tiers fast --runtimes $RUNTIMES --batches 1,2,4,8,16,32 --repeats 3
-bench balanced "${BALANCED_LIMIT:-170}" --tiers balanced --runtimes $RUNTIMES --batches 1,2,4,8,16 --repeats 3
-bench quality "${QUALITY_LIMIT:-90}" --tiers quality --runtimes eager,fp16,bf16 --batches 1,2,4,8 --repeats 2
-step "pytest -m gpu"
-timeout "${PYTEST_LIMIT:-120}" $PY -m pytest -m gpu -p no:cacheprovider -v tests/unit/test_runtime_cuda.py \
-  tests/unit/test_runtimes.py 2>&1 | tee "$OUT/pytest-gpu.txt"
+bench fast "${FAST_LIMIT:-150}" --tiers fast --runtimes "${FAST_RUNTIMES:-$RUNTIMES}" --batches 1,2,4,8,16,32 --repeats 3
+bench balanced "${BALANCED_LIMIT:-170}" --tiers balanced --runtimes "${BALANCED_RUNTIMES:-$RUNTIMES}" \
+  --batches 1,2,4,8,16 --repeats "${BALANCED_REPEATS:-3}"
+bench quality "${QUALITY_LIMIT:-90}" --tiers quality --runtimes "${QUALITY_RUNTIMES:-eager,fp16,bf16}" --batches 1,2,4,8 \
+  --repeats 2
+if [ "${PYTEST_LIMIT:-120}" != 0 ]; then
+  step "pytest -m gpu"
+  timeout "${PYTEST_LIMIT:-120}" $PY -m pytest -m gpu -p no:cacheprovider -v tests/unit/test_runtime_cuda.py \
+    tests/unit/test_runtimes.py 2>&1 | tee "$OUT/pytest-gpu.txt"
+fi
 bench compile "${COMPILE_LIMIT:-120}" --tiers fast --runtimes eager,compile --batches 1,8 --repeats 3 --no-remover
 step "done"
