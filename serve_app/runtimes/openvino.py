@@ -32,7 +32,7 @@ from serve_app.runtimes.base import Runtime
 from serve_app.runtimes.files import directory_lock
 from serve_app.runtimes.inspyrenet import LogitsModel, load_model, normalise_per_sample, to_model_tensor
 from serve_app.runtimes.onnx_artifacts import source_fingerprint
-from serve_app.runtimes.precision import native_bf16
+from serve_app.runtimes.precision import require_native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,5 @@ class OpenVinoBF16Runtime(OpenVinoRuntime):
     precision = "bf16"
 
     def load(self) -> None:
-        if not native_bf16(self.device):
-            raise ConfigurationError(
-                f"{self.name}: this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX); use openvino (fp32) here"
-            )
+        require_native_bf16(self.device, self.name, "openvino (fp32)")
         super().load()

@@ -23,6 +23,15 @@ def native_bf16(device: torch.device) -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+def require_native_bf16(device: torch.device, runtime: str, instead: str) -> None:
+    """Refuse a bf16 runtime where the hardware would emulate it: a config error at load, not a service 80x slower."""
+    if not native_bf16(device):
+        raise ConfigurationError(
+            f"{runtime}: {device} has no bf16 arithmetic (AVX-512 BF16 or AMX on CPU): bf16 would be emulated, "
+            f"about 80x slower than fp32. Use {instead} here."
+        )
+
+
 class AutocastRuntime(EagerRuntime):
     """The eager network under ``torch.autocast`` at ``dtype``; normalisation in and out stays fp32."""
 
@@ -42,11 +51,7 @@ class BF16Runtime(AutocastRuntime):
     devices = "CPU with AVX-512 BF16/AMX, CUDA Ampere+"
 
     def load(self) -> None:
-        if not native_bf16(self.device):
-            raise ConfigurationError(
-                f"{self.device} has no bf16 arithmetic (AVX-512 BF16 or AMX on CPU): bf16 would be emulated, about "
-                f"80x slower than fp32. Use eager, int8 or onnx here (or auto)."
-            )
+        require_native_bf16(self.device, self.name, "eager, openvino, onnx or int8 (or auto)")
         super().load()
 
 

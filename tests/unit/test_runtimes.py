@@ -23,7 +23,7 @@ from serve_app.runtimes import RUNTIMES, Runtime, RuntimeSettings, create_runtim
 from serve_app.runtimes import precision as precision_module
 from serve_app.runtimes.onnx_artifacts import export_paths
 from serve_app.runtimes.parity import EXACT_MAX_ABS, compare
-from serve_app.runtimes.precision import native_bf16
+from serve_app.runtimes.precision import native_bf16, require_native_bf16
 from serve_app.schemas import TierConfig
 from serve_app.weights import ResolvedWeights
 from tests.conftest import ROOT
@@ -153,7 +153,7 @@ def test_openvino_bf16_holds_the_reduced_bound_where_the_cpu_has_bf16(
     image of a batch within that bound of itself alone; refused where bf16 would be emulated."""
     runtime = create_runtime("openvino_bf16", RuntimeSettings(weights, SIZE, "cpu", converted_dir=converted_dir))
     if not native_bf16(torch.device("cpu")):
-        with pytest.raises(ConfigurationError, match="no bf16 arithmetic"):
+        with pytest.raises(ConfigurationError, match="emulated"):
             runtime.load()
         return
     runtime.load()
@@ -350,3 +350,13 @@ def test_quality_tier_refuses_onnx_clearly(weights: ResolvedWeights, tmp_path: P
     dynamic = RuntimeSettings(weights, SIZE, "cpu", static_size=False, export_dir=tmp_path)
     with pytest.raises(ConfigurationError, match="varies"):
         create_runtime("onnx", dynamic).load()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a device without bf16 arithmetic")
+def test_the_bf16_refusal_names_the_runtime_and_what_to_use_instead() -> None:
+    """The one check both bf16 runtimes (torch's and OpenVINO's) load through; each is refused through it on a CPU
+    without bf16 above. CUDA, absent here, has no bf16 arithmetic, so the message is checked on every machine."""
+    with pytest.raises(
+        ConfigurationError, match=r"^openvino_bf16: cuda has no bf16 arithmetic.*emulated.*openvino \(fp32\)"
+    ):
+        require_native_bf16(torch.device("cuda"), "openvino_bf16", "openvino (fp32)")
