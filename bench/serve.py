@@ -65,9 +65,12 @@ def start_service(weights: str, runtimes: dict[str, str], tiers: list[str], weig
     args["tiers"] = {t: {**args["tiers"][t], "weights": weights, "runtime": runtimes[t]} for t in tiers}
     args["default_tier"] = tiers[0]
     args["weights_dir"] = str(weights_dir)  # where the onnx runtime finds its export
-    # As scripts/serve.sh starts the CPU config: the proxy guard, Serve's controller loop at 0.5 s, the dashboard on.
+    # As scripts/serve.sh starts the CPU config: the proxy guard, configs/cpu.env's settings, the dashboard on.
     os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)
-    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
+    for line in (ROOT / "configs/cpu.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split("=", 1)
+            os.environ.setdefault(name, value)
     ray.init(address="local", include_dashboard=True, log_to_driver=False)  # its own Ray, never one running here
     serve.start(http_options={"host": "127.0.0.1", "port": PORT, "request_timeout_s": 900})
     serve.run(build_app(AppConfig.model_validate(args)), name="bench", route_prefix="/")

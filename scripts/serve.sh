@@ -27,11 +27,11 @@ echo "Starting $config: http://localhost:8000/docs once /readyz answers 200 (Ctr
 # Serve's proxy loads our guard (deployments/proxy_guard.py): no client header lifts the server's timeouts, and a
 # request lost with a dying ingress replica gets a retriable 503, not a 500.
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_guard:middlewares
-# CPU configs: Serve's controller runs its loop every 0.5 s instead of 0.1 s (Serve's own setting). On a small box
-# its idle loop otherwise takes CPU the model would use (docs/benchmarks.md); replicas start and are replaced a few
-# tenths of a second later. GPU configs keep Serve's default.
+# CPU configs: configs/cpu.env's settings for a small box, each unless already set. GPU configs keep Serve's defaults.
 case "$(realpath "$config")" in  # the path given, or the default, from the repository root (the cd above)
   "$PWD/configs/cpu.yaml" | "$PWD/configs/try.yaml")
-    export RAY_SERVE_CONTROL_LOOP_INTERVAL_S=${RAY_SERVE_CONTROL_LOOP_INTERVAL_S:-0.5} ;;
+    while IFS='=' read -r name value; do
+      if [[ $name =~ ^[A-Z_][A-Z0-9_]*$ && -z ${!name:-} ]]; then export "$name=$value"; fi
+    done <configs/cpu.env ;;
 esac
 exec .venv/bin/serve run "$config"
