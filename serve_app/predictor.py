@@ -110,9 +110,6 @@ def predict_grouped(
 
 
 CPU_WARMUP_SIDE = 128
-# Runtimes that warm up at the tier's real size: compile and torchscript trace or compile for the shapes they first
-# see; openvino's converted model takes only its tier's size.
-SHAPE_SPECIALISED = frozenset({"compile", "torchscript", "openvino", "openvino_bf16"})
 
 
 def warmup_side(tier: ServedTier, runtime: Runtime) -> int:
@@ -121,7 +118,7 @@ def warmup_side(tier: ServedTier, runtime: Runtime) -> int:
     well as a 1024 px one, at a hundredth of the time (balanced: ~28 s of start-up on 2 cores); runtimes that
     specialise on shapes still warm up at the real one."""
     side = tier.base_size if isinstance(tier.resize, StaticResize) else min(tier.base_size, 512)
-    if runtime.device.type == "cpu" and runtime.name not in SHAPE_SPECIALISED:
+    if runtime.device.type == "cpu" and not runtime.shape_specialised:
         return min(side, CPU_WARMUP_SIDE)
     return side
 

@@ -47,6 +47,9 @@ class Runtime(ABC):
     exact: ClassVar[bool]  # fp32 throughout: held to eager within EXACT_MAX_ABS, else to the reduced bound
     summary: ClassVar[str]  # one line for the docs' table
     devices: ClassVar[str]  # where it runs, for the docs' table
+    # Specialises on the input shape it first sees (a trace, a compiled graph, a model converted for one size): the
+    # replica warms it up at the tier's real size, never at a smaller one.
+    shape_specialised: ClassVar[bool] = False
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings

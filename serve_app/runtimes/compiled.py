@@ -20,6 +20,7 @@ class TorchScriptRuntime(EagerRuntime):
     varies (quality), or a trace that fails, runs eager instead and the log says why."""
 
     name = "torchscript"
+    shape_specialised = True
     exact = True
     summary = "`torch.jit.trace`, one trace per input shape (the quality tier runs eager)"
     devices = "CPU, CUDA"
@@ -58,6 +59,7 @@ class CompileRuntime(EagerRuntime):
     tier's size."""
 
     name = "compile"
+    shape_specialised = True
     exact = True
     summary = "`torch.compile` (inductor); minutes of compiling at start on CPU"
     devices = "CPU, CUDA"

@@ -90,6 +90,7 @@ def default_providers(device: torch.device) -> list[str]:
 
 class OnnxRuntime(Runtime):
     name = "onnx"
+    shape_specialised = True  # exported at the tier's size: only the batch axis is dynamic
     exact = True
     summary = (
         "ONNX Runtime on an export: run `python -m serve_app.export --tier fast` once (about 2 min per tier); "

@@ -42,6 +42,7 @@ CONVERSION_VERSION = "1"  # bump when the converted graph changes (inspyrenet.py
 
 class OpenVinoRuntime(Runtime):
     name = "openvino"
+    shape_specialised = True
     exact = True
     summary = (
         "OpenVINO in fp32, converted from the loaded model at the first start (tens of seconds; kept beside the "

@@ -88,16 +88,21 @@ def test_warm_up_is_small_on_a_cpu_unless_the_runtime_specialises_on_shapes() ->
 
     from serve_app.catalogue import Tier
     from serve_app.predictor import warmup_side
+    from serve_app.runtimes import RUNTIMES
     from serve_app.schemas import AppConfig
 
     served = AppConfig().served_tiers(Path("/tmp"))
     balanced, quality = served[Tier.BALANCED], served[Tier.QUALITY]
 
     def runtime(name: str, device: str) -> Any:
-        return SimpleNamespace(name=name, device=torch.device(device))
+        return SimpleNamespace(shape_specialised=RUNTIMES[name].shape_specialised, device=torch.device(device))
 
     assert warmup_side(balanced, runtime("eager", "cpu")) == 128
     assert warmup_side(balanced, runtime("compile", "cpu")) == balanced.base_size == 1024
     assert warmup_side(balanced, runtime("openvino", "cpu")) == 1024  # converted for that size only
+    assert warmup_side(balanced, runtime("openvino_bf16", "cpu")) == 1024  # the same converted model
+    assert warmup_side(balanced, runtime("torchscript", "cpu")) == 1024
+    assert warmup_side(balanced, runtime("onnx", "cpu")) == 1024  # exported at that size (it failed at 128)
+    assert warmup_side(balanced, runtime("int8", "cpu")) == 128
     assert warmup_side(balanced, runtime("eager", "cuda")) == 1024  # cuDNN tunes per shape: the real one
     assert warmup_side(quality, runtime("eager", "cuda")) == 512
