@@ -7,7 +7,11 @@ Run the benchmarks as modules from the repository root (``python -m bench.runtim
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -65,3 +69,13 @@ def load_runtime(tier: ServedTier) -> Runtime:
     runtime = create_runtime(tier.config.runtime, tier.runtime_settings(weights))
     runtime.load()
     return runtime
+
+
+def run_worker(module: str, *argv: str) -> dict[str, Any]:
+    """``python -m module *argv`` in a fresh process (its memory and CUDA state its own): the JSON object on its last
+    line of output, or ``{"error": ...}`` with the end of what it printed when it failed."""
+    done = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        return {"error": (done.stderr or done.stdout)[-2000:]}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result

@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, load_runtime, model_inputs, served_tier
+from bench.common import ROOT, load_runtime, model_inputs, run_worker, served_tier
 
 SERVICE_BATCH = {"fast": 8, "balanced": 2, "quality": 1}  # serve_config.yaml's max_batch_size per tier
 
@@ -79,14 +77,9 @@ def main() -> None:
         for runtime in args.runtimes.split(","):
             for benchmark in ("on", "off"):
                 argv = ["--worker", tier, runtime, benchmark, "--repeats", str(args.repeats)]
-                done = subprocess.run(
-                    [sys.executable, "-m", "bench.cuda_memory", *argv], capture_output=True, text=True, cwd=ROOT
-                )
-                row = (
-                    json.loads(done.stdout.strip().splitlines()[-1])
-                    if done.returncode == 0
-                    else {"tier": tier, "runtime": runtime, "cudnn": benchmark, "error": done.stderr[-1500:]}
-                )
+                row = run_worker("bench.cuda_memory", *argv)
+                if "error" in row:
+                    row.update(tier=tier, runtime=runtime, cudnn=benchmark)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS, ROOT, load_runtime, model_inputs, photo_1080p, served_tier
+from bench.common import RESULTS, load_runtime, model_inputs, photo_1080p, run_worker, served_tier
 
 PARITY_FALLBACK_SIZE = 128
 
@@ -160,13 +158,6 @@ def remover_worker(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_image": statistics.median(times),
         "peak_memory_mb": peak_memory_mb(args.device),
     }
-
-
-def run_child(*argv: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "bench.runtimes", *argv], capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        return {"error": (done.stderr or done.stdout)[-2000:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def markdown(results: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], device_name: str) -> str:
@@ -321,14 +312,14 @@ def main() -> None:
                 *(["--base-size", str(args.base_size)] if args.base_size else []),
             ]
             for runtime in runtimes:
-                result = run_child("--worker", tier, runtime, *common)
+                result = run_worker("bench.runtimes", "--worker", tier, runtime, *common)
                 result.setdefault("tier", tier)
                 result.setdefault("runtime", runtime)
                 results.append(result)
                 save()
                 print(json.dumps(result)[:400], flush=True)
             if not args.no_remover and args.weights != "untrained":
-                baselines[tier] = run_child("--remover-worker", tier, *common)
+                baselines[tier] = run_worker("bench.runtimes", "--remover-worker", tier, *common)
                 save()
                 print(tier, "Remover", baselines[tier], flush=True)
     save()
