@@ -11,6 +11,7 @@
 
     python -m bench.serve                                     # fast tier, its runtime in configs/cpu.yaml, mask + rgba
     python -m bench.serve --tiers fast,balanced --runtime fast=onnx --effects mask
+    python -m bench.serve --concurrency 1,4 --rounds 3   # the whole run three times: medians of each ratio
 
 Writes ``<out>/serve.json``, ``serve.md`` and ``serve.png``. Without --weights it uses the segmenting test
 weights (the real checkpoints' architecture and cost).
@@ -126,29 +127,10 @@ def remover_seconds(tier: str, weights: str, photos: list[np.ndarray], effect: s
         return (time.perf_counter() - started) / len(photos)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiers", default="fast")
-    parser.add_argument("--effects", default="mask,rgba")
-    parser.add_argument(
-        "--runtime", action="append", default=[], help="TIER=RUNTIME (default: the tier's in configs/cpu.yaml)"
-    )
-    parser.add_argument(
-        "--weights-dir", type=Path, default=None, help="where ONNX exports and OpenVINO's converted models live"
-    )
-    parser.add_argument("--weights", default=None)
-    parser.add_argument("--photos", type=int, default=4)
-    parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    if args.weights is None:
-        from tests.support.segmenting_weights import segmenting_checkpoint
-
-        args.weights = str(segmenting_checkpoint()[0])
+def measure_round(args: argparse.Namespace, runtimes: dict[str, str], weights_dir: Path) -> list[dict[str, Any]]:
+    """One round: the service up, every tier/effect/concurrency over HTTP; the bare runtime beside the idle service;
+    Ray stopped; the bare runtime alone and Remover, each row with its ratios to them."""
     tiers = args.tiers.split(",")
-    configured = {tier: settings.get("runtime", "eager") for tier, settings in cpu_config_args()["tiers"].items()}
-    runtimes: dict[str, str] = {**configured, **dict(r.split("=") for r in args.runtime)}
-    weights_dir = args.weights_dir or Path(tempfile.mkdtemp())
     photos = [photo_1080p(p) for p in PHOTOS[: args.photos]]
     uploads = [jpeg(p) for p in photos]
     start_service(args.weights, runtimes, tiers, weights_dir)
@@ -176,10 +158,8 @@ def main() -> None:
     beside = {t: bare_runtime(t, runtimes[t], args.weights, weights_dir, args.photos) for t in tiers}
     serve.shutdown()
     ray.shutdown()
-    summary = []
     for tier in tiers:
-        runtime = runtimes[tier]
-        bare = bare_runtime(tier, runtime, args.weights, weights_dir, args.photos)
+        bare = bare_runtime(tier, runtimes[tier], args.weights, weights_dir, args.photos)
         for effect in args.effects.split(","):
             remover = remover_seconds(tier, args.weights, photos, effect)
             for row in (r for r in rows if r["tier"] == tier and r["effect"] == effect):
@@ -190,21 +170,60 @@ def main() -> None:
                 row["request_path_overhead"] = 1 - row["images_per_s"] / beside[tier]
                 row["remover_seconds_per_image"] = remover
                 row["speedup_vs_remover"] = remover * row["images_per_s"]
-            summary.append((tier, effect, runtime, bare, remover))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiers", default="fast")
+    parser.add_argument("--effects", default="mask,rgba")
+    parser.add_argument(
+        "--runtime", action="append", default=[], help="TIER=RUNTIME (default: the tier's in configs/cpu.yaml)"
+    )
+    parser.add_argument(
+        "--weights-dir", type=Path, default=None, help="where ONNX exports and OpenVINO's converted models live"
+    )
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--photos", type=int, default=4)
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat the whole measurement; the ratios' medians are reported"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.weights is None:
+        from tests.support.segmenting_weights import segmenting_checkpoint
+
+        args.weights = str(segmenting_checkpoint()[0])
+    configured = {tier: settings.get("runtime", "eager") for tier, settings in cpu_config_args()["tiers"].items()}
+    runtimes: dict[str, str] = {**configured, **dict(r.split("=") for r in args.runtime)}
+    weights_dir = args.weights_dir or Path(tempfile.mkdtemp())
+    rows = []
+    for number in range(1, args.rounds + 1):
+        rows += [{"round": number, **row} for row in measure_round(args, runtimes, weights_dir)]
     report = {"rows": rows, "weights": args.weights, "cpus": os.cpu_count(), "when": time.strftime("%F %T")}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(report, indent=2))
+    table = rows_table(rows) + "\n\nSteps in ms (means of Server-Timing). 1920x1080 JPEGs, configs/cpu.yaml.\n"
+    if args.rounds > 1:
+        table += "\n" + medians_table(rows) + "\n"
+    (args.out / "serve.md").write_text(table)
+    print(table)
+    chart(rows, args.out / "serve.png")
+
+
+def rows_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| tier | effect | runtime | concurrency | p50 s | p95 s | images/s | bare runtime images/s (alone / beside"
-        " the idle service) | overhead | of which Ray idling / request path | Remover s/image | vs Remover | decode |"
-        " resize | queue | model | upsample | effect | encode |",
-        "|" + "---|" * 19,
+        "| round | tier | effect | runtime | concurrency | p50 s | p95 s | images/s | bare runtime images/s (alone /"
+        " beside the idle service) | overhead | of which Ray idling / request path | Remover s/image | vs Remover |"
+        " decode | resize | queue | model | upsample | effect | encode |",
+        "|" + "---|" * 20,
     ]
     for r in rows:
         s = r["steps_s"]
         lines.append(
-            f"| {r['tier']} | {r['effect']} | {r['runtime']} | {r['concurrency']} | {r['p50_s']:.2f} | {r['p95_s']:.2f}"
-            f" | {r['images_per_s']:.2f} | {r['bare_runtime_images_per_s']:.2f}"
+            f"| {r['round']} | {r['tier']} | {r['effect']} | {r['runtime']} | {r['concurrency']} | {r['p50_s']:.2f}"
+            f" | {r['p95_s']:.2f} | {r['images_per_s']:.2f} | {r['bare_runtime_images_per_s']:.2f}"
             f" / {r['bare_beside_service_images_per_s']:.2f}"
             f" | {r['overhead']:.0%} | {r['ray_presence_cost']:.0%} / {r['request_path_overhead']:.0%} |"
             f" {r['remover_seconds_per_image']:.2f} | {r['speedup_vs_remover']:.2f}x | "
@@ -213,10 +232,31 @@ def main() -> None:
             )
             + " |"
         )
-    table = "\n".join(lines) + "\n\nSteps in ms (means of Server-Timing). 1920x1080 JPEGs, configs/cpu.yaml.\n"
-    (args.out / "serve.md").write_text(table)
-    print(table)
-    chart(rows, args.out / "serve.png")
+    return "\n".join(lines)
+
+
+def medians_table(rows: list[dict[str, Any]]) -> str:
+    """Per tier, effect and concurrency: each ratio's median over the rounds, with its range (the machine's speed
+    drifts between rounds; every ratio is taken within one round)."""
+
+    def spread(values: list[float], form: str, unit: str = "") -> str:
+        low, middle, high = (format(v, form) for v in (min(values), statistics.median(values), max(values)))
+        return f"{middle}{unit} ({low}-{high})"
+
+    lines = [
+        f"Medians over {len({r['round'] for r in rows})} rounds (range in brackets):",
+        "",
+        "| tier | effect | runtime | concurrency | vs Remover | overhead | Ray idling | request path |",
+        "|" + "---|" * 8,
+    ]
+    for key in dict.fromkeys((r["tier"], r["effect"], r["runtime"], r["concurrency"]) for r in rows):
+        mine = [r for r in rows if (r["tier"], r["effect"], r["runtime"], r["concurrency"]) == key]
+        cells = [spread([r["speedup_vs_remover"] for r in mine], ".2f", "x")]
+        cells += [
+            spread([r[k] for r in mine], ".0%") for k in ("overhead", "ray_presence_cost", "request_path_overhead")
+        ]
+        lines.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def chart(rows: list[dict[str, Any]], path: Path) -> None:
@@ -228,8 +268,11 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in sorted({(r["tier"], r["effect"]) for r in rows}):
         mine = [r for r in rows if (r["tier"], r["effect"]) == key]
-        ax.plot([r["concurrency"] for r in mine], [r["images_per_s"] for r in mine], "o-", label=f"{key[0]} {key[1]}")
-        ax.axhline(1 / mine[0]["remover_seconds_per_image"], linestyle=":", color=ax.lines[-1].get_color())
+        levels = sorted({r["concurrency"] for r in mine})  # medians over the rounds
+        rates = [statistics.median(r["images_per_s"] for r in mine if r["concurrency"] == c) for c in levels]
+        ax.plot(levels, rates, "o-", label=f"{key[0]} {key[1]}")
+        remover = statistics.median(r["remover_seconds_per_image"] for r in mine)
+        ax.axhline(1 / remover, linestyle=":", color=ax.lines[-1].get_color())
     ax.set(xscale="log", xlabel="concurrent requests", ylabel="images/s", title="HTTP images/s (dotted: Remover)")
     ax.legend()
     fig.tight_layout()
