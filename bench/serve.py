@@ -127,12 +127,16 @@ def remover_seconds(tier: str, weights: str, photos: list[np.ndarray], effect: s
         return (time.perf_counter() - started) / len(photos)
 
 
-def measure_round(args: argparse.Namespace, runtimes: dict[str, str], weights_dir: Path) -> list[dict[str, Any]]:
+def measure_round(
+    args: argparse.Namespace,
+    runtimes: dict[str, str],
+    weights_dir: Path,
+    photos: list[np.ndarray],
+    uploads: list[bytes],
+) -> list[dict[str, Any]]:
     """One round: the service up, every tier/effect/concurrency over HTTP; the bare runtime beside the idle service;
     Ray stopped; the bare runtime alone and Remover, each row with its ratios to them."""
     tiers = args.tiers.split(",")
-    photos = [photo_1080p(p) for p in PHOTOS[: args.photos]]
-    uploads = [jpeg(p) for p in photos]
     start_service(args.weights, runtimes, tiers, weights_dir)
     rows: list[dict[str, Any]] = []
     with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=900) as client:
@@ -198,9 +202,11 @@ def main() -> None:
     configured = {tier: settings.get("runtime", "eager") for tier, settings in cpu_config_args()["tiers"].items()}
     runtimes: dict[str, str] = {**configured, **dict(r.split("=") for r in args.runtime)}
     weights_dir = args.weights_dir or Path(tempfile.mkdtemp())
+    photos = [photo_1080p(p) for p in PHOTOS[: args.photos]]
+    uploads = [jpeg(p) for p in photos]  # made once: every round sends the same bytes
     rows = []
     for number in range(1, args.rounds + 1):
-        rows += [{"round": number, **row} for row in measure_round(args, runtimes, weights_dir)]
+        rows += [{"round": number, **row} for row in measure_round(args, runtimes, weights_dir, photos, uploads)]
     report = {"rows": rows, "weights": args.weights, "cpus": os.cpu_count(), "when": time.strftime("%F %T")}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(report, indent=2))
