@@ -36,3 +36,15 @@ def test_bench_serve_reports_each_ratio_as_a_median_over_rounds_with_its_range(t
     assert rows_table(rows).count("\n| 1 | fast |") == 2
     serve_chart(rows, tmp_path / "serve.png")
     assert (tmp_path / "serve.png").stat().st_size > 0
+
+
+def test_bench_roofline_counts_the_models_arithmetic_and_rates_runtimes_against_the_matrix_product() -> None:
+    from bench.roofline import efficiency_rows, model_gflop
+
+    # The fast tier's model at 384 px is ~210 GFLOP an image (the count, made independently of this code).
+    assert 200 < model_gflop(384, 384, 384) < 220
+    rows = efficiency_rows(210.0, {"eager": 2.1, "openvino": 1.05}, peak=200.0)
+    assert [(r["runtime"], r["gflops"], r["of_peak"]) for r in rows] == [
+        ("eager", 100.0, 0.5),
+        ("openvino", 200.0, 1.0),
+    ]
