@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,7 +28,14 @@ def _inspyrenet_class():
         from transparent_background.backbones import SwinTransformer
         from transparent_background.InSPyReNet import InSPyReNet_SwinB
     SwinTransformer.window_reverse = _window_reverse  # looked up as a module global at every call
+    SWIN_ORIGINALS.setdefault("BasicLayer.forward", SwinTransformer.BasicLayer.forward)
+    SwinTransformer.BasicLayer.forward = _basic_layer_forward
     return InSPyReNet_SwinB
+
+
+SWIN_ORIGINALS: dict[
+    str, Callable[..., object]
+] = {}  # what the patches below replace, for the tests that hold them equal
 
 
 def _window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
@@ -38,6 +45,36 @@ def _window_reverse(windows: torch.Tensor, window_size: int, height: int, width:
     batch = windows.shape[0] // ((height // window_size) * (width // window_size))
     x = windows.view(batch, height // window_size, width // window_size, window_size, window_size, -1)
     return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(batch, height, width, -1)
+
+
+def _shifted_window_mask(x: torch.Tensor, height: int, width: int, window: int, shift: int) -> torch.Tensor:
+    """The attention mask of Swin's shifted windows, as ``BasicLayer.forward`` builds it, with the padded size in
+    integer arithmetic (``(n + w - 1) // w * w``) where the original has ``int(np.ceil(n / w)) * w``. Same values;
+    but a trace follows integer arithmetic on sizes and not numpy's, so OpenVINO's conversion keeps the mask a
+    function of the input size instead of freezing the example's, and one converted model takes any size."""
+    padded_height = (height + window - 1) // window * window
+    padded_width = (width + window - 1) // window * window
+    regions = torch.zeros((1, padded_height, padded_width, 1), device=x.device)
+    bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    for number, (rows, columns) in enumerate((r, c) for r in bands for c in bands):
+        regions[:, rows, columns, :] = number
+    from transparent_background.backbones.SwinTransformer import window_partition
+
+    windows = window_partition(regions, window).view(-1, window * window)
+    mask = windows.unsqueeze(1) - windows.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+def _basic_layer_forward(self: Any, x: torch.Tensor, height: int, width: int) -> tuple[Any, ...]:
+    """SwinTransformer.BasicLayer.forward with its mask from ``_shifted_window_mask`` (gradient checkpointing, a
+    training option, left out: these models only infer)."""
+    mask = _shifted_window_mask(x, height, width, self.window_size, self.shift_size)
+    for block in self.blocks:
+        block.H, block.W = height, width
+        x = block(x, mask)
+    if self.downsample is None:
+        return x, height, width, x, height, width
+    return x, height, width, self.downsample(x, height, width), (height + 1) // 2, (width + 1) // 2
 
 
 def build_model(base_size: int) -> torch.nn.Module:

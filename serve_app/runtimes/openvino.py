@@ -7,10 +7,10 @@ export step to run), kept on disk beside the weights, and compiled for latency i
   digest of the checkpoint's sha256, the input shape, and the OpenVINO and torch versions: other weights or
   another OpenVINO never reuse it. It is written under a lock (replicas starting together convert once) into a
   staging folder and renamed into place, ``.bin`` before ``.xml`` (a reader looks for the ``.xml``).
-- **Shapes**: the batch axis is dynamic; height and width are the tier's. Not the quality tier: converted with a
-  dynamic height and width, the Swin backbone's padding and shifted-window mask arithmetic (Python on sizes) are
-  traced as constants of the example's size, and another size fails in a Reshape (measured with OpenVINO 2026.4);
-  a conversion per size would cost ~20 s for each new size.
+- **Shapes**: the batch axis is dynamic; height and width are the tier's, or dynamic too for the quality tier,
+  whose size varies with the photo: one converted model takes every size (Swin's shifted-window mask is built from
+  the input size in integer arithmetic, ``inspyrenet._shifted_window_mask``; with the original's numpy rounding the
+  trace froze the example's size and any other failed in a Reshape).
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 CONVERTED_DIR = "openvino"  # beside the checkpoints, under the weights directory
 CONVERSION_VERSION = "1"  # bump when the converted graph changes (inspyrenet.py's model code, this conversion)
+# The example a varying-size model is traced at: small (the conversion takes ~20 s) and padded at every Swin stage
+# (40x56, 20x28, 10x14, 5x7 tokens, none a multiple of the 12-token window), so the trace takes the padding branch,
+# which is a no-op where a real size needs no padding. Inputs are multiples of 32 (DynamicResize), never odd.
+ANY_SIZE_EXAMPLE = (160, 224)
 
 
 class OpenVinoRuntime(Runtime):
@@ -49,16 +53,12 @@ class OpenVinoRuntime(Runtime):
         "weights for later starts): the fastest exact runtime on CPUs here (docs/benchmarks.md); `openvino` comes "
         "with the `cpu` extra"
     )
-    devices = "CPU; not the quality tier (its variable input size does not convert)"
+    devices = "CPU (every tier: one converted model takes the quality tier's varying sizes)"
     precision: ClassVar[str] = "f32"  # OpenVINO's inference precision: not the bf16 it picks on bf16-capable CPUs
 
     def load(self) -> None:
         if self.device.type != "cpu":
             raise ConfigurationError("openvino runs on CPU only here (on a GPU use eager, onnx or fp16)")
-        if not self.settings.static_size:
-            raise ConfigurationError(
-                f"{self.name}: this tier's input size varies, and the converted model holds one size (use eager)"
-            )
         import openvino as ov
 
         s = self.settings
@@ -69,7 +69,8 @@ class OpenVinoRuntime(Runtime):
                 [CONVERSION_VERSION, source_fingerprint(s.weights), str(s.base_size), ov.__version__, torch.__version__]
             ).encode()
         ).hexdigest()[:12]
-        path = s.converted_dir / f"{Path(s.weights.label).stem}-{s.base_size}-{key}.xml"
+        size = str(s.base_size) if s.static_size else "any"
+        path = s.converted_dir / f"{Path(s.weights.label).stem}-{size}-{key}.xml"
         try:
             s.converted_dir.mkdir(parents=True, exist_ok=True)
             with directory_lock(s.converted_dir, ".converting.lock"):
@@ -87,11 +88,16 @@ class OpenVinoRuntime(Runtime):
         }
         # Fixed at one image: static shapes run ~6 % faster per image than the any-batch model (measured,
         # docs/benchmarks.md), each compiled copy ~300-430 MB. The any-batch model is compiled at the first batch of
-        # several (seconds), so a tier that takes one image at a time (configs/cpu.yaml) never holds it.
-        single = core.read_model(path)
-        single.reshape([1, 3, s.base_size, s.base_size])
-        self.compiled: dict[int | None, Any] = {1: core.compile_model(single, "CPU", config)}  # None: any batch
+        # several (seconds), so a tier that takes one image at a time (configs/cpu.yaml) never holds it. The
+        # quality tier's model takes any size and any batch as it is.
         self._compile_any_batch = lambda: core.compile_model(core.read_model(path), "CPU", config)
+        self.compiled: dict[int | None, Any] = {}  # by batch size; None: any batch (and, for quality, any size)
+        if s.static_size:
+            single = core.read_model(path)
+            single.reshape([1, 3, s.base_size, s.base_size])
+            self.compiled[1] = core.compile_model(single, "CPU", config)
+        else:
+            self.compiled[None] = self._compile_any_batch()
         self._compile_lock = threading.Lock()
         self._requests = threading.local()  # infer requests per calling thread
         logger.info(
@@ -105,9 +111,13 @@ class OpenVinoRuntime(Runtime):
         s = self.settings
         started = time.perf_counter()
         model = LogitsModel(load_model(s.weights, s.base_size)).eval()
-        example = torch.zeros(1, 3, s.base_size, s.base_size)
-        with torch.no_grad():  # a dynamic batch axis
-            shape = ov.PartialShape([-1, 3, s.base_size, s.base_size])
+        if s.static_size:
+            example = torch.zeros(1, 3, s.base_size, s.base_size)
+            shape = ov.PartialShape([-1, 3, s.base_size, s.base_size])  # a dynamic batch axis
+        else:  # and a dynamic height and width
+            example = torch.zeros(1, 3, *ANY_SIZE_EXAMPLE)
+            shape = ov.PartialShape([-1, 3, -1, -1])
+        with torch.no_grad():
             converted = ov.convert_model(model, example_input=example, input=[shape])
         staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".converting-"))
         try:
@@ -149,7 +159,7 @@ class OpenVinoBF16Runtime(OpenVinoRuntime):
         "OpenVINO with bf16 inference from the same converted model: ~2x `openvino` on CPUs with AVX-512 BF16 or "
         "AMX; refused on others"
     )
-    devices = "CPU with AVX-512 BF16/AMX; not the quality tier"
+    devices = "CPU with AVX-512 BF16/AMX"
     precision = "bf16"
 
     def load(self) -> None:

@@ -162,12 +162,44 @@ def test_openvino_bf16_holds_the_reduced_bound_where_the_cpu_has_bf16(
     check(runtime, batch, reference)
 
 
-def test_openvino_refuses_the_quality_tiers_varying_sizes(converted_dir: Path, weights: ResolvedWeights) -> None:
-    """Converted with a dynamic height and width, the model fails at any other size (Swin's padding is traced as
-    constants): refused at load, with what to use instead, rather than failing requests."""
+def test_openvino_takes_the_quality_tiers_varying_sizes(converted_dir: Path, weights: ResolvedWeights) -> None:
+    """The quality tier's input size follows the photo: one model, converted once with a dynamic height and width,
+    holds exact parity with eager at sizes other than the one it was traced at (portrait, landscape, small), and
+    each image of a batch gets its single-image result."""
+    from tests.support.scenes import make_scenes
+
     settings = RuntimeSettings(weights, SIZE, "cpu", static_size=False, converted_dir=converted_dir)
-    with pytest.raises(ConfigurationError, match="input size varies"):
-        create_runtime("openvino", settings).load()
+    runtime = create_runtime("openvino", settings)
+    runtime.load()
+    eager = create_runtime("eager", settings)
+    eager.load()
+    for height, width in [(SIZE, SIZE), (96, 160), (160, 96), (64, 64)]:
+        images = np.stack([s.image for s in make_scenes(seed=height + width, count=2, height=height, width=width)])
+        masks, reference = runtime.predict(images), eager.predict(images)
+        assert masks.shape == reference.shape == (2, height, width)
+        assert np.mean((reference > 0.05) & (reference < 0.95)) > 0.01  # soft edges: a difference would show
+        assert np.abs(masks - reference).max() <= EXACT_MAX_ABS, (height, width)
+        single = runtime.predict(images[1:])[0]
+        assert np.abs(masks[1] - single).max() <= 1e-5, (height, width)
+    (xml,) = converted_dir.glob("test-segmenting-any-*.xml")
+    assert xml.with_suffix(".bin").is_file()
+
+
+def test_swin_layers_patched_for_varying_sizes_compute_what_the_originals_do() -> None:
+    """inspyrenet replaces SwinTransformer.BasicLayer.forward (its mask's padded size in integer arithmetic, so a
+    conversion follows the input size): on the real layers of the model, at token grids that need padding in one
+    direction, both or none, the output is bit for bit the original's."""
+    from serve_app.runtimes.inspyrenet import SWIN_ORIGINALS, build_model
+
+    model = build_model(SIZE)
+    original = SWIN_ORIGINALS["BasicLayer.forward"]
+    torch.manual_seed(0)
+    for layer in model.backbone.layers[:2]:
+        for height, width in [(10, 14), (24, 12), (12, 36), (5, 7)]:
+            x = torch.randn(1, height * width, layer.blocks[0].dim)
+            with torch.no_grad():
+                ours, theirs = layer(x, height, width), original(layer, x, height, width)
+            assert all(torch.equal(a, b) if torch.is_tensor(a) else a == b for a, b in zip(ours, theirs, strict=True))
 
 
 def test_openvino_converts_again_for_other_weights(
