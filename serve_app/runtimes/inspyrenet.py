@@ -33,9 +33,8 @@ def _inspyrenet_class():
     return InSPyReNet_SwinB
 
 
-SWIN_ORIGINALS: dict[
-    str, Callable[..., object]
-] = {}  # what the patches below replace, for the tests that hold them equal
+# What the patches below replace, kept for the tests that hold the two equal.
+SWIN_ORIGINALS: dict[str, Callable[..., object]] = {}
 
 
 def _window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
