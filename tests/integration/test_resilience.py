@@ -260,7 +260,12 @@ def test_memory_levels_off_over_hundreds_of_requests(cluster: Cluster, service: 
     is within 64 MB of the median of the first 80's: levelling off. (Single samples swing by ~200 MB on the tier
     replica as the allocators take and return batch-sized blocks; a leak grows every burst and moves the median.
     Not VmRSS: in two CI runs it rose 84 and 97 MB on the balanced replica in this test while the same test alone
-    stayed flat; VmRSS also counts shared pages, the object store's and library code's.)"""
+    stayed flat; VmRSS also counts shared pages, the object store's and library code's.)
+
+    An allocator may also keep one more block for good, once: in a CI run the balanced replica's median stepped up
+    76 MB in the full suite while this test alone stays flat within 3 MB over 800 requests. So a rise over 64 MB
+    gets 160 more requests, and it must have stopped there (under 32 MB more): a leak of a size that moved the
+    first comparison keeps growing and fails."""
     params = {"tier": "balanced", "effect": "rgba"}
     pids = {name: replica_pids(os.getpid(), APP_NAME, name)[0] for name in ("ingress", "balanced")}
 
@@ -278,8 +283,13 @@ def test_memory_levels_off_over_hundreds_of_requests(cluster: Cluster, service: 
     more, _ = run(80)
     last_outcomes, last = run(80)
     outcomes += more + last_outcomes
-    assert all(o.status == 200 for o in outcomes), summary(outcomes)
     print({name: (round(first[name]), round(last[name])) for name in pids})
     for name in pids:
-        assert last[name] - first[name] < 64, (name, first, last)
+        if last[name] - first[name] >= 64:
+            run(80)
+            later_outcomes, later = run(80)
+            outcomes += later_outcomes
+            print(name, "after 160 more:", round(later[name]))
+            assert later[name] - last[name] < 32, (name, first, last, later)
+    assert all(o.status == 200 for o in outcomes), summary(outcomes)
     assert statistics.median(o.seconds for o in outcomes) < 10
