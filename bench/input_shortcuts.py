@@ -1,10 +1,14 @@
-"""What decoding a JPEG at reduced size (Pillow's ``draft``, the JPEG decoder's DCT scaling) would buy the ingress,
-and what it would cost the mask, measured in one run. Not used by the service: its masks would no longer be
+"""Two shortcuts for the ingress's way to the model's input, what each would save and what it would change, in
+one run: decoding a JPEG at reduced size (Pillow's ``draft``, the JPEG decoder's DCT scaling), and a faster resize
+filter than the PIL bilinear that ``Remover`` uses. Neither is used by the service: its masks would no longer be
 ``Remover``'s.
 
-    python -m bench.jpeg_draft
+    python -m bench.input_shortcuts
 
-Speed: decode and resize of 1920x1080 JPEGs (quality 92) to the fast tier's 384x384, as the ingress does it
+Resize: the resize step alone, 1920x1080 to 384x384, PIL bilinear against faster filters (medians of
+``--repeats``), with how far each moves the model's input.
+
+Draft speed: decode and resize of 1920x1080 JPEGs (quality 92) to the fast tier's 384x384, as the ingress does it
 (``decode_image`` then ``to_model_input``), against ``draft`` then the same resize; medians of ``--repeats``.
 
 Parity: the segmenting test weights segment small inputs only, so the mask is compared at the same decode scale on
@@ -47,6 +51,21 @@ def draft_decode(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     return to_model_input(np.asarray(image.convert("RGB")), StaticResize(), size), image.size
 
 
+def faster_filters() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Resizes to the fast tier's square that are not the one ``Remover`` uses."""
+    import cv2
+
+    size = (FAST_SIZE, FAST_SIZE)
+    return {
+        "PIL bilinear, reducing_gap=2": lambda image: np.asarray(
+            Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        ),
+        "OpenCV INTER_AREA": lambda image: cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+        "OpenCV INTER_LINEAR": lambda image: cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
+        "PIL nearest": lambda image: np.asarray(Image.fromarray(image).resize(size, Image.Resampling.NEAREST)),
+    }
+
+
 def median_ms(step: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -62,7 +81,19 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=6)
     args = parser.parse_args()
 
-    print(f"decode + resize of a 1920x1080 JPEG to {FAST_SIZE}x{FAST_SIZE}, median of {args.repeats}:")
+    photo = photo_1080p("rocket")
+    exact_ms = median_ms(partial(to_model_input, photo, StaticResize(), FAST_SIZE), args.repeats)
+    exact = to_model_input(photo, StaticResize(), FAST_SIZE)
+    print(f"resize of a 1920x1080 photo to {FAST_SIZE}x{FAST_SIZE}, median of {args.repeats}:")
+    print("| filter | ms | model input max abs / mean abs (grey levels) |")
+    print("|---|---|---|")
+    print(f"| PIL bilinear (the ingress's, Remover's) | {exact_ms:.2f} | 0 |")
+    for name, resize in faster_filters().items():
+        difference = np.abs(resize(photo).astype(np.int16) - exact.astype(np.int16))
+        ms = median_ms(partial(resize, photo), args.repeats)
+        print(f"| {name} | {ms:.2f} | {difference.max()} / {difference.mean():.2f} |")
+
+    print(f"\ndecode + resize of a 1920x1080 JPEG to {FAST_SIZE}x{FAST_SIZE}, median of {args.repeats}:")
     print("| photo | full decode ms | draft ms | decoded at | input max abs (grey levels) |")
     print("|---|---|---|---|---|")
     for name in PHOTOS[:4]:
