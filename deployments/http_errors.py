@@ -44,10 +44,14 @@ async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
 
 
 def validation_message(exc: RequestValidationError | ValidationError) -> str:
-    """pydantic's complaints as one line: ``name: what is wrong; ...``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'query')}: {e.get('msg', '')}" for e in exc.errors()
-    )
+    """pydantic's complaints as one line: ``name: what is wrong; ...`` (a check over several parameters has no
+    name of its own, and its message names them)."""
+    complaints = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error.get("loc", ()) if part != "query")
+        message = str(error.get("msg", "")).removeprefix("Value error, ")  # pydantic's prefix for our own checks
+        complaints.append(f"{name}: {message}" if name else message)
+    return "; ".join(complaints)
 
 
 async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

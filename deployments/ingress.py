@@ -11,9 +11,10 @@ batched.
 import asyncio
 import contextvars
 import functools
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments import route_core_logs_to_serve
+from deployments import SERVE_LOGGER, route_core_logs_to_serve
 from deployments.access import ApiKeyCheck
 from deployments.admission import Admission
 from deployments.http_errors import install_error_handlers, validation_message
@@ -45,8 +46,18 @@ from serve_app.rembg_api import RembgParams
 from serve_app.schemas import AppConfig, MaskResult, RemoveParams, ServedTier, TierInfo
 
 WEB_PAGE = (Path(__file__).parent / "web" / "index.html").read_text()  # plain HTML, CSS and JS: no CDN, no build
+logger = logging.getLogger(SERVE_LOGGER)
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def with_form_fields(query: Mapping[str, str], fields: dict[str, str]) -> RemoveParams:
+    """The query's parameters with the multipart body's text fields over them (a field wins over the same query
+    parameter); an unknown field or a bad value is a 422, as in the query."""
+    try:
+        return RemoveParams(**{**query, **fields})
+    except ValidationError as exc:
+        raise InvalidParameterError(validation_message(exc)) from None
 
 
 @serve.deployment(name="ingress")
@@ -64,8 +75,18 @@ class Ingress:
         self.admission = Admission(config.image_request_limit())
         self.mask_cache = MaskCache(int(config.ingress.mask_cache_mb * 1024 * 1024))
         self.cpu_pool = ThreadPoolExecutor(config.ingress.cpu_workers, thread_name_prefix="ingress-cpu")
-        # pymatting (rgba) loads or compiles its numba kernels on first use: do it now, not in a request.
-        threading.Thread(target=warm_up_matting, name="warm-up-matting", daemon=True).start()
+        # pymatting (rgba) loads or compiles its numba kernels on first use (tens of seconds on a fresh install): do
+        # it now, not in a request; /readyz waits for it, so a client sent here once ready never waits for it.
+        self.effects_ready = threading.Event()
+        threading.Thread(target=self.warm_up_effects, name="warm-up-matting", daemon=True).start()
+
+    def warm_up_effects(self) -> None:
+        try:
+            warm_up_matting()
+        except Exception:  # the first rgba request compiles it then (and says what fails, if it does)
+            logger.exception("pymatting's warm-up failed")
+        finally:
+            self.effects_ready.set()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPIOffline(  # /docs and /redoc from files the package ships: they render offline
@@ -158,8 +179,9 @@ class Ingress:
 
     async def readyz(self) -> JSONResponse:
         tiers = self.tier_infos()
-        ready = self.readiness.all_ready(tiers)
-        body = {"ready": ready, "tiers": {t.tier.value: t.status for t in tiers}}
+        effects = "ready" if self.effects_ready.is_set() else "warming_up"
+        ready = self.readiness.all_ready(tiers) and effects == "ready"
+        body = {"ready": ready, "tiers": {t.tier.value: t.status for t in tiers}, "effects": effects}
         return JSONResponse(status_code=200 if ready else 503, content=body)
 
     async def list_tiers(self) -> list[TierInfo]:
@@ -170,6 +192,10 @@ class Ingress:
         self.readiness.raise_if_unavailable(tier)  # before the upload is read
         with self.admission.slot():
             upload = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
+            if upload.fields:  # options sent as multipart text fields too (as remove.bg's API takes them)
+                params = with_form_fields(request.query_params, upload.fields)
+                tier = self.served_tier(params.tier or self.config.default_tier)
+                self.readiness.raise_if_unavailable(tier)
             return await self.render(request, tier, params, upload)
 
     async def rembg_remove(self, request: Request) -> Response:

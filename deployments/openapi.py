@@ -85,6 +85,12 @@ REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     500: {"model": ErrorBody, "description": "The model failed on this image, or an unexpected error (logged)."},
 }
 READY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Every tier has a serving replica: {ready: true, tiers: {name: status}}."},
-    503: {"description": "A tier has none yet (or its state is not known yet): {ready: false, tiers: {name: status}}."},
+    200: {
+        "description": "Every tier has a serving replica and rgba's kernels are compiled: "
+        "{ready: true, tiers: {name: status}, effects: ready}."
+    },
+    503: {
+        "description": "A tier has none yet (or its state is not known yet), or the kernels are still compiling "
+        "(effects: warming_up): {ready: false, tiers: {name: status}, effects: ready | warming_up}."
+    },
 }

@@ -56,7 +56,8 @@ def test_tiers_are_listed_and_ready(client: httpx.Client) -> None:
     for t in tiers:
         assert t["ready"] and t["status"] == "HEALTHY" and t["weights"] == "test-segmenting.pth"
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").status_code == 200
+    ready = client.get("/readyz")  # only once rgba's kernels are compiled too: no first request waits for them
+    assert ready.status_code == 200 and ready.json()["effects"] == "ready", ready.text
 
 
 def test_openapi_docs(client: httpx.Client) -> None:
@@ -354,9 +355,26 @@ def test_several_outputs_come_from_one_model_call_in_one_zip(client: httpx.Clien
     assert single.headers["x-cache"] == "hit" and archive.read("white.jpg") == single.content
     assert response.headers["x-runtime"] == single.headers["x-runtime"] == "openvino"  # configs/test.yaml's; a hit too
     bad = client.post("/v1/remove", params={"outputs": "rgba,sepia"}, content=upload)
-    assert bad.status_code == 422 and "'sepia' is not effect" in bad.json()["error"]["message"]
+    assert bad.status_code == 422 and bad.json()["error"]["message"].startswith("outputs: 'sepia' is not effect")
     no_background = client.post("/v1/remove", params={"tier": "fast", "outputs": "mask,background"}, content=upload)
     assert no_background.status_code == 422 and "background" in no_background.json()["error"]["message"]
+
+
+def test_options_come_as_form_fields_too(client: httpx.Client) -> None:
+    """remove.bg's API takes its options as multipart text fields: here they count as the query's parameters do
+    (a field over the same query parameter), and an unknown field or a bad value is a 422, as in the query."""
+    upload = png_bytes(scenes.make_scenes(seed=31, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0].image)
+    image = {"image": ("upload.png", upload, "image/png")}
+    as_fields = client.post(
+        "/v1/remove", params={"effect": "rgba"}, files=image, data={"tier": "fast", "effect": "mask"}
+    )
+    assert as_fields.status_code == 200, as_fields.text
+    assert as_fields.headers["x-tier"] == "fast" and Image.open(io.BytesIO(as_fields.content)).mode == "L"
+    assert as_fields.content == remove(client, upload, tier="fast", effect="mask").content
+    unknown = client.post("/v1/remove", files=image, data={"tier": "fast", "efect": "mask"})
+    assert unknown.status_code == 422 and "efect" in unknown.json()["error"]["message"], unknown.text
+    bad_tier = client.post("/v1/remove", files=image, data={"tier": "ultra"})
+    assert bad_tier.status_code == 422 and bad_tier.json()["error"]["code"] == "invalid_parameter", bad_tier.text
 
 
 def test_threshold_and_reverse(client: httpx.Client) -> None:
