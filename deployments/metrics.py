@@ -172,8 +172,12 @@ def log_access(scope: Scope, tags: Mapping[str, str], seconds: float, state: Map
     served = state.get("served") or {}
     steps = {step: round(s * 1000, 1) for step, s in (state.get("step_seconds") or {}).items()}
     access = {**tags, "ms": round(seconds * 1000, 1), **served, "steps_ms": steps}
+    # The same details in the text line, for Serve's default (text) log encoding: sizes, batch and steps.
+    details = "".join(f" {name}={value}" for name, value in served.items())
+    if steps:
+        details += " steps_ms=" + ",".join(f"{step}:{ms}" for step, ms in steps.items())
     logger.info(
-        "%s %s %s %s tier=%s effect=%s format=%s %.1fms",
+        "%s %s %s %s tier=%s effect=%s format=%s %.1fms%s",
         scope["method"],
         scope["path"],
         tags["status"],
@@ -182,6 +186,7 @@ def log_access(scope: Scope, tags: Mapping[str, str], seconds: float, state: Map
         tags["effect"],
         tags["format"],
         seconds * 1000,
+        details,
         extra={"access": access},
     )
 

@@ -128,6 +128,9 @@ def test_one_json_access_line_per_request_with_its_request_id(cluster: Cluster, 
     assert access["tier"] == "fast" and access["effect"] == "mask" and access["status"] == "200" and not access["code"]
     assert access["input"] == "128x96" and access["model_input"] == "128x128" and access["batch_size"] >= 1
     assert set(access["steps_ms"]) == {"decode", "resize", "queue", "model", "upsample", "effect", "encode"}
+    # Serve's text encoding shows only the message: it carries the same details.
+    assert "input=128x96 model_input=128x128 batch_size=" in served["message"], served["message"]
+    assert f"steps_ms=decode:{access['steps_ms']['decode']}," in served["message"], served["message"]
     assert 0 < access["ms"] < 60_000 and len(json.dumps(served)) < 4000  # sizes and timings, never image bytes
     (refused,) = access_lines("trace-bad-4242")
     assert refused["access"]["status"] == "400" and refused["access"]["code"] == "invalid_image"
