@@ -120,7 +120,8 @@ async def _multipart_image(request: Request, max_field_bytes: int) -> Upload:
             if isinstance(upload, UploadFile):
                 texts = {key: value for key, value in form.multi_items() if isinstance(value, str)}
                 return Upload(await upload.read(), background_bytes, texts)
-        fields = ", ".join(sorted(form.keys())) or "none"
+        # A part cut off before its closing boundary is not read at all, so "none" may mean a truncated body.
+        fields = ", ".join(sorted(form.keys())) or "none complete: is the closing boundary missing?"
         raise InvalidParameterError(f"multipart body has no file field 'image' (fields sent: {fields})")
     finally:
         await form.close()

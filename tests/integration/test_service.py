@@ -591,6 +591,16 @@ def test_bad_requests_get_json_errors(client: httpx.Client, request_kwargs: dict
     assert body["error"]["code"] == code and body["error"]["message"]
 
 
+def test_a_multipart_body_cut_before_its_closing_boundary_says_so(client: httpx.Client) -> None:
+    """The image part without its closing boundary is not read at all; the 422 says what may be wrong."""
+    head = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+    cut = png_bytes(scenes.make_scenes(seed=8, count=1, height=32, width=32)[0].image)
+    response = client.post(
+        "/v1/remove", content=head + cut, headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert response.status_code == 422 and "closing boundary" in response.json()["error"]["message"], response.text
+
+
 def slow_upload(
     service: str, declared: int, chunk: bytes, pause_s: float, limit_s: float = 30.0
 ) -> tuple[int, dict, float]:
