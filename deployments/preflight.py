@@ -25,6 +25,10 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+CPU_CONFIGS = ("cpu.yaml", "try.yaml")  # scripts/serve.sh gives these, and only these, configs/cpu.env's settings
+CPU_COPY_HINT = " (keep configs/cpu.env's settings for it: `set -a; . configs/cpu.env; set +a` first)."
+
+
 def check(config_path: Path) -> str | None:
     """What stands in the way of serving ``config_path`` here, or None."""
     options = (yaml.safe_load(config_path.read_text()) or {}).get("http_options") or {}
@@ -32,8 +36,10 @@ def check(config_path: Path) -> str | None:
     if port_in_use(host, port):
         return (
             f"port {port} on {host} is already in use (another bgserve, or another program).\n"
-            f"  Stop it first (Ctrl-C where it runs; `serve shutdown` for `serve deploy`), or serve on another port:\n"
-            f"  copy {config_path.name}, set http_options.port in the copy, and pass the copy to scripts/serve.sh."
+            "  Stop it first (Ctrl-C where it runs; `RAY_AUTH_MODE=token .venv/bin/serve shutdown -y` for `serve "
+            "deploy`), or serve on another port:\n"
+            f"  copy {config_path.name}, set http_options.port in the copy, and pass the copy to scripts/serve.sh"
+            f"{CPU_COPY_HINT if config_path.name in CPU_CONFIGS else '.'}"
         )
     return None
 
