@@ -166,6 +166,8 @@ class Ingress:
             methods=["GET"],
             summary="rembg's URL form: refused (422), this service does not fetch URLs",
             response_class=Response,
+            status_code=422,  # its only answer, so the spec shows no 200
+            response_description="Always: {error: {code: invalid_parameter, message}}.",
         )
         return app
 

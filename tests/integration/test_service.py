@@ -90,6 +90,7 @@ def test_openapi_documents_what_the_readme_does(client: httpx.Client) -> None:
     statuses = set(re.findall(r"^\| (\d{3}) \|", section, re.MULTILINE))
     assert statuses and statuses <= set(remove["responses"])
     assert "503" in spec["paths"]["/readyz"]["get"]["responses"] and "else 503" in readme
+    assert set(spec["paths"]["/api/remove"]["get"]["responses"]) == {"422"}  # rembg's URL form: always refused
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
