@@ -43,6 +43,9 @@ async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
     return service_error_response(exc)
 
 
+MAX_MESSAGE_CHARS = 500
+
+
 def validation_message(exc: RequestValidationError | ValidationError) -> str:
     """pydantic's complaints as one line: ``name: what is wrong; ...`` (a check over several parameters has no
     name of its own, and its message names them)."""
@@ -51,7 +54,9 @@ def validation_message(exc: RequestValidationError | ValidationError) -> str:
         name = ".".join(str(part) for part in error.get("loc", ()) if part != "query")
         message = str(error.get("msg", "")).removeprefix("Value error, ")  # pydantic's prefix for our own checks
         complaints.append(f"{name}: {message}" if name else message)
-    return "; ".join(complaints)
+    text = "; ".join(complaints)
+    # A message may quote the value sent, and a form field can be megabytes: never echo that much back.
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -77,16 +77,16 @@ class Ingress:
         self.cpu_pool = ThreadPoolExecutor(config.ingress.cpu_workers, thread_name_prefix="ingress-cpu")
         # pymatting (rgba) loads or compiles its numba kernels on first use (tens of seconds on a fresh install): do
         # it now, not in a request; /readyz waits for it, so a client sent here once ready never waits for it.
-        self.effects_ready = threading.Event()
+        self.effects = "warming_up"  # then "ready", or "failed" (the service still serves; rgba tries again)
         threading.Thread(target=self.warm_up_effects, name="warm-up-matting", daemon=True).start()
 
     def warm_up_effects(self) -> None:
         try:
             warm_up_matting()
+            self.effects = "ready"
         except Exception:  # the first rgba request compiles it then (and says what fails, if it does)
             logger.exception("pymatting's warm-up failed")
-        finally:
-            self.effects_ready.set()
+            self.effects = "failed"
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPIOffline(  # /docs and /redoc from files the package ships: they render offline
@@ -181,23 +181,25 @@ class Ingress:
 
     async def readyz(self) -> JSONResponse:
         tiers = self.tier_infos()
-        effects = "ready" if self.effects_ready.is_set() else "warming_up"
-        ready = self.readiness.all_ready(tiers) and effects == "ready"
-        body = {"ready": ready, "tiers": {t.tier.value: t.status for t in tiers}, "effects": effects}
+        ready = self.readiness.all_ready(tiers) and self.effects != "warming_up"
+        body = {"ready": ready, "tiers": {t.tier.value: t.status for t in tiers}, "effects": self.effects}
         return JSONResponse(status_code=200 if ready else 503, content=body)
 
     async def list_tiers(self) -> list[TierInfo]:
         return self.tier_infos()
 
     async def remove(self, request: Request, params: Annotated[RemoveParams, Query()]) -> Response:
-        tier = self.served_tier(params.tier or self.config.default_tier)
-        self.readiness.raise_if_unavailable(tier)  # before the upload is read
+        # A tier that cannot serve is refused before the upload is read, unless a multipart body may still name
+        # another one in its fields: then once it is read.
+        multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+        if params.tier is not None or not multipart:
+            self.readiness.raise_if_unavailable(self.served_tier(params.tier or self.config.default_tier))
         with self.admission.slot():
             upload = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
-            if upload.fields:  # options sent as multipart text fields too (as remove.bg's API takes them)
+            if upload.fields:  # options sent as multipart text fields too
                 params = with_form_fields(request.query_params, upload.fields)
-                tier = self.served_tier(params.tier or self.config.default_tier)
-                self.readiness.raise_if_unavailable(tier)
+            tier = self.served_tier(params.tier or self.config.default_tier)
+            self.readiness.raise_if_unavailable(tier)
             return await self.render(request, tier, params, upload)
 
     async def rembg_remove(self, request: Request) -> Response:

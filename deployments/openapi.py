@@ -91,6 +91,6 @@ READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     503: {
         "description": "A tier has none yet (or its state is not known yet), or the kernels are still compiling "
-        "(effects: warming_up): {ready: false, tiers: {name: status}, effects: ready | warming_up}."
+        "(effects: warming_up): {ready: false, tiers: {name: status}, effects: warming_up | ready | failed}."
     },
 }
