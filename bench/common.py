@@ -10,6 +10,8 @@ import io
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,13 @@ def load_runtime(tier: ServedTier) -> Runtime:
     runtime = create_runtime(tier.config.runtime, tier.runtime_settings(weights))
     runtime.load()
     return runtime
+
+
+def timed(call: Callable[[], object]) -> float:
+    """Seconds one call takes."""
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
 def run_worker(module: str, *argv: str) -> dict[str, Any]:

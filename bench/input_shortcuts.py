@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.common import PHOTOS, jpeg, load_runtime, photo_1080p, served_tier
+from bench.common import PHOTOS, jpeg, load_runtime, photo_1080p, served_tier, timed
 from serve_app.codec import decode_image
 from serve_app.resize import StaticResize, to_model_input
 from serve_app.runtimes.parity import EXACT_MAX_ABS, iou
@@ -67,12 +66,7 @@ def faster_filters() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
 
 
 def median_ms(step: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+    return statistics.median(timed(step) for _ in range(repeats)) * 1000
 
 
 def main() -> None:

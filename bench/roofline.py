@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.common import load_runtime, model_inputs, served_tier
+from bench.common import load_runtime, model_inputs, served_tier, timed
 from serve_app.runtimes.base import Runtime
 
 
@@ -46,19 +44,13 @@ def matmul_gflops(size: int, threads: int) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(5))
+    best = min(timed(lambda: torch.mm(a, b)) for _ in range(5))
     return 2 * size**3 / best / 1e9
-
-
-def _timed(call: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
 
 
 def seconds_per_image(runtime: Runtime, image: np.ndarray, repeats: int) -> float:
     runtime.predict(image)  # warm-up
-    return statistics.median(_timed(lambda: runtime.predict(image)) for _ in range(repeats))
+    return statistics.median(timed(lambda: runtime.predict(image)) for _ in range(repeats))
 
 
 def efficiency_rows(gflop: float, seconds: dict[str, float], peak: float) -> list[dict[str, float | str]]:

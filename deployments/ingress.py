@@ -35,7 +35,7 @@ from deployments.metrics import IngressMetrics, RecordRequests, request_labels
 from deployments.model_client import ModelClient
 from deployments.openapi import READY_RESPONSES, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
 from deployments.readiness import TierReadiness
-from deployments.uploads import Upload, UploadLimits, read_upload
+from deployments.uploads import Upload, UploadLimits, is_multipart, read_upload
 from serve_app.auth import ApiKeys
 from serve_app.catalogue import Tier
 from serve_app.effects import warm_up_matting
@@ -51,11 +51,14 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def with_form_fields(query: Mapping[str, str], fields: dict[str, str]) -> RemoveParams:
-    """The query's parameters with the multipart body's text fields over them (a field wins over the same query
-    parameter); an unknown field or a bad value is a 422, as in the query."""
+Options = TypeVar("Options", RemoveParams, RembgParams)
+
+
+def options_from(model: type[Options], query: Mapping[str, str], fields: dict[str, str]) -> Options:
+    """A route's options: the query's parameters with the multipart body's text fields over them (a field wins
+    over the same query parameter); an unknown name or a bad value is a 422."""
     try:
-        return RemoveParams(**{**query, **fields})
+        return model(**{**query, **fields})
     except ValidationError as exc:
         raise InvalidParameterError(validation_message(exc)) from None
 
@@ -191,13 +194,12 @@ class Ingress:
     async def remove(self, request: Request, params: Annotated[RemoveParams, Query()]) -> Response:
         # A tier that cannot serve is refused before the upload is read, unless a multipart body may still name
         # another one in its fields: then once it is read.
-        multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
-        if params.tier is not None or not multipart:
+        if params.tier is not None or not is_multipart(request):
             self.readiness.raise_if_unavailable(self.served_tier(params.tier or self.config.default_tier))
         with self.admission.slot():
             upload = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
             if upload.fields:  # options sent as multipart text fields too
-                params = with_form_fields(request.query_params, upload.fields)
+                params = options_from(RemoveParams, request.query_params, upload.fields)
             tier = self.served_tier(params.tier or self.config.default_tier)
             self.readiness.raise_if_unavailable(tier)
             return await self.render(request, tier, params, upload)
@@ -206,11 +208,7 @@ class Ingress:
         """rembg's ``POST /api/remove`` (serve_app/rembg_api.py): its options as form fields or query parameters."""
         with self.admission.slot():
             upload = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
-            options = {**request.query_params, **upload.fields}
-            try:
-                params = RembgParams(**options).to_remove_params()
-            except ValidationError as exc:
-                raise InvalidParameterError(validation_message(exc)) from None
+            params = options_from(RembgParams, request.query_params, upload.fields).to_remove_params()
             tier = self.served_tier(params.tier or self.config.default_tier)
             self.readiness.raise_if_unavailable(tier)
             return await self.render(request, tier, params, upload)

@@ -102,9 +102,14 @@ async def read_upload(request: Request, max_field_bytes: int) -> Upload:
             f"content type {content_type!r}: send multipart/form-data with field 'image', or the image bytes as the "
             f"body (image/*, application/octet-stream, or curl's default for --data-binary)"
         )
-    if content_type.startswith("multipart/form-data"):
+    if is_multipart(request):
         return await _multipart_image(request, max_field_bytes)
     return Upload(await request.body())
+
+
+def is_multipart(request: Request) -> bool:
+    """Whether the body is multipart form data (whose text fields may carry options), not the raw image."""
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
 
 async def _multipart_image(request: Request, max_field_bytes: int) -> Upload:

@@ -23,11 +23,11 @@ from tests.conftest import png_bytes
 from tests.integration.conftest import APP_NAME, Cluster
 from tests.support import scenes
 from tests.support.load import Outcome, burst, private_mb, replica_pids, send, summary, wait_until_healthy
-from tests.support.reference import read_test_config_args
+from tests.support.reference import upload_stall_s_in_test_config
 
 FAST_CAPACITY = 16  # configs/test.yaml: max_ongoing_requests 8 + max_queued_requests 8
 INGRESS_SLOTS = 112  # 3 tiers x 16 + UPLOAD_HEADROOM 32 image requests + CONTROL_HEADROOM 32
-UPLOAD_STALL_S = float(read_test_config_args()["upload_stall_s"])
+UPLOAD_STALL_S = upload_stall_s_in_test_config()
 RETRIABLE = {"tier_unavailable", "overloaded", "ingress_unavailable", "deadline_exceeded"}
 
 

@@ -27,7 +27,12 @@ from serve_app.runtimes.parity import iou
 from tests.conftest import ROOT, png_bytes, skimage_photo
 from tests.integration.conftest import Cluster
 from tests.support import scenes
-from tests.support.reference import base_size_in_test_config, read_test_config_args, reference_mask, reference_remover
+from tests.support.reference import (
+    base_size_in_test_config,
+    reference_mask,
+    reference_remover,
+    upload_stall_s_in_test_config,
+)
 from tests.support.serve_run import until
 
 TIERS = [t.value for t in Tier]
@@ -640,7 +645,7 @@ def slow_upload(
 def test_a_stalled_upload_gets_408_and_frees_its_slot(service: str) -> None:
     """A body that stops after 1 KB is cut off at configs/test.yaml's upload_stall_s, not at Serve's request
     timeout (120 s here)."""
-    stall_s = float(read_test_config_args()["upload_stall_s"])
+    stall_s = upload_stall_s_in_test_config()
     status, body, seconds = slow_upload(service, declared=100_000, chunk=b"\x89PNG" + b"\0" * 996, pause_s=30)
     assert status == 408 and body["error"]["code"] == "upload_too_slow", (status, body)
     assert stall_s - 0.5 < seconds < stall_s + 8, seconds

@@ -32,6 +32,11 @@ def base_size_in_test_config(tier: Tier) -> int:
     return int(read_test_config_args()["tiers"][tier.value]["base_size"])
 
 
+def upload_stall_s_in_test_config() -> float:
+    """How long configs/test.yaml lets an upload pause before its 408 (the slow-upload tests wait this long)."""
+    return float(read_test_config_args()["upload_stall_s"])
+
+
 @contextmanager
 def reference_remover(tier: Tier, weights: Path, base_size: int | None = None, device: str = "cpu") -> Iterator[Any]:
     """A ``Remover`` for the tier on ``weights``, at the catalogue's size or at ``base_size``.
