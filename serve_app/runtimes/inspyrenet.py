@@ -102,9 +102,11 @@ def load_model(weights: ResolvedWeights, base_size: int) -> torch.nn.Module:
     try:
         state = torch.load(weights.path, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # torch's unpickler raises anything from IndexError to UnpicklingError on other files
         raise WeightsUnavailableError(
-            f"{weights.path} is not an InSPyReNet_SwinB checkpoint this service can load: {exc}"
+            f"{weights.path} is not an InSPyReNet_SwinB checkpoint this service can load "
+            f"({type(exc).__name__}: {exc}); point `weights:` at transparent-background's .pth file, or remove it "
+            "to use the published one (`bgserve-weights fetch --config ...`)"
         ) from exc
     return model
 

@@ -79,6 +79,17 @@ def test_checkpoint_for_another_model_is_refused(tmp_path: Path) -> None:
         load_model(ResolvedWeights(bad, "bad.pth"), 64)
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"", b"PK\x03\x04" + b"\0" * 100])
+def test_a_file_that_is_no_checkpoint_is_refused_with_what_to_do(tmp_path: Path, content: bytes) -> None:
+    """Text, an empty file, a broken zip: torch raises IndexError, EOFError, RuntimeError... each becomes the
+    service's own error, naming the file and the fix."""
+    bad = tmp_path / "notes.pth"
+    bad.write_bytes(content)
+    with pytest.raises(WeightsUnavailableError, match="not an InSPyReNet_SwinB checkpoint") as raised:
+        load_model(ResolvedWeights(bad, "notes.pth"), 64)
+    assert str(bad) in raised.value.message and "weights:" in raised.value.message
+
+
 def test_unknown_runtime_lists_the_valid_ones() -> None:
     with pytest.raises(UnknownRuntimeError, match="eager"):
         create_runtime("tensorrt-please", RuntimeSettings(ResolvedWeights(None, "untrained"), 64, "cpu"))
