@@ -9,6 +9,7 @@ cannot grow the number of series by sending odd parameters.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -32,6 +33,9 @@ LATENCY_MS_BOUNDARIES: list[float] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 
 # Uploads, in megapixels: thumbnails to the 50 MP limit (max_image_pixels).
 MEGAPIXEL_BOUNDARIES: list[float] = [0.05, 0.25, 0.5, 1, 2, 4, 8, 12, 24, 50]
 STEPS = ("decode", "resize", "queue", "model", "upsample", "effect", "encode")  # the Server-Timing steps
+# nginx's status for a request whose client closed the connection first: no answer was sent, and it is no error of
+# the service's (the access line and the metrics said 500 before).
+CLIENT_CLOSED = 499
 OTHER = "other"  # a tag value outside the closed set (an unknown tier in a refused request)
 # Ray exports a gauge only in the report interval (RAY_metrics_report_interval_ms, 10 s) in which it was set: a
 # value set once would vanish from Prometheus after one scrape. Our gauges are set again this often.
@@ -151,16 +155,22 @@ class RecordRequests:
             await send(message)
 
         scope.setdefault("state", {})
-        unexpected = False
+        unexpected = cancelled = False
         try:
             await self.app(scope, receive, watch)
+        except asyncio.CancelledError:  # the client left (or the proxy gave up on it) before the answer was sent
+            cancelled, status = True, CLIENT_CLOSED
+            raise
         except Exception:  # answered 500 by Starlette's outermost error middleware, outside this one
             unexpected, status = True, 500
             raise
         finally:
             try:
                 query = dict(_query_pairs(scope))
-                code = "internal_error" if unexpected else _error_code(error_body) if status >= 400 else ""
+                if unexpected or cancelled:
+                    code = "internal_error" if unexpected else "client_closed"
+                else:
+                    code = _error_code(error_body) if status >= 400 else ""
                 seconds = time.perf_counter() - started
                 tags = self.metrics.record(api, query, status, code, seconds, scope["state"])
                 log_access(scope, tags, seconds, scope["state"])

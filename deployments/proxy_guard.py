@@ -17,7 +17,8 @@ things Serve's options cannot:
 4. When an application has no ingress replica that can take a request (its node was lost, or it is starting), the
    proxy would hold each request until a replica appears or ``request_timeout_s`` passes. Here the request gets a
    503 with ``Retry-After`` at once, and requests already waiting get it as soon as that is known
-   (``IngressWatch``).
+   (``IngressWatch``), unless an old replica is stopping gracefully (an update restarts the ingress): it may be
+   working on them, and finishes what it holds.
 
 Only light imports here: this module is loaded into every proxy process.
 """
@@ -36,7 +37,7 @@ from typing import Any
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.errors import error_body
+from serve_app.errors import error_body, summary
 
 logger = logging.getLogger("ray.serve")
 
@@ -60,6 +61,7 @@ class Unserved:
     app: str
     status: str  # the ingress deployment's status, e.g. UNHEALTHY or UPDATING
     message: str
+    draining: bool = False  # an old replica is stopping gracefully (an update): it finishes the requests it holds
 
 
 def unserved_routes(details: dict[str, Any]) -> dict[str, Unserved]:
@@ -76,9 +78,11 @@ def unserved_routes(details: dict[str, Any]) -> dict[str, Unserved]:
         autoscaling = (ingress.get("deployment_config") or {}).get("autoscaling_config") or {}
         if autoscaling and autoscaling.get("min_replicas", 1) == 0:
             continue
-        if not any(replica.get("state") in SERVING_STATES for replica in ingress.get("replicas", [])):
+        states = [replica.get("state") for replica in ingress.get("replicas", [])]
+        if not any(state in SERVING_STATES for state in states):
             status = ingress.get("status", "")
-            unserved[route] = Unserved(app_name, str(getattr(status, "value", status)), str(ingress.get("message", "")))
+            message = summary(str(ingress.get("message", "")))  # a client's answer: no traceback
+            unserved[route] = Unserved(app_name, str(getattr(status, "value", status)), message, "STOPPING" in states)
     return unserved
 
 
@@ -259,7 +263,7 @@ class ProxyGuard:
                     proxied.result()  # what the proxy raised, raised here
                     return None
                 lost = None if started() else self.watch.unserved_for(scope["path"])
-                if lost is not None:
+                if lost is not None and not lost.draining:  # a draining replica may be working on this one
                     proxied.cancel()  # Serve's proxy cancels the call it holds, as for a client that left
                     await asyncio.wait({proxied})
                     return lost

@@ -214,3 +214,40 @@ def test_a_request_held_by_the_proxy_is_answered_503_once_its_ingress_is_known_l
     status, _, body = status_and_body(sent)
     assert status == 503 and json.loads(body)["error"]["code"] == "ingress_unavailable"
     assert cancelled == [True] and took < 2
+
+
+def test_a_request_in_flight_while_its_ingress_drains_for_an_update_is_left_to_finish() -> None:
+    """An update stops the old ingress replica gracefully while the new one starts: no replica takes new requests
+    (a new one gets its 503 at once), but the old one finishes what it holds, so those are not cut off."""
+    details = serve_details(["RUNNING"])
+    watch = watch_seeing(details)
+
+    async def ingress_finishing_its_work(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(1.5)  # past a few of the guard's checks
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    async def update_the_ingress_soon() -> None:
+        await asyncio.sleep(0.2)
+        details["applications"]["bgserve"]["deployments"]["ingress"]["replicas"] = [
+            {"state": "STOPPING"},
+            {"state": "STARTING"},
+        ]
+        watch.refresh()
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"x"}
+
+    async def run() -> None:
+        await asyncio.gather(
+            ProxyGuard(ingress_finishing_its_work, watch)(http_scope([]), receive, send), update_the_ingress_soon()
+        )
+
+    asyncio.run(run())
+    assert status_and_body(sent)[:3:2] == (200, b'{"ok":true}')
+    assert unserved_routes(details)["/"].draining  # and a new request meanwhile is refused at once:
+    assert status_and_body(drive(ingress_finishing_its_work, watch=watch))[0] == 503

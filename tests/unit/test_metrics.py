@@ -1,0 +1,72 @@
+"""The ingress's request recorder (deployments/metrics.py), driven as Serve drives the ingress's ASGI app, with the
+real metric objects (they record without a Ray; the integration tests read them from Prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from starlette.responses import JSONResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from deployments import SERVE_LOGGER
+from deployments.metrics import IngressMetrics, RecordRequests
+
+
+class Recorded(IngressMetrics):
+    def __init__(self) -> None:
+        super().__init__("fast")
+        self.tags: list[dict[str, str]] = []
+
+    def record(self, *args: Any) -> dict[str, str]:
+        tags = super().record(*args)
+        self.tags.append(tags)
+        return tags
+
+
+def run(app: Any, metrics: Recorded, cancel_after_s: float | None = None) -> None:
+    scope = {"type": "http", "method": "POST", "path": "/v1/remove", "query_string": b"tier=fast", "headers": []}
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"x"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def main() -> None:
+        task = asyncio.ensure_future(RecordRequests(app, metrics)(scope, receive, send))
+        if cancel_after_s is None:
+            await task
+            return
+        await asyncio.sleep(cancel_after_s)
+        task.cancel()  # what Serve does to a request whose client left, or that the proxy gave up on
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+def test_a_request_cancelled_before_its_answer_is_a_499_not_a_server_error(caplog: pytest.LogCaptureFixture) -> None:
+    async def slow_route(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(5)
+
+    metrics = Recorded()
+    with caplog.at_level(logging.INFO, logger=SERVE_LOGGER):
+        run(slow_route, metrics, cancel_after_s=0.1)
+    assert [(t["status"], t["code"]) for t in metrics.tags] == [("499", "client_closed")]
+    assert "POST /v1/remove 499 client_closed tier=fast" in caplog.text
+
+
+def test_answers_are_recorded_with_their_status_and_code() -> None:
+    async def refused(scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"error": {"code": "tier_unavailable", "message": "m"}}, 503)(scope, receive, send)
+
+    async def served(scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    metrics = Recorded()
+    run(refused, metrics)
+    run(served, metrics)
+    assert [(t["status"], t["code"]) for t in metrics.tags] == [("503", "tier_unavailable"), ("200", "")]
