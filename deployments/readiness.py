@@ -20,7 +20,7 @@ from ray import serve
 from deployments import SERVE_LOGGER
 from deployments.proxy_guard import SERVING_STATES
 from deployments.startup_board import BoardReader
-from serve_app.errors import TierUnavailableError
+from serve_app.errors import TierUnavailableError, summary
 from serve_app.schemas import ServedTier, StartupProgress, TierInfo, gpu_missing_message
 from serve_app.startup import FAILED, READY
 
@@ -58,6 +58,19 @@ def settled(snapshot: ServeSnapshot) -> bool:
     )
 
 
+def listed_deployments(application: Any, last: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
+    """The deployments a new snapshot holds, from Serve's status of this application; and, when the last known
+    ones stand instead, why."""
+    if application is None:
+        return {}, ""
+    if application.deployments:
+        return dict(application.deployments), ""
+    # This ingress runs, yet Serve lists no deployment of its application: a redeploy whose config failed to build
+    # (DEPLOY_FAILED). Serve keeps the running version, whose tiers serve as they did. Counting them as gone would
+    # refuse every request; the last known states stand instead (none known: requests pass, /readyz waits).
+    return last, f"{_value(application.status)}: {summary(application.message)}"
+
+
 class TierReadiness:
     """The tiers' states from a snapshot of Serve's status that a background thread keeps fresh."""
 
@@ -66,6 +79,7 @@ class TierReadiness:
         self.snapshot = ServeSnapshot()
         self.board = BoardReader(app_name)
         self._first = threading.Event()
+        self._warned_about = ""
         self._wake = threading.Event()
         # A daemon thread: it lives as long as the replica's process, and dies with it.
         threading.Thread(target=self._refresh_forever, name="tier-readiness", daemon=True).start()
@@ -73,7 +87,15 @@ class TierReadiness:
 
     def _take_snapshot(self) -> ServeSnapshot:
         application = serve.status().applications.get(self.app_name)
-        deployments = dict(application.deployments) if application else {}
+        deployments, kept_because = listed_deployments(application, self.snapshot.deployments)
+        if kept_because and kept_because != self._warned_about:
+            logger.warning(
+                "Serve lists no deployment of application %r (%s): the running version serves on, and its tiers' "
+                "last known states stand",
+                self.app_name,
+                kept_because,
+            )
+        self._warned_about = kept_because
         try:
             startup = self.board.read()
         except Exception as exc:  # progress is a nicety: Serve's status stands without it
@@ -120,9 +142,14 @@ class TierReadiness:
         config, name = tier.config, tier.tier.value
         serving, status, message = self._state(name)
         startup = self.snapshot.startup.get(name)
+        message = summary(message)  # Serve's may hold a whole traceback: that is for `serve status`, not clients
         if serving == 0 and startup is not None and startup.phase != READY:
-            doing = "start-up failed" if startup.phase == FAILED else f"starting, {startup.seconds:.0f} s in"
-            message = f"{doing}: {startup.phase} {startup.detail}".strip() + (f". {message}" if message else "")
+            doing = (
+                "start-up failed:"
+                if startup.phase == FAILED
+                else f"starting, {startup.seconds:.0f} s in: {startup.phase}"
+            )
+            message = f"{doing} {startup.detail}".strip() + (f". {message}" if message else "")
         if serving == 0 and config.num_gpus > 0 and self.snapshot.cluster_gpus == 0:
             message = f"{gpu_missing_message({name: config.num_gpus})} {message}".strip()
         return TierInfo(

@@ -7,12 +7,25 @@ its only argument, so it pickles as a plain exception and crosses Ray's process 
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
+
+TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+SUMMARY_CHARS = 300
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
     """The JSON every error answer carries (``ErrorBody`` in ``schemas.py`` documents it in the OpenAPI spec)."""
     return {"error": {"code": code, "message": message}}
+
+
+def summary(message: str) -> str:
+    """One line for a client from a message meant for operators. Serve's deployment messages carry a whole
+    traceback, with terminal colours, pids and paths: a client gets Serve's first line and the exception's (the
+    last); the full text stays in ``serve status`` and the logs."""
+    lines = [line.strip() for line in TERMINAL_CODES.sub("", message).splitlines() if line.strip()]
+    text = " ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
+    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 3] + "..."
 
 
 class ServiceError(Exception):

@@ -4,6 +4,7 @@ controller."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from ray.util.state import list_actors
 
 from serve_app.mask_cache import RUN_THE_MODEL
@@ -75,6 +77,33 @@ def explanation(client: httpx.Client, needle: str, timeout_s: float = 240) -> di
     if not until(check, timeout_s):
         pytest.fail(f"/v1/tiers never explained {needle!r}")
     return found
+
+
+def test_a_redeploy_whose_config_fails_to_build_leaves_the_service_serving(
+    client: httpx.Client, cluster: Cluster
+) -> None:
+    """An operator's typo in args: Serve marks the application DEPLOY_FAILED and lists no deployment, yet keeps the
+    running version. The service serves on: no tier counts as gone (every request was refused with 503 before)."""
+    from ray import serve
+
+    from deployments.readiness import STEADY_REFRESH_S
+
+    config = cluster.test_config()
+    config["applications"][0]["args"]["defualt_tier"] = "fast"
+    cluster.deploy(config)
+    try:
+        assert until(lambda: serve.status().applications[APP_NAME].status == "DEPLOY_FAILED", 60)
+        assert "defualt_tier" in serve.status().applications[APP_NAME].message
+        time.sleep(STEADY_REFRESH_S + 1)  # the ingress has read Serve's status since
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and set(ready.json()["tiers"].values()) == {"HEALTHY"}, ready.text
+        image = png_bytes(scenes.make_scenes(1, 1, 64, 64)[0].image)
+        for tier in ("fast", "balanced", "quality"):
+            response = client.post("/v1/remove", params={"tier": tier, "effect": "mask"}, content=image)
+            assert response.status_code == 200, response.text
+    finally:
+        cluster.deploy(cluster.test_config())
+    assert until(lambda: serve.status().applications[APP_NAME].status == "RUNNING", 120)
 
 
 def test_gpu_config_without_gpu_explains_itself(service: str, cluster: Cluster) -> None:
@@ -295,5 +324,56 @@ def test_a_starting_tier_says_which_phase_it_is_in(service: str, cluster: Cluste
             assert until(lambda: client.get("/readyz").status_code == 200, 240)
             (tier,) = client.get("/v1/tiers").json()
             assert tier["startup"]["phase"] == "ready" and tier["startup"]["seconds"] > 0
+    finally:
+        cluster.deploy(cluster.test_config())
+
+
+@pytest.mark.slow  # pymatting's kernels compile from cold: ~40 s of one core here, more on slower machines
+def test_readyz_waits_for_the_effects_kernels_while_masks_are_served(
+    service: str, cluster: Cluster, tmp_path: Path
+) -> None:
+    """An ingress whose numba cache is empty compiles pymatting's kernels in the background: meanwhile every tier is
+    ready, /readyz answers 503 with effects warming_up, and a mask is served; then 200 with effects ready, and an
+    rgba is served."""
+    args = {
+        "default_tier": "fast",
+        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
+        "tiers": {
+            "fast": {
+                "weights": "untrained",
+                "base_size": 64,
+                "cpu_threads": 1,
+                "deployment": {"ray_actor_options": {"num_cpus": 0.1}},
+            }
+        },
+    }
+    config = cluster.with_extra_app("cold-kernels", "/cold-kernels", args)
+    config["applications"][-1]["runtime_env"] = {"env_vars": {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}}
+    cluster.deploy(config)
+    image = png_bytes(scenes.make_scenes(1, 1, 64, 64)[0].image)
+    seen: list[tuple[int, Any]] = []
+    try:
+        with httpx.Client(base_url=f"{service}/cold-kernels", timeout=60) as client:
+
+            def tiers_ready_effects_warming() -> bool:
+                try:
+                    tiers, ready = client.get("/v1/tiers").json(), client.get("/readyz")
+                    body = ready.json()
+                except (httpx.HTTPError, ValueError):
+                    return False
+                seen.append((ready.status_code, body))
+                if not isinstance(tiers, list) or not isinstance(body, dict):  # the ingress is not up yet
+                    return False
+                return all(t["ready"] for t in tiers) and body.get("effects") == "warming_up"
+
+            assert until(tiers_ready_effects_warming, 240), seen[-5:]
+            assert seen[-1][0] == 503 and seen[-1][1]["ready"] is False, seen[-1]
+            mask = client.post("/v1/remove", params={"effect": "mask"}, content=image)
+            assert mask.status_code == 200 and mask.headers["content-type"] == "image/png", mask.text[:300]
+            assert until(lambda: client.get("/readyz").status_code == 200, 300)
+            assert client.get("/readyz").json()["effects"] == "ready"
+            rgba = client.post("/v1/remove", params={"effect": "rgba"}, content=image)
+            assert rgba.status_code == 200, rgba.text[:300]
+            assert Image.open(io.BytesIO(rgba.content)).mode == "RGBA"
     finally:
         cluster.deploy(cluster.test_config())

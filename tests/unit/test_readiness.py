@@ -1,12 +1,15 @@
 """When the ingress's readiness thread may slow down: only once every deployment is healthy and steady."""
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 from ray.serve._private.common import DeploymentStatus, ReplicaState
 
-from deployments.readiness import ServeSnapshot, settled
-from serve_app.schemas import StartupProgress
+from deployments.readiness import ServeSnapshot, TierReadiness, listed_deployments, settled
+from serve_app.catalogue import Tier
+from serve_app.schemas import ServedTier, StartupProgress, TierConfig
+from tests.unit.test_errors import SERVE_CONSTRUCTOR_FAILURE
 
 
 def deployment(status: DeploymentStatus = DeploymentStatus.HEALTHY, **replicas: int) -> SimpleNamespace:
@@ -58,3 +61,38 @@ def test_a_failed_tier_call_wakes_the_steady_refresh() -> None:
     looked.clear()
     watched.refresh_now()
     assert looked.wait(1.0) and len(looks) == 2 and looks[1] - looks[0] < 1.0
+
+
+def test_a_redeploy_that_failed_to_build_leaves_the_running_tiers_as_they_were() -> None:
+    """Serve lists no deployment while the application is DEPLOY_FAILED (the new config did not build), yet the
+    running version serves on: the last known states stand, so no request is refused for it."""
+    running = {"ingress": deployment(), "fast": deployment()}
+    failed = SimpleNamespace(status="DEPLOY_FAILED", deployments={}, message="Traceback...\nValueError: bad args")
+    assert listed_deployments(failed, running) == (running, "DEPLOY_FAILED: Traceback... ValueError: bad args")
+    assert listed_deployments(failed, None)[0] is None  # nothing known yet: requests pass, /readyz waits
+    healthy = SimpleNamespace(status="RUNNING", deployments={"fast": deployment()}, message="")
+    assert listed_deployments(healthy, running) == (healthy.deployments, "")
+    assert listed_deployments(None, running) == ({}, "")  # the application itself is gone
+
+
+class Fixed(TierReadiness):  # never reaches the real serve.status() (it would start a Ray)
+    def __init__(self, fixed: ServeSnapshot) -> None:
+        self.fixed = fixed
+        super().__init__("app")
+
+    def _take_snapshot(self) -> ServeSnapshot:
+        return self.fixed
+
+
+def test_a_tier_that_failed_to_start_says_why_in_one_line(tmp_path: Path) -> None:
+    """What a client reads (a 503's message, /v1/tiers): Serve's sentence and the exception, no traceback, and the
+    board's reason once."""
+    failed = deployment(DeploymentStatus.DEPLOY_FAILED, RUNNING=0)
+    failed.message = SERVE_CONSTRUCTOR_FAILURE
+    board = {"fast": StartupProgress(phase="failed", detail="WeightsUnavailableError: no such file", seconds=2.0)}
+    readiness = Fixed(snapshot(board, fast=failed))
+    tier = ServedTier(tier=Tier.FAST, config=TierConfig(), weights_dir=tmp_path)
+    message = readiness.tier_info(tier).message
+    assert message.startswith("start-up failed: WeightsUnavailableError: no such file. The deployment failed")
+    assert message.endswith("IndexError: pop from empty list")
+    assert "\x1b" not in message and "File " not in message and "failed failed" not in message
