@@ -7,12 +7,15 @@ from __future__ import annotations
 import io
 import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from ray.util.state import list_actors
@@ -43,21 +46,24 @@ def burst_batch_sizes(client: httpx.Client, count: int = 4) -> list[int]:
         return list(pool.map(send, uploads))
 
 
-def test_batching_changes_live_without_reloading_the_model(client: httpx.Client, cluster: Cluster) -> None:
+def test_batching_and_scaling_change_live_without_reloading_the_model(client: httpx.Client, cluster: Cluster) -> None:
+    """Serve's `deployments:` list in the config: a tier's batching (its user_config) and its replica count apply
+    to the running replica in place, as README's "Configs" says."""
     before = fast_replica_actors(cluster)
     assert len(before) == 1
     config = cluster.test_config()
     config["applications"][0]["deployments"] = [
-        {"name": "fast", "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.5}}
+        {"name": "fast", "num_replicas": 2, "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.5}}
     ]
     try:
         cluster.deploy(config)
         assert until(lambda: burst_batch_sizes(client) == [1, 1, 1, 1]), "max_batch_size=1 never took effect"
-        assert fast_replica_actors(cluster) == before  # the same replica: reconfigured, not restarted
+        assert until(lambda: len(fast_replica_actors(cluster)) == 2, 120), fast_replica_actors(cluster)
+        assert before < fast_replica_actors(cluster)  # the first replica kept: reconfigured, not restarted
     finally:
-        cluster.deploy(cluster.test_config())  # back to the builder's batching (4)
+        cluster.deploy(cluster.test_config())  # back to the builder's batching (4) and one replica
+    assert until(lambda: len(fast_replica_actors(cluster)) == 1, 120)
     assert until(lambda: max(burst_batch_sizes(client)) > 1)
-    assert fast_replica_actors(cluster) == before
 
 
 def explanation(client: httpx.Client, needle: str, timeout_s: float = 240) -> dict:  # type: ignore[type-arg]
@@ -92,7 +98,7 @@ def test_a_redeploy_whose_config_fails_to_build_leaves_the_service_serving(
     config["applications"][0]["args"]["defualt_tier"] = "fast"
     cluster.deploy(config)
     try:
-        assert until(lambda: serve.status().applications[APP_NAME].status == "DEPLOY_FAILED", 60)
+        assert until(lambda: app_status() == "DEPLOY_FAILED", 60)
         assert "defualt_tier" in serve.status().applications[APP_NAME].message
         time.sleep(STEADY_REFRESH_S + 1)  # the ingress has read Serve's status since
         ready = client.get("/readyz")
@@ -103,7 +109,70 @@ def test_a_redeploy_whose_config_fails_to_build_leaves_the_service_serving(
             assert response.status_code == 200, response.text
     finally:
         cluster.deploy(cluster.test_config())
-    assert until(lambda: serve.status().applications[APP_NAME].status == "RUNNING", 120)
+    assert until(lambda: app_status() == "RUNNING", 120)
+
+
+def app_status() -> str:
+    from ray import serve
+
+    application = serve.status().applications.get(APP_NAME)
+    return str(getattr(application.status, "value", application.status)) if application else ""
+
+
+def ingress_replica_states() -> list[str]:
+    from ray import serve
+
+    application = serve.status().applications.get(APP_NAME)
+    ingress = application.deployments.get("ingress") if application else None
+    return [
+        str(getattr(s, "value", s)) for s, n in (ingress.replica_states.items() if ingress else []) for _ in range(n)
+    ]
+
+
+def test_an_update_that_restarts_the_ingress_lets_it_finish_the_requests_it_holds(
+    client: httpx.Client, cluster: Cluster
+) -> None:
+    """An update of the ingress restarts it: the old replica stops gracefully while the new one starts.
+    A request it holds (here an upload still arriving) is finished and answered 200, not cut off with a 503 by the
+    proxy guard, which sees no serving ingress replica meanwhile."""
+    rng = np.random.default_rng(5)
+    photo = png_bytes(rng.integers(0, 255, (600, 600, 3), dtype=np.uint8))  # ~1 MB: noise does not compress
+    draining = threading.Event()
+
+    def arriving_slowly() -> Iterator[bytes]:  # 40 KB/s, above the upload's minimum rate, until the update drains
+        sent, chunk = 0, 16 * 1024
+        deadline = time.monotonic() + 60
+        while sent < len(photo) - chunk and not draining.is_set() and time.monotonic() < deadline:
+            yield photo[sent : sent + chunk]
+            sent += chunk
+            time.sleep(0.4)
+        for _ in range(6):  # a few more seconds: the guard looks every second
+            if sent < len(photo) - chunk:
+                yield photo[sent : sent + chunk]
+                sent += chunk
+            time.sleep(0.4)
+        yield photo[sent:]
+
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(
+            client.post, "/v1/remove", params={"tier": "fast", "effect": "mask"}, content=arriving_slowly()
+        )
+        time.sleep(1)
+        config = cluster.test_config()
+        # A change of the ingress's actor options restarts the ingress alone (a change under args would restart
+        # the tiers too: it changes the application's code version).
+        config["applications"][0]["deployments"] = [{"name": "ingress", "ray_actor_options": {"num_cpus": 0.4}}]
+        cluster.deploy(config)
+        try:
+            assert until(lambda: "STOPPING" in ingress_replica_states(), 45), ingress_replica_states()
+            draining.set()
+            response = answer.result(timeout=120)
+            assert response.status_code == 200 and response.headers["content-type"] == "image/png", response.text
+        finally:
+            draining.set()
+            cluster.deploy(cluster.test_config())
+            assert until(lambda: ingress_replica_states() == ["RUNNING"] and app_status() == "RUNNING", 120)
+            assert until(lambda: client.get("/readyz").status_code == 200, 60)
 
 
 def test_gpu_config_without_gpu_explains_itself(service: str, cluster: Cluster) -> None:
