@@ -3,6 +3,7 @@
 import logging
 
 SERVE_LOGGER = "ray.serve"
+INGRESS_DEPLOYMENT = "ingress"  # its Serve deployment name; each tier's deployment is named as the tier
 
 
 def route_core_logs_to_serve() -> None:

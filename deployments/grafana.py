@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from deployments import INGRESS_DEPLOYMENT
+from serve_app.catalogue import Tier
+
 RATE = "$__rate_interval"
 TIER = 'tier=~"$tier"'
 DEPLOYMENT = 'deployment=~"$tier"'
@@ -27,10 +30,12 @@ def quantiles(metric: str, by: str, selector: str) -> list[tuple[str, str]]:
     ]
 
 
-def mean(metric: str, by: str, selector: str) -> str:
+def mean(total: str, histogram: str, by: str, selector: str) -> str:
+    """A mean from an exact total (a counter) over a histogram's count. Not from the histogram's ``_sum``: Ray 2.60
+    exports that rebuilt from bucket midpoints (deployments/metrics.py)."""
     return (
-        f"sum by ({by}) (rate({metric}_sum{{{selector}}}[{RATE}])) / "
-        f"sum by ({by}) (rate({metric}_count{{{selector}}}[{RATE}]))"
+        f"sum by ({by}) (rate({total}{{{selector}}}[{RATE}])) / "
+        f"sum by ({by}) (rate({histogram}_count{{{selector}}}[{RATE}]))"
     )
 
 
@@ -55,7 +60,11 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], bool]] = [
             (
                 f'sum by (tier, status, code) (rate(ray_bgserve_requests_total{{{TIER}, status!~"2.."}}[{RATE}]))',
                 "{{tier}} {{status}} {{code}}",
-            )
+            ),
+            (  # Serve's proxy counts every answer, also those no ingress replica saw (the proxy guard's 503s)
+                f'sum by (status_code) (rate(ray_serve_num_http_requests_total{{status_code=~"5.."}}[{RATE}]))',
+                "all HTTP {{status_code}} (Serve's proxy)",
+            ),
         ],
         False,
     ),
@@ -64,19 +73,24 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], bool]] = [
     (
         "Where the time goes (mean per request)",
         "ms",
-        [(mean("ray_bgserve_step_latency_ms", "tier, step", TIER), "{{tier}} {{step}}")],
+        [(mean("ray_bgserve_step_ms_total", "ray_bgserve_step_latency_ms", "tier, step", TIER), "{{tier}} {{step}}")],
         False,
     ),
     (
-        "Batch size (Serve)",
+        "Batch size (mean)",
         "none",
-        [(mean("ray_serve_actual_batch_size", "deployment", DEPLOYMENT), "{{deployment}}")],
+        [
+            (
+                mean("ray_bgserve_model_images_total", "ray_bgserve_model_batch_latency_ms", "deployment", DEPLOYMENT),
+                "{{deployment}}",
+            )
+        ],
         False,
     ),
-    (
+    (  # Serve's histogram: quantiles from its buckets (a mean would need an exact sum, which Ray does not export)
         "Batch wait (Serve)",
         "ms",
-        [(mean("ray_serve_batch_wait_time_ms", "deployment", DEPLOYMENT), "{{deployment}}")],
+        quantiles("ray_serve_batch_wait_time_ms", "deployment", DEPLOYMENT)[:2],
         False,
     ),
     (
@@ -97,7 +111,13 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], bool]] = [
     (
         "Healthy replicas (Serve)",
         "none",
-        [(gauge("sum", "ray_serve_deployment_replica_healthy", DEPLOYMENT), "{{deployment}}")],
+        [
+            (gauge("sum", "ray_serve_deployment_replica_healthy", DEPLOYMENT), "{{deployment}}"),
+            (
+                gauge("sum", "ray_serve_deployment_replica_healthy", f'deployment="{INGRESS_DEPLOYMENT}"'),
+                "{{deployment}}",
+            ),
+        ],
         False,
     ),
     ("Upload size", "none", quantiles("ray_bgserve_input_megapixels", "tier", TIER)[:2], False),
@@ -155,7 +175,10 @@ def dashboard() -> dict[str, Any]:
                     "type": "query",
                     "label": "Tier",
                     "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": "label_values(ray_bgserve_requests_total, tier)",
+                    # From Serve's replica health, there from the start (not from requests, whose tier label is
+                    # `other` for an unknown tier); the ingress deployment is no tier.
+                    "query": "label_values(ray_serve_deployment_replica_healthy, deployment)",
+                    "regex": f"/^({'|'.join(t.value for t in Tier)})$/",
                     "includeAll": True,
                     "multi": True,
                     "allValue": ".*",

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments import SERVE_LOGGER, route_core_logs_to_serve
+from deployments import INGRESS_DEPLOYMENT, SERVE_LOGGER, route_core_logs_to_serve
 from deployments.access import ApiKeyCheck
 from deployments.admission import Admission
 from deployments.http_errors import install_error_handlers, validation_message
@@ -63,7 +63,7 @@ def options_from(model: type[Options], query: Mapping[str, str], fields: dict[st
         raise InvalidParameterError(validation_message(exc)) from None
 
 
-@serve.deployment(name="ingress")
+@serve.deployment(name=INGRESS_DEPLOYMENT)
 @serve.ingress()  # the app is built per replica by __serve_build_asgi_app__, from this app's config
 class Ingress:
     def __init__(self, config: AppConfig, tiers: dict[Tier, ServedTier], models: dict[str, DeploymentHandle]) -> None:

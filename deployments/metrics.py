@@ -93,6 +93,14 @@ class IngressMetrics:
             boundaries=LATENCY_MS_BOUNDARIES,
             tag_keys=("tier", "step"),  # type: ignore[arg-type]
         )
+        # Ray 2.60 exports a histogram's _sum rebuilt from bucket midpoints, not the values observed (1-2 ms steps
+        # read as 2.5 ms each): a mean needs the exact total, counted here.
+        self.step_ms = Counter(
+            "bgserve_step_ms",
+            description="Milliseconds spent in each step of served requests, summed (the exact total behind a mean "
+            "per request: with bgserve_step_latency_ms_count), by tier and step.",
+            tag_keys=("tier", "step"),  # type: ignore[arg-type]
+        )
         self.megapixels = Histogram(
             "bgserve_input_megapixels",
             description="Size of the decoded uploads, in megapixels, by tier.",
@@ -120,6 +128,8 @@ class IngressMetrics:
         for step, step_seconds in (state.get("step_seconds") or {}).items():
             if step in STEPS:
                 self.steps.observe(step_seconds * 1000, tags={"tier": tier, "step": step})
+                if step_seconds > 0:  # Ray's Counter refuses 0 (a cache hit's model step)
+                    self.step_ms.inc(step_seconds * 1000, tags={"tier": tier, "step": step})
         if "megapixels" in state:
             self.megapixels.observe(state["megapixels"], tags={"tier": tier})
         return tags
@@ -225,6 +235,11 @@ class ModelMetrics:
             boundaries=LATENCY_MS_BOUNDARIES,
             tag_keys=("runtime",),
         )
+        self.images = Counter(  # with the batch histogram's count: the exact mean batch size (see step_ms)
+            "bgserve_model_images",
+            description="Images the model ran, by runtime (the tier is the deployment tag).",
+            tag_keys=("runtime",),
+        )
         self.load = Gauge(
             "bgserve_model_load_seconds",
             description="Seconds each start-up phase of this replica took (weights, load, warmup).",
@@ -233,6 +248,7 @@ class ModelMetrics:
 
     def model_call(self, seconds: float, batch_size: int) -> None:
         self.batch.observe(seconds * 1000, tags={"runtime": self.runtime})
+        self.images.inc(batch_size, tags={"runtime": self.runtime})
 
     def loaded(self, runtime: str, phases: Mapping[str, float], period_s: float = GAUGE_PERIOD_S) -> None:
         """Publish the start-up phases, again every ``period_s`` (see GAUGE_PERIOD_S)."""

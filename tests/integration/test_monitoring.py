@@ -86,6 +86,41 @@ def test_every_dashboard_expression_returns_data(scraped: Prometheus, service: s
     assert not empty, "panels that would show nothing:\n" + "\n".join(f"{t}: {e}" for t, e in empty) + f"\n{known}"
 
 
+def by_step(scraped: Prometheus, metric: str) -> dict[str, float]:
+    return {
+        r["metric"]["step"]: float(r["value"][1]) for r in scraped.query(f'sum by (step) ({metric}{{tier="fast"}})')
+    }
+
+
+def test_the_dashboards_mean_step_times_are_the_served_ones(scraped: Prometheus, service: str) -> None:
+    """The "where the time goes" panel divides an exact total by a count. (Ray exports a histogram's _sum rebuilt
+    from bucket midpoints: a 0.1 ms step read as 2.5 ms.) Over a few requests, the total each step gained is the sum
+    of what their Server-Timing headers said."""
+    image = png_bytes(scenes.make_scenes(seed=406, count=1, height=96, width=128)[0].image)
+    assert until(lambda: by_step(scraped, "ray_bgserve_step_latency_ms_count"), 90), "no step metrics yet"
+    time.sleep(3)  # the last requests' increments have been exported and scraped
+    totals, counts = (
+        by_step(scraped, "ray_bgserve_step_ms_total"),
+        by_step(scraped, "ray_bgserve_step_latency_ms_count"),
+    )
+    served: dict[str, float] = {}
+    with httpx.Client(base_url=service, timeout=60) as client:
+        for _ in range(6):
+            response = client.post(
+                "/v1/remove", params={"tier": "fast", "effect": "mask"}, content=image, headers=RUN_THE_MODEL
+            )
+            assert response.status_code == 200, response.text
+            for part in response.headers["server-timing"].split(", "):
+                step, duration = part.split(";dur=")
+                served[step] = served.get(step, 0.0) + float(duration)
+    assert until(lambda: by_step(scraped, "ray_bgserve_step_latency_ms_count")["decode"] == counts["decode"] + 6, 60)
+    gained = {
+        step: total - totals.get(step, 0.0) for step, total in by_step(scraped, "ray_bgserve_step_ms_total").items()
+    }
+    for step, milliseconds in served.items():  # the header rounds each step to 0.1 ms
+        assert abs(gained[step] - milliseconds) <= 6 * 0.05 + 1e-6, (step, gained[step], milliseconds)
+
+
 def ingress_log_records(cluster: Cluster) -> list[dict[str, Any]]:
     """The JSON records of the test app's ingress replica log files (configs/test.yaml: `encoding: JSON`)."""
     import ray
@@ -122,7 +157,15 @@ def test_one_json_access_line_per_request_with_its_request_id(cluster: Cluster, 
     def access_lines(request_id: str) -> list[dict[str, Any]]:
         return [r for r in ingress_log_records(cluster) if r.get("request_id") == request_id and "access" in r]
 
-    assert until(lambda: access_lines("trace-bad-4242"), 30)
+    again = httpx.post(  # the same image: a mask cache hit, logged as any answer
+        f"{service}/v1/remove",
+        params={"tier": "fast", "effect": "mask"},
+        content=image,
+        headers={"X-Request-ID": "trace-hit-4242"},
+        timeout=60,
+    )
+    assert again.status_code == 200 and again.headers["x-cache"] == "hit", again.headers
+    assert until(lambda: access_lines("trace-bad-4242") and access_lines("trace-hit-4242"), 30)
     (served,) = access_lines("trace-ok-4242")
     access = served["access"]
     assert access["tier"] == "fast" and access["effect"] == "mask" and access["status"] == "200" and not access["code"]

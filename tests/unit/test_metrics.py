@@ -70,3 +70,10 @@ def test_answers_are_recorded_with_their_status_and_code() -> None:
     run(refused, metrics)
     run(served, metrics)
     assert [(t["status"], t["code"]) for t in metrics.tags] == [("503", "tier_unavailable"), ("200", "")]
+
+
+def test_a_step_that_took_no_time_is_recorded_too() -> None:
+    """A mask cache hit's model step is 0 ms, which Ray's Counter refuses (ValueError): the answer must be recorded
+    anyway (and its access line written: the recorder would log an error instead)."""
+    tags = IngressMetrics("fast").record("v1", {}, 200, "", 0.01, {"step_seconds": {"decode": 0.002, "model": 0.0}})
+    assert tags["status"] == "200"
