@@ -38,6 +38,7 @@ def container(name: str, resources: dict[str, Any], ports: list[dict[str, Any]])
     return {
         "name": name,
         "image": IMAGE,
+        "imagePullPolicy": "IfNotPresent",  # a `latest` tag would make Kubernetes pull it on every start
         "env": ENV,
         "resources": {"limits": resources, "requests": resources},
         "ports": ports,
@@ -54,7 +55,10 @@ def rayservice() -> dict[str, Any]:
             "serveConfigV2": yaml.safe_dump(serve_config(), sort_keys=False),
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,
-                "authOptions": {"mode": "token"},
+                "authOptions": {"mode": "token"},  # KubeRay 1.5.1 or newer; it keeps the token in a Secret
+                # Ray's autoscaler adds L4 nodes (up to maxReplicas) when Serve's autoscaling asks for replicas
+                # that do not fit, and removes idle ones.
+                "enableInTreeAutoscaling": True,
                 "headGroupSpec": {
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0", "metrics-export-port": "8080"},
                     "template": {
@@ -87,7 +91,9 @@ def rayservice() -> dict[str, Any]:
                                 "containers": [
                                     container(
                                         "ray-worker",
-                                        {"cpu": "7", "memory": "28Gi", "nvidia.com/gpu": "1"},
+                                        # Fits a g2-standard-8 (8 vCPU, 32 GB) once GKE's reservations and
+                                        # daemon sets take theirs (~28 GiB allocatable): 28Gi would not schedule.
+                                        {"cpu": "7", "memory": "24Gi", "nvidia.com/gpu": "1"},
                                         [{"containerPort": 8000, "name": "serve"}, metrics_port],
                                     )
                                 ],

@@ -20,6 +20,7 @@ def test_the_rayservice_serves_serve_config_with_no_replica_on_the_head() -> Non
     cluster = service["spec"]["rayClusterConfig"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     assert cluster["authOptions"] == {"mode": "token"}
+    assert cluster["enableInTreeAutoscaling"] is True  # else maxReplicas never adds a node
     (workers,) = cluster["workerGroupSpecs"]
     assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     for spec in (cluster["headGroupSpec"], workers):
@@ -27,6 +28,7 @@ def test_the_rayservice_serves_serve_config_with_no_replica_on_the_head() -> Non
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "deployments.proxy_guard:middlewares"
         assert {"containerPort": 8080, "name": "metrics"} in container["ports"]
+        assert container["imagePullPolicy"] == "IfNotPresent"
 
 
 def test_the_dockerfile_matches_the_ray_we_test_and_loads_the_proxy_guard() -> None:
