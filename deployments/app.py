@@ -21,6 +21,7 @@ from deployments import SERVE_LOGGER
 from deployments.ingress import Ingress
 from deployments.model import ModelDeployment
 from deployments.proxy_guard import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
+from serve_app.catalogue import Tier
 from serve_app.errors import ConfigurationError
 from serve_app.schemas import AppConfig, gpu_missing_message
 from serve_app.weights import default_weights_dir
@@ -38,20 +39,23 @@ def build_app(args: AppConfig) -> Application:
     warn_if_gpus_missing(config)
     warn_if_proxy_unguarded()
     tiers = config.served_tiers(weights_dir)
-    models = {
-        tier.value: with_options(
+    ingress, deployments = configured_deployments(config)
+    models = {tier.value: deployments[tier].bind(served) for tier, served in tiers.items()}
+    return ingress.bind(config, tiers, models)
+
+
+def configured_deployments(config: AppConfig) -> tuple[Deployment, dict[Tier, Deployment]]:
+    """The ingress's and each served tier's deployment with their Serve options, which Serve validates here (what a
+    config can get wrong beyond ``AppConfig``; ``deployments/preflight.py`` checks a config file with it)."""
+    tiers = {
+        tier: with_options(
             ModelDeployment,
             f"tiers.{tier.value}.deployment",
-            {
-                "name": tier.value,
-                "user_config": served.config.batching.model_dump(),
-                **served.config.deployment_options(),
-            },
-        ).bind(served)
-        for tier, served in tiers.items()
+            {"name": tier.value, "user_config": tier_config.batching.model_dump(), **tier_config.deployment_options()},
+        )
+        for tier, tier_config in config.tiers.items()
     }
-    ingress = with_options(Ingress, "ingress.deployment", config.ingress_deployment_options())
-    return ingress.bind(config, tiers, models)
+    return with_options(Ingress, "ingress.deployment", config.ingress_deployment_options()), tiers
 
 
 def with_options(deployment: Any, where: str, options: dict[str, Any]) -> Deployment:

@@ -1,16 +1,24 @@
-"""Checks before `serve run`, run by ``scripts/serve.sh``: ``python -m deployments.preflight CONFIG``.
+"""Checks before serving or deploying a config: ``python -m deployments.preflight CONFIG`` (``scripts/serve.sh`` runs
+it, and prints the URL it gives), ``python -m deployments.preflight --config-only CONFIG`` before ``serve deploy``.
 
-Serve's proxy binds its port with SO_REUSEPORT, so a second service started on a busy port starts without an
-error and the two split the connections between them. Binding it here without that option tells a busy port
-from a free one, and says so before anything starts."""
+1. The config itself, as the cluster would build it: Serve's schema, then each of our applications' ``args``
+   through ``AppConfig`` and Serve's deployment options. ``serve deploy`` accepts any file and reports a bad one
+   only later, in ``serve status`` (the running version serves on); this says what is wrong, by config path, first.
+2. The port (not with ``--config-only``). Serve's proxy binds it with SO_REUSEPORT, so a second service started
+   on a busy port starts without an error and the two split the connections between them. Binding it here
+   without that option tells a busy port from a free one, and says so before anything starts."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from deployments import SERVE_LOGGER
 
 SERVE_DEFAULT_HOST, SERVE_DEFAULT_PORT = "127.0.0.1", 8000
 
@@ -44,14 +52,61 @@ def check(config_path: Path) -> str | None:
     return None
 
 
+BUILDER = "deployments.app:build_app"
+
+
+def config_problems(config: dict[str, Any]) -> list[str]:
+    """What Serve, or our builder, would refuse in a config (a dict as read from its YAML file)."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments.app import configured_deployments
+    from deployments.http_errors import validation_message
+    from serve_app.errors import ConfigurationError
+    from serve_app.schemas import AppConfig
+
+    try:
+        ServeDeploySchema.model_validate(config)
+    except ValidationError as exc:
+        return [f"Serve's config schema: {validation_message(exc)}"]
+    problems = []
+    for index, app in enumerate(config.get("applications") or []):
+        if app.get("import_path") != BUILDER:
+            continue
+        where = f"applications[{index}] ({app.get('name', 'default')}) args"
+        try:
+            configured_deployments(AppConfig.model_validate(app.get("args") or {}))
+        except ValidationError as exc:
+            problems.append(f"{where}: {validation_message(exc)}")
+        except ConfigurationError as exc:
+            problems.append(f"{where}: {exc.message}")
+    return problems
+
+
+def url(config: dict[str, Any]) -> str:
+    options = config.get("http_options") or {}
+    host = str(options.get("host", SERVE_DEFAULT_HOST))
+    return f"http://{'localhost' if host in ('0.0.0.0', '::', '127.0.0.1') else host}:{options.get('port', 8000)}"
+
+
 def main() -> int:
-    if len(sys.argv) != 2:
-        print("usage: python -m deployments.preflight CONFIG", file=sys.stderr)
+    arguments = sys.argv[1:]
+    config_only = "--config-only" in arguments
+    paths = [a for a in arguments if a != "--config-only"]
+    if len(paths) != 1:
+        print("usage: python -m deployments.preflight [--config-only] CONFIG", file=sys.stderr)
         return 2
-    problem = check(Path(sys.argv[1]))
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    logging.getLogger(SERVE_LOGGER).setLevel(logging.WARNING)  # not the builder's option lines: only problems
+    path = Path(paths[0])
+    config = yaml.safe_load(path.read_text()) or {}
+    problems = config_problems(config)
+    if not config_only and not problems:
+        problems = [p for p in [check(path)] if p]
+    for problem in problems:
+        print(f"error: {path}: {problem}", file=sys.stderr)
+    if problems:
         return 1
+    print(url(config))  # where it will answer (scripts/serve.sh says so)
     return 0
 
 

@@ -13,8 +13,8 @@ case "${1:-}" in
 esac
 cd "$(dirname "$0")/.."
 scripts/setup.sh "${BGSERVE_EXTRAS:-cpu}"
-# A busy port fails here: Serve itself would start beside the other service and share the port with it.
-.venv/bin/python -m deployments.preflight "$config"
+# A bad config or a busy port fails here (Serve itself would start beside the other service, sharing its port).
+url="$(.venv/bin/python -m deployments.preflight "$config")"  # the config checked, and where it will answer
 # The checkpoints this config downloads itself, fetched and verified first (progress bars here, not buried in
 # replica logs). Offline, this prints which file to put where, and how to try the service without them.
 if ! .venv/bin/bgserve-weights fetch --config "$config"; then
@@ -23,7 +23,7 @@ if ! .venv/bin/bgserve-weights fetch --config "$config"; then
   echo "  scripts/serve.sh --try" >&2
   exit 1
 fi
-echo "Starting $config: http://localhost:8000/docs once /readyz answers 200 (Ctrl-C stops the service)."
+echo "Starting $config: $url/docs once /readyz answers 200 (Ctrl-C stops the service)."
 # Serve's proxy loads our guard (deployments/proxy_guard.py): no client header lifts the server's timeouts, and a
 # request lost with a dying ingress replica gets a retriable 503, not a 500.
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_guard:middlewares

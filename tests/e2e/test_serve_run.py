@@ -44,9 +44,9 @@ def test_serve_run_config_serves_every_tier(served: str) -> None:
         assert default.headers["x-tier"] == "balanced" and default.headers["content-type"] == "image/png"
 
 
-def test_serve_sh_refuses_a_busy_port(tmp_path: Path) -> None:
+def test_serve_sh_refuses_a_busy_port_and_a_bad_config(tmp_path: Path) -> None:
     """Serve's proxy binds with SO_REUSEPORT: a second service on a busy port would start and share it. The
-    script checks first and stops with what to do."""
+    script checks first and stops with what to do; as it does for a config the cluster would not build."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -60,4 +60,11 @@ def test_serve_sh_refuses_a_busy_port(tmp_path: Path) -> None:
         )
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"port {config['http_options']['port']} on 127.0.0.1 is already in use" in done.stderr
+    assert "Starting" not in done.stdout
+    config["applications"][0]["args"]["tiers"]["fast"]["runtime"] = "openvno"  # and a config it would not build
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "serve.sh"), str(path)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and "tiers.fast.runtime: unknown runtime 'openvno'" in done.stderr, done.stderr
     assert "Starting" not in done.stdout

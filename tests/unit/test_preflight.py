@@ -1,0 +1,70 @@
+"""Checking a config before `serve run` / `serve deploy` (deployments/preflight.py): what Serve or our builder would
+refuse, by config path, and where the service will answer. (The busy-port check: tests/unit/test_admission.py.)"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deployments.preflight import config_problems
+from tests.conftest import ROOT
+
+CPU = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
+
+
+def args(config: dict[str, Any]) -> dict[str, Any]:
+    return config["applications"][0]["args"]
+
+
+@pytest.mark.parametrize("name", ["configs/cpu.yaml", "configs/try.yaml", "configs/test.yaml", "serve_config.yaml"])
+def test_the_shipped_configs_pass(name: str) -> None:
+    assert config_problems(yaml.safe_load((ROOT / name).read_text())) == []
+
+
+@pytest.mark.parametrize(
+    ("mistake", "expected"),
+    [
+        (lambda c: args(c).update(defualt_tier="fast"), "args: defualt_tier: Extra inputs are not permitted"),
+        (lambda c: args(c)["tiers"]["fast"].update(runtime="openvno"), "tiers.fast.runtime: unknown runtime 'openvno'"),
+        (
+            lambda c: args(c)["tiers"]["fast"].update(deployment={"max_ongoing_request": 3}),
+            "tiers.fast.deployment: Deployment.options() got an unexpected keyword argument 'max_ongoing_request'",
+        ),
+        (lambda c: args(c)["tiers"].update(ultra={}), "Input should be 'fast', 'balanced' or 'quality'"),
+        (
+            lambda c: c["applications"][0]["deployments"][0].update(num_replicas=0),
+            "Serve's config schema: applications.0.deployments.0.num_replicas",
+        ),
+    ],
+)
+def test_a_mistake_is_named_by_its_config_path(mistake: Callable[[dict[str, Any]], None], expected: str) -> None:
+    config = copy.deepcopy(CPU)
+    mistake(config)
+    (problem,) = config_problems(config)
+    assert expected in problem, problem
+
+
+def test_the_command_prints_where_the_service_answers_or_what_is_wrong(tmp_path: Path) -> None:
+    def preflight(path: Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "deployments.preflight", "--config-only", str(path)]
+        return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    config = copy.deepcopy(CPU)
+    config["http_options"]["port"] = 8123
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(config))
+    done = preflight(good)
+    assert done.returncode == 0 and done.stdout == "http://localhost:8123\n", done.stderr
+    args(config)["defualt_tier"] = "fast"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    done = preflight(bad)
+    assert done.returncode == 1 and done.stdout == ""
+    assert f"error: {bad}: applications[0] (bgserve) args: defualt_tier" in done.stderr
