@@ -20,22 +20,31 @@ import ray
 
 from deployments import SERVE_LOGGER
 from serve_app.schemas import StartupProgress
-from serve_app.startup import FAILED
+from serve_app.startup import FAILED, READY
 
 logger = logging.getLogger(SERVE_LOGGER)
 NAMESPACE = "serve"
 
 
+def aged(report: dict[str, Any], seconds_since_published: float) -> dict[str, Any]:
+    """A report as of now: a replica reports when its phase changes, so while a phase lasts (a conversion, a
+    download between its progress lines) its ``seconds`` would stand still; they go on counting until it ends."""
+    if report.get("phase") in (READY, FAILED):
+        return report
+    return {**report, "seconds": round(report["seconds"] + seconds_since_published, 1)}
+
+
 @ray.remote(num_cpus=0)
 class StartupBoard:
     def __init__(self) -> None:
-        self.reports: dict[str, dict[str, Any]] = {}
+        self.reports: dict[str, tuple[dict[str, Any], float]] = {}  # tier -> (report, when it came, board's clock)
 
     def publish(self, tier: str, report: dict[str, Any]) -> None:
-        self.reports[tier] = report
+        self.reports[tier] = (report, time.monotonic())
 
     def read(self) -> dict[str, dict[str, Any]]:
-        return dict(self.reports)
+        now = time.monotonic()  # the board's own clock for both ends: no clock is compared across nodes
+        return {tier: aged(report, now - came) for tier, (report, came) in self.reports.items()}
 
 
 def board(app_name: str) -> Any:

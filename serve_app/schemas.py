@@ -599,7 +599,10 @@ class StartupProgress(BaseModel):
     phase: str = Field(description="resolving weights, downloading, verifying, loading, warming up, ready, or failed")
     detail: str = Field("", description="e.g. '42% of 367 MB at 12.3 MB/s', the runtime and device, or why it failed")
     fraction: float | None = Field(None, description="Share of the phase done, where known (downloads).")
-    seconds: float = Field(description="Seconds since the replica began starting.")
+    seconds: float = Field(
+        description="Seconds since the replica began starting, counting on while it starts; once ready or failed, "
+        "how long its start-up took."
+    )
 
 
 class TierInfo(BaseModel):

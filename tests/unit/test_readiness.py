@@ -96,3 +96,14 @@ def test_a_tier_that_failed_to_start_says_why_in_one_line(tmp_path: Path) -> Non
     assert message.startswith("start-up failed: WeightsUnavailableError: no such file. The deployment failed")
     assert message.endswith("IndexError: pop from empty list")
     assert "\x1b" not in message and "File " not in message and "failed failed" not in message
+
+
+def test_a_starting_replicas_seconds_count_on_between_its_reports() -> None:
+    """A replica reports when its phase changes: 24 s into one long conversion, /v1/tiers said "0 s in" throughout.
+    The board ages each report by the time since it came; a finished start-up keeps how long it took."""
+    from deployments.startup_board import aged
+
+    loading = {"phase": "loading", "detail": "openvino", "fraction": None, "seconds": 0.4}
+    assert aged(loading, 23.7)["seconds"] == 24.1 and aged(loading, 23.7)["phase"] == "loading"
+    for done in ("ready", "failed"):
+        assert aged({**loading, "phase": done}, 23.7)["seconds"] == 0.4
