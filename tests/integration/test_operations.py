@@ -129,6 +129,7 @@ def ingress_replica_states() -> list[str]:
     ]
 
 
+@pytest.mark.slow  # two ingress restarts (~40 s); the guard's rule is unit-tested (tests/unit/test_proxy_guard.py)
 def test_an_update_that_restarts_the_ingress_lets_it_finish_the_requests_it_holds(
     client: httpx.Client, cluster: Cluster
 ) -> None:
