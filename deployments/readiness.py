@@ -40,6 +40,7 @@ class ServeSnapshot:
     deployments: dict[str, Any] | None = None  # deployment name → Serve's DeploymentStatusInfo; None: never read
     cluster_gpus: float = 0.0
     startup: dict[str, StartupProgress] = field(default_factory=dict)  # tier → its replicas' latest report
+    unlisted: str = ""  # why Serve lists none of the app's deployments (then ``deployments`` are the last seen)
 
 
 def _value(enum_or_str: Any) -> str:
@@ -66,8 +67,9 @@ def listed_deployments(application: Any, last: dict[str, Any] | None) -> tuple[d
     if application.deployments:
         return dict(application.deployments), ""
     # This ingress runs, yet Serve lists no deployment of its application: a redeploy whose config failed to build
-    # (DEPLOY_FAILED). Serve keeps the running version, whose tiers serve as they did. Counting them as gone would
-    # refuse every request; the last known states stand instead (none known: requests pass, /readyz waits).
+    # (DEPLOY_FAILED). Serve keeps running (and restarting) the deployed version, but its status no longer shows
+    # them, and nothing public does. Counting them as gone would refuse every request: the last seen states are
+    # kept for /readyz and /v1/tiers, and requests pass (``TierReadiness._state``).
     return last, f"{_value(application.status)}: {summary(application.message)}"
 
 
@@ -102,7 +104,10 @@ class TierReadiness:
             logger.debug("start-up board not readable: %s", exc)
             startup = self.snapshot.startup
         return ServeSnapshot(
-            deployments=deployments, cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)), startup=startup
+            deployments=deployments,
+            cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)),
+            startup=startup,
+            unlisted=kept_because,
         )
 
     def refresh_now(self) -> None:
@@ -133,6 +138,9 @@ class TierReadiness:
         if snapshot.deployments is None:
             return None, "UNKNOWN", "Serve's status has not been read yet"
         deployment = snapshot.deployments.get(name)
+        if snapshot.unlisted:  # as last seen; not known now, so never a reason to refuse a request
+            seen = _value(deployment.status) if deployment is not None else "UNKNOWN"
+            return None, seen, f"as last seen; Serve lists no deployment of this application now ({snapshot.unlisted})"
         if deployment is None:
             return 0, "NOT_DEPLOYED", "no such deployment in this application"
         serving = sum(n for state, n in deployment.replica_states.items() if _value(state) in SERVING_STATES)

@@ -4,10 +4,12 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from ray.serve._private.common import DeploymentStatus, ReplicaState
 
 from deployments.readiness import ServeSnapshot, TierReadiness, listed_deployments, settled
 from serve_app.catalogue import Tier
+from serve_app.errors import TierUnavailableError
 from serve_app.schemas import ServedTier, StartupProgress, TierConfig
 from tests.unit.test_errors import SERVE_CONSTRUCTOR_FAILURE
 
@@ -107,3 +109,18 @@ def test_a_starting_replicas_seconds_count_on_between_its_reports() -> None:
     assert aged(loading, 23.7)["seconds"] == 24.1 and aged(loading, 23.7)["phase"] == "loading"
     for done in ("ready", "failed"):
         assert aged({**loading, "phase": done}, 23.7)["seconds"] == 0.4
+
+
+def test_while_serve_lists_no_deployment_no_request_is_refused_for_a_state_last_seen(tmp_path: Path) -> None:
+    """A tier still starting when a redeploy failed to build may be running by now: Serve no longer says. It is
+    shown as last seen, and requests pass (Serve routes them to whatever replica there is)."""
+    starting = deployment(DeploymentStatus.UPDATING, STARTING=1)
+    readiness = Fixed(ServeSnapshot(deployments={"fast": starting}, unlisted="DEPLOY_FAILED: ValueError: bad args"))
+    tier = ServedTier(tier=Tier.FAST, config=TierConfig(), weights_dir=tmp_path)
+    readiness.raise_if_unavailable(tier)
+    with pytest.raises(TierUnavailableError):  # what a listed deployment in that state gets
+        Fixed(ServeSnapshot(deployments={"fast": starting})).raise_if_unavailable(tier)
+    info = readiness.tier_info(tier)
+    assert info.ready and info.status == "UPDATING" and "as last seen" in info.message and "bad args" in info.message
+    assert readiness.all_ready([info])
+    assert not Fixed(ServeSnapshot(unlisted="DEPLOY_FAILED: x")).all_ready([info])  # never seen: /readyz waits
