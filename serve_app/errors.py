@@ -11,7 +11,11 @@ import re
 from typing import Any, ClassVar
 
 TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-SUMMARY_CHARS = 300
+SUMMARY_CHARS = 400
+HEAD_CHARS = 160  # of Serve's sentence, so that the exception fits after it
+# `IndexError: ...`, `pydantic_core._pydantic_core.ValidationError: ...`, `ray.exceptions.RayActorError: ...`
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+FURTHER_INFORMATION = "For further information visit"
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -21,10 +25,21 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 def summary(message: str) -> str:
     """One line for a client from a message meant for operators. Serve's deployment messages carry a whole
-    traceback, with terminal colours, pids and paths: a client gets Serve's first line and the exception's (the
-    last); the full text stays in ``serve status`` and the logs."""
-    lines = [line.strip() for line in TERMINAL_CODES.sub("", message).splitlines() if line.strip()]
-    text = " ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
+    traceback, with terminal colours, pids and paths: a client gets Serve's own sentence (its first line, shortened)
+    and the exception (from the last line that names one, with the lines after it: a pydantic error's details),
+    without pydantic's "For further information" links. The full text stays in ``serve status`` and the logs."""
+    lines = [
+        line.strip()
+        for line in TERMINAL_CODES.sub("", message).splitlines()
+        if line.strip() and not line.strip().startswith(FURTHER_INFORMATION)
+    ]
+    if not lines:
+        return ""
+    named = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
+    start = named[-1] if named else len(lines) - 1
+    exception = " ".join(lines[start:])
+    head = lines[0] if len(lines[0]) <= HEAD_CHARS else lines[0][: HEAD_CHARS - 3] + "..."
+    text = exception if start == 0 else f"{head} {exception}"
     return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 3] + "..."
 
 

@@ -87,6 +87,9 @@ def build_model(base_size: int) -> torch.nn.Module:
     return model.eval()
 
 
+CAUSE_CHARS = 200
+
+
 def load_model(weights: ResolvedWeights, base_size: int) -> torch.nn.Module:
     """The model with its checkpoint loaded strictly, or seeded random weights (loudly) for ``untrained``."""
     if weights.path is None:
@@ -103,10 +106,12 @@ def load_model(weights: ResolvedWeights, base_size: int) -> torch.nn.Module:
         state = torch.load(weights.path, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # torch's unpickler raises anything from IndexError to UnpicklingError on other files
+        # The cause last and cut short: load_state_dict lists every missing key (60 KB for another model's file).
+        cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         raise WeightsUnavailableError(
-            f"{weights.path} is not an InSPyReNet_SwinB checkpoint this service can load "
-            f"({type(exc).__name__}: {exc}); point `weights:` at transparent-background's .pth file, or remove it "
-            "to use the published one (`bgserve-weights fetch --config ...`)"
+            f"{weights.path} is not an InSPyReNet_SwinB checkpoint this service can load: point `weights:` at "
+            "transparent-background's .pth file, or remove it to use the published one (`bgserve-weights fetch "
+            f"--config ...`). {cause[:CAUSE_CHARS]}"
         ) from exc
     return model
 

@@ -55,12 +55,39 @@ SERVE_CONSTRUCTOR_FAILURE = (
 )
 
 
+ROLLING_UPDATE_FAILURE = (  # Ray 2.60's wording (deployment_state.py), its first line 302 characters long
+    "The deployment failed to start 3 times in a row during a rolling update. This may be due to a problem with its "
+    "constructor, initial health check or health checks failing. The update is stopped and replicas of the previous "
+    "version keep running until a new deploy. See controller logs for details. Error:\n"
+    "\x1b[36mray::ServeReplica:bgserve:fast.initialize_and_get_metadata()\x1b[39m (pid=3905, ip=10.0.0.2)\n"
+    "Traceback (most recent call last):\n"
+    '  File "/home/ray/bgserve/serve_app/runtimes/inspyrenet.py", line 103, in load_model\n'
+    "serve_app.errors.WeightsUnavailableError: /models/x.pth is not an InSPyReNet_SwinB checkpoint\n"
+)
+BUILD_FAILURE = (  # a redeploy whose args do not validate (DEPLOY_FAILED)
+    "Deploying app 'bgserve' failed with exception:\n"
+    "Traceback (most recent call last):\n"
+    '  File "/home/ray/anaconda3/lib/python3.11/site-packages/ray/serve/_private/api.py", line 300, in build\n'
+    "pydantic_core._pydantic_core.ValidationError: 1 validation error for AppConfig\n"
+    "defualt_tier\n"
+    "  Extra inputs are not permitted [type=extra_forbidden, input_value='fast', input_type=str]\n"
+    "    For further information visit https://errors.pydantic.dev/2.14/v/extra_forbidden\n"
+)
+
+
 def test_a_summary_keeps_serves_sentence_and_the_exception_and_drops_the_traceback() -> None:
     text = errors.summary(SERVE_CONSTRUCTOR_FAILURE)
     assert text.startswith("The deployment failed to start 3 times in a row.")
     assert text.endswith("IndexError: pop from empty list")
     assert "\x1b" not in text and "pid=" not in text and "File " not in text and "\n" not in text
+    update = errors.summary(ROLLING_UPDATE_FAILURE)  # a long sentence is shortened, the exception kept whole
+    assert update.startswith("The deployment failed to start 3 times in a row during a rolling update.")
+    assert update.endswith("WeightsUnavailableError: /models/x.pth is not an InSPyReNet_SwinB checkpoint")
+    build = errors.summary(BUILD_FAILURE)  # pydantic's details follow its exception line; its link does not
+    assert build.startswith("Deploying app 'bgserve' failed with exception: pydantic_core")
+    assert "defualt_tier Extra inputs are not permitted" in build and "errors.pydantic.dev" not in build
     assert errors.summary("one line stays as it is") == "one line stays as it is"
+    assert errors.summary("ValueError: alone") == "ValueError: alone"
     assert errors.summary("") == ""
     long = errors.summary("x" * 10_000)
     assert len(long) == errors.SUMMARY_CHARS and long.endswith("...")
