@@ -39,6 +39,10 @@ def mean(total: str, histogram: str, by: str, selector: str) -> str:
     )
 
 
+# The requests the proxy guard answers 503 itself (no ingress replica sees them): none while every ingress serves.
+PROXY_REFUSALS = f"sum by (application, reason) (rate(ray_bgserve_proxy_refusals_total[{RATE}]))"
+
+
 def gauge(how: str, metric: str, selector: str, by: str = "deployment") -> str:
     """A gauge's latest value per series. Ray exports a gauge only in the report interval it was set in, so a plain
     instant query falls into the gaps between settings; the last value within the rate window does not."""
@@ -61,10 +65,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], bool]] = [
                 f'sum by (tier, status, code) (rate(ray_bgserve_requests_total{{{TIER}, status!~"2.."}}[{RATE}]))',
                 "{{tier}} {{status}} {{code}}",
             ),
-            (  # Serve's proxy counts every answer, also those no ingress replica saw (the proxy guard's 503s)
-                f'sum by (status_code) (rate(ray_serve_num_http_requests_total{{status_code=~"5.."}}[{RATE}]))',
-                "all HTTP {{status_code}} (Serve's proxy)",
-            ),
+            (PROXY_REFUSALS, "proxy guard {{application}} {{reason}}"),
         ],
         False,
     ),
@@ -112,7 +113,12 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], bool]] = [
         "Healthy replicas (Serve)",
         "none",
         [
-            (gauge("sum", "ray_serve_deployment_replica_healthy", DEPLOYMENT), "{{deployment}}"),
+            (  # the tiers (under "All", $tier matches the ingress too: it has its own line)
+                gauge(
+                    "sum", "ray_serve_deployment_replica_healthy", f'{DEPLOYMENT}, deployment!="{INGRESS_DEPLOYMENT}"'
+                ),
+                "{{deployment}}",
+            ),
             (
                 gauge("sum", "ray_serve_deployment_replica_healthy", f'deployment="{INGRESS_DEPLOYMENT}"'),
                 "{{deployment}}",

@@ -1,9 +1,10 @@
 """Checks before serving or deploying a config: ``python -m deployments.preflight CONFIG`` (``scripts/serve.sh`` runs
 it, and prints the URL it gives), ``python -m deployments.preflight --config-only CONFIG`` before ``serve deploy``.
 
-1. The config itself, as the cluster would build it: Serve's schema, then each of our applications' ``args``
-   through ``AppConfig`` and Serve's deployment options. ``serve deploy`` accepts any file and reports a bad one
-   only later, in ``serve status`` (the running version serves on); this says what is wrong, by config path, first.
+1. The config itself, as the cluster's build would see it: Serve's schema, each of our applications' ``args``
+   through ``AppConfig`` and Serve's deployment options, and the names in its ``deployments:`` list. ``serve
+   deploy`` reports a config that does not build only later, in ``serve status`` (the running version serves
+   on); this says what is wrong, by config path, first.
 2. The port (not with ``--config-only``). Serve's proxy binds it with SO_REUSEPORT, so a second service started
    on a busy port starts without an error and the two split the connections between them. Binding it here
    without that option tells a busy port from a free one, and says so before anything starts."""
@@ -75,11 +76,21 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             continue
         where = f"applications[{index}] ({app.get('name', 'default')}) args"
         try:
-            configured_deployments(AppConfig.model_validate(app.get("args") or {}))
+            ingress, tiers = configured_deployments(AppConfig.model_validate(app.get("args") or {}))
         except ValidationError as exc:
             problems.append(f"{where}: {validation_message(exc)}")
+            continue
         except ConfigurationError as exc:
             problems.append(f"{where}: {exc.message}")
+            continue
+        # Serve applies the `deployments:` list over what the builder made; a name it did not make fails the deploy.
+        built = {ingress.name, *(deployment.name for deployment in tiers.values())}
+        for entry in app.get("deployments") or []:
+            if entry.get("name") not in built:
+                problems.append(
+                    f"applications[{index}] deployments: {entry.get('name')!r} is not one of this application's "
+                    f"deployments ({', '.join(sorted(built))})"
+                )
     return problems
 
 

@@ -17,8 +17,9 @@ things Serve's options cannot:
 4. When an application has no ingress replica that can take a request (its node was lost, or it is starting), the
    proxy would hold each request until a replica appears or ``request_timeout_s`` passes. Here the request gets a
    503 with ``Retry-After`` at once, and requests already waiting get it as soon as that is known
-   (``IngressWatch``), unless an old replica is stopping gracefully (an update restarts the ingress): it may be
-   working on them, and finishes what it holds.
+   (``IngressWatch``), unless an ingress replica is stopping: an update stops the old one gracefully, and it may
+   be working on them. It finishes what it can within Serve's ``graceful_shutdown_timeout_s`` (20 s unless set
+   under ``ingress.deployment``); a request it could not finish is lost with it, and answered as in 2.
 
 Only light imports here: this module is loaded into every proxy process.
 """
@@ -61,7 +62,7 @@ class Unserved:
     app: str
     status: str  # the ingress deployment's status, e.g. UNHEALTHY or UPDATING
     message: str
-    draining: bool = False  # an old replica is stopping gracefully (an update): it finishes the requests it holds
+    draining: bool = False  # a replica is stopping (an update stops the old one gracefully): it may finish requests
 
 
 def unserved_routes(details: dict[str, Any]) -> dict[str, Unserved]:
@@ -118,7 +119,7 @@ class IngressWatch:
         self.read = read
         self.refreshing = refreshing
         self.refresh_s = refresh_s
-        self.routes: list[str] = []
+        self.apps: dict[str, str] = {}  # route prefix -> application
         self.unserved: dict[str, Unserved] = {}
         self.taken_at = float("-inf")
         self._started = False
@@ -134,8 +135,12 @@ class IngressWatch:
 
     def refresh(self) -> None:
         details = self.read()
-        routes = [app["route_prefix"] for app in details.get("applications", {}).values() if app.get("route_prefix")]
-        self.routes, self.unserved, self.taken_at = routes, unserved_routes(details), time.monotonic()
+        apps = {
+            app["route_prefix"]: name
+            for name, app in details.get("applications", {}).items()
+            if app.get("route_prefix") is not None
+        }
+        self.apps, self.unserved, self.taken_at = apps, unserved_routes(details), time.monotonic()
 
     def _refresh_forever(self) -> None:
         while True:
@@ -149,8 +154,39 @@ class IngressWatch:
         """The application behind ``path`` if it has no serving ingress replica now; None if it has, or if unknown."""
         if time.monotonic() - self.taken_at > WATCH_STALE_S:
             return None
-        route = route_of(path, self.routes)
+        route = route_of(path, self.apps)
         return self.unserved.get(route) if route is not None else None
+
+    def app_for(self, path: str) -> str:
+        """The application Serve routes ``path`` to, as last seen ("" if none is known)."""
+        route = route_of(path, self.apps)
+        return self.apps.get(route, "") if route is not None else ""
+
+
+class Refusals:
+    """Counts the answers the guard gives itself (``ray_bgserve_proxy_refusals_total{application, reason}``): no
+    ingress replica sees those requests, and Serve's proxy counts only what its own app answers, so neither
+    ``ray_bgserve_requests_total`` nor ``ray_serve_num_http_requests_total`` has them. Created on first use, in
+    the proxy's process (where Ray is up); counting never fails a request."""
+
+    def __init__(self) -> None:
+        self.counter: Any = None
+
+    def count(self, application: str, reason: str) -> None:
+        try:
+            if self.counter is None:
+                from ray.util.metrics import Counter
+
+                self.counter = Counter(
+                    "bgserve_proxy_refusals",
+                    description="Requests the proxy guard answered itself (503 ingress_unavailable), by application "
+                    "and reason: no_ingress (none serving: answered at once), ingress_lost (lost while the request "
+                    "waited), replica_died (the replica holding it died).",
+                    tag_keys=("application", "reason"),
+                )
+            self.counter.inc(tags={"application": application, "reason": reason})
+        except Exception as exc:
+            logger.debug("could not count a refusal: %s", exc)
 
 
 def no_ingress_messages(unserved: Unserved) -> list[Message]:
@@ -180,9 +216,10 @@ def json_messages(status: int, code: str, message: str, headers: list[tuple[byte
 
 
 class ProxyGuard:
-    def __init__(self, app: ASGIApp, watch: IngressWatch | None = None) -> None:
+    def __init__(self, app: ASGIApp, watch: IngressWatch | None = None, refusals: Refusals | None = None) -> None:
         self.app = app
         self.watch = watch or IngressWatch(refreshing=False)  # knowing nothing, it lets every request pass
+        self.refusals = refusals or Refusals()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,6 +231,7 @@ class ProxyGuard:
             logger.warning(
                 "%s %s: %r has no running ingress replica; 503", scope["method"], scope["path"], unserved.app
             )
+            self.refusals.count(unserved.app, "no_ingress")
             for part in no_ingress_messages(unserved):
                 await send(part)
             return
@@ -235,6 +273,7 @@ class ProxyGuard:
             lost = None
         if lost is not None:
             logger.warning("%s %s: %r lost its last ingress replica; 503", scope["method"], scope["path"], lost.app)
+            self.refusals.count(lost.app, "ingress_lost")
             for part in no_ingress_messages(lost):
                 await send(part)
             return
@@ -242,6 +281,7 @@ class ProxyGuard:
             # The proxy gives up without an answer when the replica it sent the request to died (or on an error
             # of its own). A client that has gone needs no answer: the proxy cancelled its request.
             logger.warning("%s %s: the ingress replica died before answering; 503", scope["method"], scope["path"])
+            self.refusals.count(self.watch.app_for(scope["path"]), "replica_died")
             for part in json_messages(
                 503,
                 "ingress_unavailable",

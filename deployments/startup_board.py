@@ -24,6 +24,9 @@ from serve_app.startup import FAILED, READY
 
 logger = logging.getLogger(SERVE_LOGGER)
 NAMESPACE = "serve"
+# In the board's name: a detached board outlives a code update on a running cluster, and get_if_exists would hand
+# the new code the old board (v1 did not age its reports). Raise it when the board's behaviour changes.
+BOARD_VERSION = "v2"
 
 
 def aged(report: dict[str, Any], seconds_since_published: float) -> dict[str, Any]:
@@ -50,7 +53,10 @@ class StartupBoard:
 def board(app_name: str) -> Any:
     """The application's board, created on first use (by a tier replica or the ingress)."""
     return StartupBoard.options(  # type: ignore[attr-defined]
-        name=f"bgserve-startup-{app_name}", namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+        name=f"bgserve-startup-{BOARD_VERSION}-{app_name}",
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
     ).remote()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.grafana import gpu_only_expressions
+from deployments.grafana import PROXY_REFUSALS, gpu_only_expressions
 from serve_app.mask_cache import RUN_THE_MODEL
 from tests.conftest import ROOT, png_bytes
 from tests.integration.conftest import Cluster
@@ -80,6 +80,8 @@ def test_every_dashboard_expression_returns_data(scraped: Prometheus, service: s
             result = scraped.query(expression)  # fails on an expression Prometheus cannot parse
             if target["expr"] in gpu_only:
                 assert result == [], (panel["title"], result)  # no GPU here: no series at all
+            elif target["expr"] == PROXY_REFUSALS:
+                pass  # data only once the guard refused something: test_refusals_by_the_proxy_guard_are_counted
             elif not result:
                 empty.append((panel["title"], expression))
     known = scraped.metric_names("ray_serve_") + scraped.metric_names("ray_bgserve_")
@@ -177,3 +179,39 @@ def test_one_json_access_line_per_request_with_its_request_id(cluster: Cluster, 
     assert 0 < access["ms"] < 60_000 and len(json.dumps(served)) < 4000  # sizes and timings, never image bytes
     (refused,) = access_lines("trace-bad-4242")
     assert refused["access"]["status"] == "400" and refused["access"]["code"] == "invalid_image"
+
+
+def test_refusals_by_the_proxy_guard_are_counted(scraped: Prometheus, cluster: Cluster, service: str) -> None:
+    """An application whose ingress cannot be placed (it asks for 64 CPUs): the proxy guard answers its requests
+    503 at once, and counts them (no ingress replica sees them, and Serve's proxy metrics do not count them: seen
+    here before the guard had its counter, when its 503s showed in no metric at all)."""
+    args = {
+        "default_tier": "fast",
+        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 64}}},
+        "tiers": {
+            "fast": {"weights": "untrained", "base_size": 64, "deployment": {"ray_actor_options": {"num_cpus": 0.1}}}
+        },
+    }
+    cluster.deploy(cluster.with_extra_app("unplaced", "/unplaced", args))
+    image = png_bytes(scenes.make_scenes(seed=407, count=1, height=64, width=64)[0].image)
+    try:
+        with httpx.Client(base_url=f"{service}/unplaced", timeout=30) as client:
+
+            def refused() -> bool:
+                response = client.post("/v1/remove", content=image)
+                return response.status_code == 503 and response.json()["error"]["code"] == "ingress_unavailable"
+
+            assert until(refused, 60)
+            total = 'ray_bgserve_proxy_refusals_total{application="unplaced", reason="no_ingress"}'
+            assert until(lambda: scraped.query(total), 60), scraped.metric_names("ray_bgserve_")
+            for _ in range(5):  # once the series is scraped, so that rate() sees it grow
+                assert refused()
+
+        def counted() -> float:
+            found = scraped.query(PROXY_REFUSALS.replace("$__rate_interval", "2m"))  # the board's own expression
+            return sum(float(r["value"][1]) for r in found if r["metric"].get("application") == "unplaced")
+
+        assert until(lambda: counted() > 0, 60)
+        assert sum(float(r["value"][1]) for r in scraped.query(total)) >= 6
+    finally:
+        cluster.deploy(cluster.test_config())

@@ -42,6 +42,10 @@ def test_the_shipped_configs_pass(name: str) -> None:
             lambda c: c["applications"][0]["deployments"][0].update(num_replicas=0),
             "Serve's config schema: applications.0.deployments.0.num_replicas",
         ),
+        (  # Serve would fail the deploy: "Deployment 'qualty' does not exist"
+            lambda c: c["applications"][0]["deployments"].append({"name": "qualty", "num_replicas": 2}),
+            "deployments: 'qualty' is not one of this application's deployments (balanced, fast, ingress, quality)",
+        ),
     ],
 )
 def test_a_mistake_is_named_by_its_config_path(mistake: Callable[[dict[str, Any]], None], expected: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from deployments.proxy_guard import IngressWatch, ProxyGuard, middlewares, route_of, unserved_routes
+from deployments.proxy_guard import IngressWatch, ProxyGuard, Refusals, middlewares, route_of, unserved_routes
 
 
 def http_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -251,3 +251,38 @@ def test_a_request_in_flight_while_its_ingress_drains_for_an_update_is_left_to_f
     assert status_and_body(sent)[:3:2] == (200, b'{"ok":true}')
     assert unserved_routes(details)["/"].draining  # and a new request meanwhile is refused at once:
     assert status_and_body(drive(ingress_finishing_its_work, watch=watch))[0] == 503
+
+
+class Counted(Refusals):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    def count(self, application: str, reason: str) -> None:
+        super().count(application, reason)  # the real Counter too: it records without a Ray
+        self.seen.append((application, reason))
+
+
+def test_the_guards_own_answers_are_counted_and_passing_requests_are_not() -> None:
+    """Neither the ingress nor Serve's proxy counts what the guard answers itself: it counts them."""
+    counted = Counted()
+
+    async def run(inner: Any, watch: IngressWatch) -> None:
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"x"}
+
+        async def send(message: Message) -> None:
+            pass
+
+        await ProxyGuard(inner, watch, counted)(http_scope([]), receive, send)
+
+    async def ingress_died(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+
+    async def answered(scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    asyncio.run(run(answered, watch_seeing(serve_details(["PENDING_ALLOCATION"]))))
+    asyncio.run(run(ingress_died, watch_seeing(serve_details(["RUNNING"]))))
+    asyncio.run(run(answered, watch_seeing(serve_details(["RUNNING"]))))
+    assert counted.seen == [("bgserve", "no_ingress"), ("bgserve", "replica_died")]
