@@ -158,6 +158,26 @@ def watch_seeing(details: dict[str, Any]) -> IngressWatch:
     return watch
 
 
+def drive_while(inner: Any, watch: IngressWatch, change: Any) -> tuple[list[Message], float]:
+    """One request through the guard while ``change()`` (a coroutine) runs beside it: what was sent, and in how many
+    seconds."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"x"}
+
+    async def run() -> float:
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(ProxyGuard(inner, watch)(http_scope([]), receive, send), change())
+        return asyncio.get_running_loop().time() - started
+
+    took = asyncio.run(run())
+    return sent, took
+
+
 def test_a_request_to_an_application_without_an_ingress_replica_is_answered_503_at_once() -> None:
     reached: list[str] = []
 
@@ -195,22 +215,7 @@ def test_a_request_held_by_the_proxy_is_answered_503_once_its_ingress_is_known_l
         details["applications"]["bgserve"]["deployments"]["ingress"]["replicas"] = [{"state": "PENDING_ALLOCATION"}]
         watch.refresh()
 
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"x"}
-
-    async def run() -> float:
-        started = asyncio.get_running_loop().time()
-        await asyncio.gather(
-            ProxyGuard(proxy_waiting_for_a_replica, watch)(http_scope([]), receive, send), lose_the_ingress_soon()
-        )
-        return asyncio.get_running_loop().time() - started
-
-    took = asyncio.run(run())
+    sent, took = drive_while(proxy_waiting_for_a_replica, watch, lose_the_ingress_soon)
     status, _, body = status_and_body(sent)
     assert status == 503 and json.loads(body)["error"]["code"] == "ingress_unavailable"
     assert cancelled == [True] and took < 2
@@ -234,20 +239,7 @@ def test_a_request_in_flight_while_its_ingress_drains_for_an_update_is_left_to_f
         ]
         watch.refresh()
 
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"x"}
-
-    async def run() -> None:
-        await asyncio.gather(
-            ProxyGuard(ingress_finishing_its_work, watch)(http_scope([]), receive, send), update_the_ingress_soon()
-        )
-
-    asyncio.run(run())
+    sent, _ = drive_while(ingress_finishing_its_work, watch, update_the_ingress_soon)
     assert status_and_body(sent)[:3:2] == (200, b'{"ok":true}')
     assert unserved_routes(details)["/"].draining  # and a new request meanwhile is refused at once:
     assert status_and_body(drive(ingress_finishing_its_work, watch=watch))[0] == 503
