@@ -177,8 +177,10 @@ class RecordRequests:
         finally:
             try:
                 query = dict(_query_pairs(scope))
-                if unexpected or cancelled:
-                    code = "internal_error" if unexpected else "client_closed"
+                if unexpected:
+                    code = "internal_error"
+                elif cancelled:
+                    code = "client_closed"
                 else:
                     code = _error_code(error_body) if status >= 400 else ""
                 seconds = time.perf_counter() - started

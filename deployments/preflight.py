@@ -38,10 +38,15 @@ CPU_CONFIGS = ("cpu.yaml", "try.yaml")  # scripts/serve.sh gives these, and only
 CPU_COPY_HINT = " (keep configs/cpu.env's settings for it: `set -a; . configs/cpu.env; set +a` first)."
 
 
-def check(config_path: Path) -> str | None:
-    """What stands in the way of serving ``config_path`` here, or None."""
-    options = (yaml.safe_load(config_path.read_text()) or {}).get("http_options") or {}
-    host, port = str(options.get("host", SERVE_DEFAULT_HOST)), int(options.get("port", SERVE_DEFAULT_PORT))
+def http_address(config: dict[str, Any]) -> tuple[str, int]:
+    """The host and port a config's HTTP proxy listens on."""
+    options = config.get("http_options") or {}
+    return str(options.get("host", SERVE_DEFAULT_HOST)), int(options.get("port", SERVE_DEFAULT_PORT))
+
+
+def check(config_path: Path, config: dict[str, Any]) -> str | None:
+    """What stands in the way of serving ``config`` (read from ``config_path``) here, or None."""
+    host, port = http_address(config)
     if port_in_use(host, port):
         return (
             f"port {port} on {host} is already in use (another bgserve, or another program).\n"
@@ -95,9 +100,8 @@ def config_problems(config: dict[str, Any]) -> list[str]:
 
 
 def url(config: dict[str, Any]) -> str:
-    options = config.get("http_options") or {}
-    host = str(options.get("host", SERVE_DEFAULT_HOST))
-    return f"http://{'localhost' if host in ('0.0.0.0', '::', '127.0.0.1') else host}:{options.get('port', 8000)}"
+    host, port = http_address(config)
+    return f"http://{'localhost' if host in ('0.0.0.0', '::', '127.0.0.1') else host}:{port}"
 
 
 def main() -> int:
@@ -112,7 +116,7 @@ def main() -> int:
     config = yaml.safe_load(path.read_text()) or {}
     problems = config_problems(config)
     if not config_only and not problems:
-        problems = [p for p in [check(path)] if p]
+        problems = [p for p in [check(path, config)] if p]
     for problem in problems:
         print(f"error: {path}: {problem}", file=sys.stderr)
     if problems:

@@ -107,7 +107,7 @@ def load_model(weights: ResolvedWeights, base_size: int) -> torch.nn.Module:
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # torch's unpickler raises anything from IndexError to UnpicklingError on other files
         # The cause last and cut short: load_state_dict lists every missing key (60 KB for another model's file).
-        cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        cause = f"{type(exc).__name__}: {next(iter(str(exc).strip().splitlines()), '')}"
         raise WeightsUnavailableError(
             f"{weights.path} is not an InSPyReNet_SwinB checkpoint this service can load: point `weights:` at "
             "transparent-background's .pth file, or remove it to use the published one (`bgserve-weights fetch "

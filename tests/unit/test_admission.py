@@ -29,10 +29,10 @@ def test_preflight_names_a_busy_port(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         config = tmp_path / "mine.yaml"
         config.write_text(yaml.safe_dump({"http_options": {"host": "127.0.0.1", "port": port}}))
-        problem = check(config)
+        problem = check(config, yaml.safe_load(config.read_text()))
         assert problem is not None and f"port {port}" in problem and "http_options.port" in problem
         assert "RAY_AUTH_MODE=token" in problem and "cpu.env" not in problem
         cpu_config = tmp_path / "cpu.yaml"  # a copy of it would lose configs/cpu.env's settings: the hint says so
         cpu_config.write_text(config.read_text())
-        assert ". configs/cpu.env" in (check(cpu_config) or "")
-    assert check(config) is None  # free again
+        assert ". configs/cpu.env" in (check(cpu_config, yaml.safe_load(cpu_config.read_text())) or "")
+    assert check(config, yaml.safe_load(config.read_text())) is None  # free again
