@@ -83,6 +83,16 @@ class Cluster:
         assert done.returncode == 0, f"serve deploy failed:\n{done.stdout}\n{done.stderr}"
 
 
+def fast_tier_app(cpus: float = 0.1, **fast: Any) -> dict[str, Any]:
+    """The ``args`` of a small extra application: the fast tier alone, on untrained weights (``fast``'s settings go
+    over these), its ingress and its tier replica asking for ``cpus`` each."""
+    return {
+        "default_tier": "fast",
+        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": cpus}}},
+        "tiers": {"fast": {"weights": "untrained", "deployment": {"ray_actor_options": {"num_cpus": cpus}}, **fast}},
+    }
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path) -> Iterator[Cluster]:
     import ray

@@ -16,7 +16,7 @@ import pytest
 from deployments.grafana import PROXY_REFUSALS, gpu_only_expressions
 from serve_app.mask_cache import RUN_THE_MODEL
 from tests.conftest import ROOT, png_bytes
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, fast_tier_app
 from tests.support import scenes
 from tests.support.prometheus import PROMETHEUS, Prometheus, prometheus
 from tests.support.serve_run import until
@@ -185,14 +185,7 @@ def test_refusals_by_the_proxy_guard_are_counted(scraped: Prometheus, cluster: C
     """An application whose replicas cannot be placed (they ask for 64 CPUs): the proxy guard answers its requests
     503 at once, and counts them (no ingress replica sees them, and Serve's proxy metrics do not count them: seen
     here before the guard had its counter, when its 503s showed in no metric at all)."""
-    args = {
-        "default_tier": "fast",
-        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 64}}},
-        "tiers": {
-            "fast": {"weights": "untrained", "base_size": 64, "deployment": {"ray_actor_options": {"num_cpus": 64}}}
-        },
-    }
-    cluster.deploy(cluster.with_extra_app("unplaced", "/unplaced", args))
+    cluster.deploy(cluster.with_extra_app("unplaced", "/unplaced", fast_tier_app(cpus=64, base_size=64)))
     image = png_bytes(scenes.make_scenes(seed=407, count=1, height=64, width=64)[0].image)
     try:
         with httpx.Client(base_url=f"{service}/unplaced", timeout=30) as client:

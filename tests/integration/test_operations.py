@@ -22,7 +22,7 @@ from ray.util.state import list_actors
 
 from serve_app.mask_cache import RUN_THE_MODEL
 from tests.conftest import png_bytes
-from tests.integration.conftest import APP_NAME, Cluster
+from tests.integration.conftest import APP_NAME, Cluster, fast_tier_app
 from tests.support import scenes
 from tests.support.serve_run import until
 
@@ -178,13 +178,7 @@ def test_an_update_that_restarts_the_ingress_lets_it_finish_the_requests_it_hold
 
 def test_gpu_config_without_gpu_explains_itself(service: str, cluster: Cluster) -> None:
     """Ray would leave GPU replicas pending forever on this machine: the service says so instead of hanging."""
-    args = {
-        "default_tier": "fast",
-        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
-        "tiers": {
-            "fast": {"weights": "untrained", "deployment": {"ray_actor_options": {"num_gpus": 0.5, "num_cpus": 0.1}}}
-        },
-    }
+    args = fast_tier_app(deployment={"ray_actor_options": {"num_gpus": 0.5, "num_cpus": 0.1}})
     cluster.deploy(cluster.with_extra_app("gpu-check", "/gpu", args))
     try:
         with httpx.Client(base_url=f"{service}/gpu", timeout=30) as client:
@@ -204,14 +198,7 @@ def test_gpu_config_without_gpu_explains_itself(service: str, cluster: Cluster) 
 
 
 def test_missing_weights_offline_explain_what_to_do(service: str, cluster: Cluster, tmp_path: Path) -> None:
-    args = {
-        "weights_dir": str(tmp_path),
-        "default_tier": "fast",
-        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
-        "tiers": {
-            "fast": {"weights": "auto", "allow_download": False, "deployment": {"ray_actor_options": {"num_cpus": 0.1}}}
-        },
-    }
+    args = {"weights_dir": str(tmp_path), **fast_tier_app(weights="auto", allow_download=False)}
     cluster.deploy(cluster.with_extra_app("offline-check", "/offline", args))
     try:
         with httpx.Client(base_url=f"{service}/offline", timeout=30) as client:
@@ -357,22 +344,9 @@ def test_api_keys_and_cors(service: str, cluster: Cluster, tmp_path: Path) -> No
 def test_a_starting_tier_says_which_phase_it_is_in(service: str, cluster: Cluster) -> None:
     """While a tier replica is still in __init__ (Serve cannot call it), /v1/tiers, /readyz and a request's 503 say
     what it is doing, from the replica's own reports on the start-up board; then it is ready."""
-    args = {
-        "default_tier": "fast",
-        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
-        "tiers": {
-            "fast": {
-                "weights": "untrained",
-                # A runtime that specialises on shapes warms up at the tier's size, 384 px here, on one thread:
-                # seconds of "warming up" (on a CPU, eager warms up at 128 px, over before a look can see it).
-                "runtime": "torchscript",
-                "base_size": 384,
-                "cpu_threads": 1,
-                "warmup": True,
-                "deployment": {"ray_actor_options": {"num_cpus": 0.1}},
-            }
-        },
-    }
+    # A runtime that specialises on shapes warms up at the tier's size, 384 px here, on one thread: seconds of
+    # "warming up" (on a CPU, eager warms up at 128 px, over before a look can see it).
+    args = fast_tier_app(runtime="torchscript", base_size=384, cpu_threads=1, warmup=True)
     cluster.deploy(cluster.with_extra_app("slow-start", "/slow-start", args))
     seen: list[tuple[bool, str]] = []
     try:
@@ -408,19 +382,7 @@ def test_readyz_waits_for_the_effects_kernels_while_masks_are_served(
     """An ingress whose numba cache is empty compiles pymatting's kernels in the background: meanwhile every tier is
     ready, /readyz answers 503 with effects warming_up, and a mask is served; then 200 with effects ready, and an
     rgba is served."""
-    args = {
-        "default_tier": "fast",
-        "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
-        "tiers": {
-            "fast": {
-                "weights": "untrained",
-                "base_size": 64,
-                "cpu_threads": 1,
-                "deployment": {"ray_actor_options": {"num_cpus": 0.1}},
-            }
-        },
-    }
-    config = cluster.with_extra_app("cold-kernels", "/cold-kernels", args)
+    config = cluster.with_extra_app("cold-kernels", "/cold-kernels", fast_tier_app(base_size=64, cpu_threads=1))
     config["applications"][-1]["runtime_env"] = {"env_vars": {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}}
     cluster.deploy(config)
     image = png_bytes(scenes.make_scenes(1, 1, 64, 64)[0].image)
