@@ -32,6 +32,9 @@ from serve_app.client import DEFAULT_URL, Client, RemoveError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".avif"})
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+# The service's effects but `background`, which needs a second upload per image (checked against serve_app.schemas
+# in the tests: this module stays light, for a client's machine).
+EFFECTS = ("rgba", "mask", "color", "blur", "green", "white", "overlay")
 # Two fast-tier batches in flight (max_batch_size 4): the replica starts the next while the ingress encodes the last.
 DEFAULT_CONCURRENCY = 8
 UMASK = os.umask(0o022)  # read once, at import (changing it is process-wide, not for threads to do)
@@ -101,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--api-key", default=os.environ.get("BGSERVE_API_KEY"), help="($BGSERVE_API_KEY)")
     parser.add_argument("--out", type=Path, default=Path("."), help="output folder (default: here)")
     parser.add_argument("--tier", choices=("fast", "balanced", "quality"), help="default: the service's")
-    parser.add_argument("--effect", default="rgba", help="rgba, mask, color, blur, green, white, overlay")
+    parser.add_argument("--effect", default="rgba", choices=EFFECTS)
     parser.add_argument("--color", help="for --effect color: #rrggbb, a CSS name or r,g,b")
     parser.add_argument("--format", default="png", choices=tuple(EXTENSIONS))
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
@@ -119,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary()
     todo = []
     claimed: dict[Path, Path] = {}  # output -> the input that makes it
-    ours = f"_{args.effect}.{EXTENSIONS[args.format]}"
-    inputs = [(image, relative) for image, relative in inputs if not image.name.endswith(ours)]  # earlier outputs
+    # An earlier run's output (photo_rgba.png beside photo.jpg, with --out on the inputs' folder) is no input; a
+    # photo whose own name only looks like one (product_rgba.png, no product.* among the inputs) is.
+    targets = {output_path(relative, args.out, args.effect, args.format).resolve() for _, relative in inputs}
+    inputs = [(image, relative) for image, relative in inputs if image.resolve() not in targets]
     for image, relative in inputs:
         target = output_path(relative, args.out, args.effect, args.format)
         if target in claimed:  # photo.jpg and photo.png would both make photo_rgba.png
@@ -144,27 +149,37 @@ def main(argv: list[str] | None = None) -> int:
     progress = tqdm(total=len(inputs), initial=summary.skipped + len(summary.failed), unit="image", dynamic_ncols=True)
     pool = ThreadPoolExecutor(max(1, args.concurrency))
     pending: dict[Future[None], Path] = {pool.submit(one, image, target): image for image, target in todo}
+
+    def tally(future: Future[None]) -> None:
+        image = pending.pop(future)
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or isinstance(error, InterruptedError):  # interrupted before it started
+            return
+        if error is None:
+            summary.done += 1
+        else:
+            reason = str(error) if isinstance(error, RemoveError) else f"{type(error).__name__}: {error}"
+            summary.failed[image] = reason
+            progress.write(f"failed: {image}: {reason}")
+        progress.update(1)
+
     try:
         while pending:
             finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in finished:
-                image = pending.pop(future)
-                error = future.exception()
-                if error is None:
-                    summary.done += 1
-                else:
-                    reason = str(error) if isinstance(error, RemoveError) else f"{type(error).__name__}: {error}"
-                    summary.failed[image] = reason
-                    progress.write(f"failed: {image}: {reason}")
-                progress.update(1)
+                tally(future)
     except KeyboardInterrupt:
         stop.set()
-        progress.close()
         print("\ninterrupted: waiting for the requests in flight (no output is left half-written)", file=sys.stderr)
         pool.shutdown(wait=True, cancel_futures=True)
+        for future in list(pending):  # those in flight finished (written or failed): counted too
+            tally(future)
+        progress.close()
         client.close()
         summary.seconds = time.perf_counter() - started
         print(summary.line(), file=sys.stderr)
+        for image, reason in summary.failed.items():
+            print(f"  failed: {image}: {reason}", file=sys.stderr)
         return 130
     pool.shutdown()
     client.close()

@@ -28,7 +28,7 @@ from typing import Any, Union
 
 import httpx
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
 RETRIED_STATUSES = frozenset({503, 504})
@@ -86,6 +86,7 @@ class Result:
         return tuple(int(self.headers.get(f"x-foreground-{side}", 0)) for side in sides)  # type: ignore[return-value]
 
 
+PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})  # the modes Pillow writes as PNG
 MAX_RETRY_AFTER_S = 60.0  # a proxy's Retry-After of an hour should not stall a batch for that long
 
 
@@ -99,7 +100,9 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 def image_bytes(image: ImageInput) -> bytes:
-    """What to upload: a file's bytes as they are; PIL images and arrays as PNG (lossless)."""
+    """What to upload: a file's bytes as they are; PIL images and arrays as PNG (lossless). A PIL image is turned
+    upright by its EXIF orientation first (the PNG carries no EXIF), and one in a mode PNG cannot hold (CMYK,
+    YCbCr, LAB, HSV) goes as RGB."""
     if isinstance(image, bytes):
         return image
     if isinstance(image, (str, os.PathLike)):
@@ -108,6 +111,9 @@ def image_bytes(image: ImageInput) -> bytes:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)
+        if image.mode not in PNG_MODES:
+            image = image.convert("RGB")
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()

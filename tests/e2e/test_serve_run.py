@@ -54,7 +54,9 @@ def test_serve_sh_refuses_a_busy_port_and_a_bad_config(tmp_path: Path) -> None:
         config["http_options"]["port"] = taken.getsockname()[1]
         path = tmp_path / "busy.yaml"
         path.write_text(yaml.safe_dump(config))
-        env = {**os.environ, "BGSERVE_EXTRAS": "dev"}  # the venv the tests run in: setup.sh leaves it as it is
+        stamp = ROOT / ".venv" / ".bgserve-setup"
+        stamped = stamp.stat().st_mtime_ns
+        env = dict(os.environ)  # serve.sh's own extras (cpu): the dev venv the tests run in has them
         done = subprocess.run(
             [str(ROOT / "scripts" / "serve.sh"), str(path)], env=env, capture_output=True, text=True, timeout=120
         )
@@ -68,3 +70,4 @@ def test_serve_sh_refuses_a_busy_port_and_a_bad_config(tmp_path: Path) -> None:
     )
     assert done.returncode == 1 and "tiers.fast.runtime: unknown runtime 'openvno'" in done.stderr, done.stderr
     assert "Starting" not in done.stdout
+    assert stamp.stat().st_mtime_ns == stamped, "serve.sh set the tests' venv up again (dev includes cpu)"

@@ -132,6 +132,7 @@ def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(service: str, tmp_pa
     assert "interrupted" in stderr
     written = list(out.rglob("*_rgba.png"))
     assert 0 < len(written) < 24, "interrupted too late to test anything"
+    assert f"{len(written)} done, 0 skipped (already there), 0 failed" in stderr  # those in flight counted too
     assert not [p for p in out.rglob("*") if p.name.startswith(".")], "a temporary file was left behind"
     for path in written:  # every output there is whole
         image = Image.open(path)

@@ -65,6 +65,27 @@ def test_upload_choose_compare_and_download(page: Any, tmp_path: Path) -> None:
     corner = result.convert("RGB").getpixel((2, 2))  # the background is the chosen green
     assert corner[1] > 200 and corner[0] < 80 and corner[2] < 80, corner
 
+    # The result goes once it is no longer this page's answer: an error (the service's, or the page's own check
+    # for a missing background) or another file. It stayed under the error, with its Download link.
+    notes = tmp_path / "notes.png"
+    notes.write_text("words, not pixels")
+    page.select_option("#effect", "background")
+    page.click("#go")
+    assert "Choose the background image" in page.inner_text("#error") and page.is_hidden("#result")
+    page.select_option("#effect", "color")
+    page.click("#go")
+    page.wait_for_selector("#result", state="visible", timeout=60_000)
+    page.select_option("#effect", "background")
+    page.set_input_files("#background", str(notes))
+    page.click("#go")
+    page.wait_for_function("document.querySelector('#error').textContent.includes('background image:')")
+    assert page.is_hidden("#result")
+    page.select_option("#effect", "color")
+    page.click("#go")
+    page.wait_for_selector("#result", state="visible", timeout=60_000)
+    page.set_input_files("#file", str(notes))
+    assert page.is_hidden("#result")
+
 
 def test_a_file_that_is_no_image_shows_the_services_message(page: Any, tmp_path: Path) -> None:
     fake = tmp_path / "holiday.png"

@@ -32,6 +32,29 @@ def test_inputs_are_files_folders_and_globs_and_outputs_keep_the_folders(tmp_pat
     assert cli.output_path(Path("sub/b.PNG"), tmp_path / "out", "white", "jpeg") == tmp_path / "out/sub/b_white.jpg"
 
 
+def test_a_photo_whose_name_looks_like_an_output_is_still_an_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """product_rgba.png with no product.* beside it is a photo: it was dropped without a word ("0 done, 0 skipped,
+    0 failed"). No service answers here, so it fails, which shows it was sent."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "product_rgba.png").write_bytes(b"")
+    argv = [str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--url", "http://127.0.0.1:9", "--retries", "0"]
+    assert cli.main(argv) == 1
+    assert "0 done, 0 skipped (already there), 1 failed" in capsys.readouterr().out
+
+
+def test_an_effect_the_service_does_not_have_is_refused_before_any_request(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from serve_app.schemas import Effect
+
+    assert set(cli.EFFECTS) == {e.value for e in Effect} - {"background"}  # background needs a second upload
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["photo.jpg", "--effect", "nope"])
+    assert exited.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
 def test_outputs_are_readable_as_ordinary_files(tmp_path: Path) -> None:
     target = tmp_path / "x_rgba.png"
     cli.write_atomically(target, b"png")
