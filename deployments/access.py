@@ -41,7 +41,11 @@ class ApiKeyCheck:
 
     @staticmethod
     def _open(scope: Scope) -> bool:
-        path, root = scope.get("path", ""), scope.get("root_path", "")
-        if root and path.startswith(root):  # under a route prefix, the path Serve passes may include it
-            path = path[len(root) :]
+        path = route_path(scope)
         return path == "/" or path.startswith(OPEN_PATHS)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path within the app: under a route prefix, the path Serve passes may include it."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path

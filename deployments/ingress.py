@@ -41,7 +41,14 @@ from serve_app.catalogue import Tier
 from serve_app.effects import warm_up_matting
 from serve_app.errors import InvalidParameterError
 from serve_app.mask_cache import MaskCache, MaskKey, content_hash, etag, matches
-from serve_app.pipeline import decode_background, postprocess, preprocess, result_headers, step_seconds
+from serve_app.pipeline import (
+    check_outputs_fit,
+    decode_background,
+    postprocess,
+    preprocess,
+    result_headers,
+    step_seconds,
+)
 from serve_app.rembg_api import RembgParams
 from serve_app.schemas import AppConfig, MaskResult, RemoveParams, ServedTier, TierInfo
 
@@ -117,7 +124,14 @@ class Ingress:
                 CORSMiddleware,
                 allow_origins=access.cors_origins,
                 allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+                allow_headers=[  # what a page's script sends: the key, the cache's headers, a request id
+                    "Authorization",
+                    "X-API-Key",
+                    "Content-Type",
+                    "If-None-Match",
+                    "Cache-Control",
+                    "X-Request-ID",
+                ],
                 expose_headers=[
                     "X-Tier",
                     "X-Weights",
@@ -127,15 +141,21 @@ class Ingress:
                     "Server-Timing",
                     "X-Cache",
                     "ETag",
+                    "Retry-After",  # what a page's retry waits on a 503
+                    "X-Request-ID",
                     *(f"X-Foreground-{side}" for side in ("Top", "Left", "Width", "Height")),
                 ],
             )
         app.add_middleware(RecordRequests, metrics=IngressMetrics(config.default_tier.value))
         app.add_api_route("/", self.root, include_in_schema=False)
-        app.add_api_route("/healthz", self.healthz, summary="Liveness: answers while the service is up")
+        # HEAD too: uptime checkers and load balancers often probe with it
+        app.add_api_route(
+            "/healthz", self.healthz, methods=["GET", "HEAD"], summary="Liveness: answers while the service is up"
+        )
         app.add_api_route(
             "/readyz",
             self.readyz,
+            methods=["GET", "HEAD"],
             summary="Readiness: 200 once every tier has a running replica, else 503",
             responses=READY_RESPONSES,
         )
@@ -229,6 +249,7 @@ class Ingress:
         pixels = self.config.max_image_pixels
         background = await self.on_cpu(decode_background, upload.background, params, pixels)
         prepared = await self.on_cpu(preprocess, upload.image, tier.resize, tier.base_size, pixels)
+        check_outputs_fit(prepared, params)
         called = time.perf_counter()
         # Cache-Control from the client: no-cache runs the model; no-store also keeps nothing.
         directives = request.headers.get("cache-control", "").lower()

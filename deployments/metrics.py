@@ -23,6 +23,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments import SERVE_LOGGER
+from deployments.access import route_path
 from serve_app.catalogue import Tier
 from serve_app.schemas import Effect, OutputFormat, RemoveParams
 
@@ -48,7 +49,7 @@ TIERS, EFFECTS, FORMATS = (
     frozenset({*(e.value for e in Effect), SEVERAL}),
     frozenset({*(f.value for f in OutputFormat), ZIP}),
 )
-# The image routes, by path ending, and their `api` tag: ours and rembg's.
+# The image routes, by their path within the app, and their `api` tag: ours and rembg's.
 IMAGE_ROUTES = {"/v1/remove": "v1", "/api/remove": "rembg"}
 
 
@@ -149,7 +150,7 @@ class RecordRequests:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         api = None
         if scope["type"] == "http":  # not lifespan, which has no path
-            api = next((name for path, name in IMAGE_ROUTES.items() if scope["path"].endswith(path)), None)
+            api = IMAGE_ROUTES.get(route_path(scope))
         if api is None:
             await self.app(scope, receive, send)
             return

@@ -36,7 +36,7 @@ class ModelClient:
             response = self.handle.predict.remote(model_input, deadline)
             try:
                 return await asyncio.wait_for(response, timeout=max(0.0, deadline - time.time()))
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11, two before
                 response.cancel()  # frees its place in the tier's queue
                 raise DeadlineExceededError(
                     f"the {self.tier} tier did not answer within its deadline of {self.deadline_s:g} s (queue and "

@@ -59,6 +59,10 @@ REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
             ),
         },
     },
+    304: {
+        "description": "If-None-Match named this answer's ETag: the client holds these bytes already; no body.",
+        "headers": {"ETag": _header("The answer's ETag, as If-None-Match named it.")},
+    },
     400: {"model": ErrorBody, "description": "Empty upload, undecodable image or malformed multipart body."},
     401: {"model": ErrorBody, "description": "API keys are on and the request carries none, or a wrong one."},
     408: {

@@ -43,7 +43,8 @@ from serve_app.errors import error_body, summary
 logger = logging.getLogger("ray.serve")
 
 CLIENT_OVERRIDES = (b"x-request-timeout-seconds", b"x-request-disconnect-disabled")
-PROXY_REFUSALS = {408: "request_timeout", 503: "overloaded"}  # the proxy's plain-text answers, as our codes
+# The proxy's plain-text answers, as our codes (429: an ingress whose backpressure_config asks for it).
+PROXY_REFUSALS = {408: "request_timeout", 429: "overloaded", 503: "overloaded"}
 RETRY_AFTER_S = "2"  # a replacement ingress replica starts in seconds
 NO_INGRESS_RETRY_AFTER_S = "5"  # a lost node's replicas come back when a node has room for them: seconds at best
 WATCH_REFRESH_S = 1.0
@@ -246,6 +247,9 @@ class ProxyGuard:
                 headers = message.get("headers", [])
                 plain = any(k.lower() == b"content-type" and v.startswith(b"text/plain") for k, v in headers)
                 if message["status"] in PROXY_REFUSALS and plain:
+                    if message["status"] != 408 and not any(k.lower() == b"retry-after" for k, _ in headers):
+                        # a backpressure_config without retry_after_s, or Serve's own 503 for an unavailable app
+                        headers = [*headers, (b"retry-after", RETRY_AFTER_S.encode())]
                     refusal = {"status": message["status"], "headers": headers, "text": b""}
                     return
             elif message["type"] == "http.response.body" and refusal is not None:

@@ -63,7 +63,7 @@ class UploadLimits:
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), timeout=self.stall_s)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11, two before
                 raise UploadTooSlowError(
                     f"the upload paused for more than {self.stall_s:g} s after {received} bytes"
                 ) from None

@@ -28,7 +28,8 @@ class ApiKeys:
                 state = (stat.st_mtime, stat.st_size)
                 if state != self._file_state:
                     lines = self.file.read_text().splitlines()
-                    self._file_keys = [ln.strip().encode() for ln in lines if ln.strip() and not ln.startswith("#")]
+                    stripped = (ln.strip() for ln in lines)
+                    self._file_keys = [ln.encode() for ln in stripped if ln and not ln.startswith("#")]
                     self._file_state = state
             except OSError:  # a file being replaced: keep the last keys read rather than lock everyone out
                 pass
@@ -37,8 +38,9 @@ class ApiKeys:
 
     def accepts(self, presented: str) -> bool:
         """Compared with every key in constant time (no early exit): how long it takes says nothing of how
-        close a guess came, or which key matched."""
-        candidate = presented.encode()
+        close a guess came, or which key matched. ``presented`` is the header value as Starlette decodes it (Latin-1),
+        so the bytes the client sent are compared with the key's UTF-8 bytes: a non-ASCII key matches too."""
+        candidate = presented.encode("latin-1", "replace")
         matched = False
         for key in self.keys():
             matched |= hmac.compare_digest(candidate, key)

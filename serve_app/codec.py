@@ -15,7 +15,7 @@ try:  # fpng writes 24/32-bit PNGs ~10x faster than zlib at level 1, files ~20% 
 except ImportError:  # a platform without its wheel: Pillow writes them
     fpng = None
 
-from serve_app.errors import EmptyUploadError, InvalidImageError, PayloadTooLargeError
+from serve_app.errors import EmptyUploadError, InvalidImageError, InvalidParameterError, PayloadTooLargeError
 from serve_app.schemas import OutputFormat
 
 logger = logging.getLogger(__name__)
@@ -27,20 +27,25 @@ MEDIA_TYPES: dict[OutputFormat, str] = {
 }
 _PIL_FORMATS = {OutputFormat.PNG: "PNG", OutputFormat.WEBP: "WEBP", OutputFormat.JPEG: "JPEG"}
 _HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# The formats an upload may be in: photos' and the web's. Pillow opens some forty more (EPS through Ghostscript,
+# icon containers whose inner image is decoded before its size can be checked, scientific formats): none of them
+# is a photo someone cuts out, and each is more code facing the internet.
+INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF", "PPM", "TGA")
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode any format Pillow reads to an HxWx3 uint8 RGB array, turned upright by its EXIF orientation.
+    """Decode an upload in one of ``INPUT_FORMATS`` to an HxWx3 uint8 RGB array, turned upright by its EXIF
+    orientation.
 
     Grey, palette, CMYK and 16-bit images become RGB; an alpha channel is dropped (as transparent-background
     does); an animation gives its first frame. The size is checked before the pixels are decoded.
     """
     if not data:
-        raise EmptyUploadError("the request carried no image: send it as multipart field 'image' or as the body")
+        raise EmptyUploadError("the image sent is empty (0 bytes)")  # as the body or a field: both are read so
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise PayloadTooLargeError(
@@ -54,7 +59,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLargeError(f"image too large to decode safely: {exc}") from exc
     except UnidentifiedImageError:
-        raise InvalidImageError("the upload is not an image format this service can read") from None
+        raise InvalidImageError(
+            "the upload is not an image format this service reads: JPEG, PNG, WebP, AVIF, GIF, BMP, TIFF, PNM or TGA"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data inside a known format
         raise InvalidImageError(f"the image could not be decoded: {exc}") from exc
     if rgb.size == 0:
@@ -96,16 +103,32 @@ def flatten_on_white(rgba: np.ndarray) -> np.ndarray:
 
 JPEG_QUALITY = 95
 WEBP_QUALITY = 90
+# The longest side each encoder writes (libwebp's and libjpeg's limits); Pillow's PNG has none that an image under
+# max_image_pixels reaches.
+MAX_SIDE = {OutputFormat.WEBP: 16383, OutputFormat.JPEG: 65500}
+FPNG_MAX_SIDE = 65535  # beyond, fpng writes a size that wrapped at 2**16 (70000 px wide came out 4464) or nothing
+
+
+def check_encodable(height: int, width: int, formats: list[OutputFormat]) -> None:
+    """A 422 for an output format that cannot hold an image this size: asked before the model runs."""
+    for fmt in dict.fromkeys(formats):
+        limit = MAX_SIDE.get(fmt)
+        if limit is not None and max(height, width) > limit:
+            raise InvalidParameterError(
+                f"format={fmt.value} holds images up to {limit} pixels a side, and this one is {width}x{height}: "
+                "ask for format=png"
+            )
 
 
 def encode_image(array: np.ndarray, fmt: OutputFormat, quality: int | None = None, lossless: bool = False) -> bytes:
     """Encode an HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA) uint8 array; RGBA as JPEG goes onto white.
     ``quality`` (1-100) for JPEG and lossy WebP; ``lossless`` for WebP. Colour PNGs are fpng's where it is
     installed (the 1920x1080 cut-out in 10 ms instead of Pillow's 100), grey ones Pillow's (fpng has no grey)."""
+    check_encodable(array.shape[0], array.shape[1], [fmt])
     if array.ndim == 3 and array.shape[2] == 4 and fmt == OutputFormat.JPEG:
         array = flatten_on_white(array)
     array = np.ascontiguousarray(array)
-    if fmt == OutputFormat.PNG and array.ndim == 3 and fpng is not None:
+    if fmt == OutputFormat.PNG and array.ndim == 3 and fpng is not None and max(array.shape[:2]) <= FPNG_MAX_SIDE:
         return bytes(fpng.from_ndarray(array))
     image = Image.fromarray(array)
     buffer = io.BytesIO()

@@ -42,11 +42,11 @@ def etag(key: MaskKey, params: RemoveParams, background: bytes | None) -> str:
 
 
 def matches(if_none_match: str | None, tag: str) -> bool:
-    """Whether an If-None-Match header names ``tag`` (or is ``*``); weak tags compare by their value."""
+    """Whether an If-None-Match header names ``tag``; weak tags compare by their value. ``*`` names no result: it
+    asks whether the resource exists, which says nothing of whether the client holds this answer's bytes."""
     if not if_none_match:
         return False
-    candidates = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-    return "*" in candidates or tag in candidates
+    return tag in {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
 
 
 class MaskCache:

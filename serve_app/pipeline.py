@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serve_app.codec import MEDIA_TYPES, ZIP_MEDIA_TYPE, decode_image, encode_image, zip_files
+from serve_app.codec import MEDIA_TYPES, ZIP_MEDIA_TYPE, check_encodable, decode_image, encode_image, zip_files
 from serve_app.effects import EMPTY_BOX, Box, apply_effect, crop_box, finalize_alpha, foreground_box
 from serve_app.errors import InvalidParameterError, ServiceError
 from serve_app.resize import ResizePolicy, to_model_input, upsample_mask
@@ -52,6 +52,14 @@ def preprocess(data: bytes, policy: ResizePolicy, base_size: int, max_pixels: in
     model_input = to_model_input(image, policy, base_size)
     watch.lap("resize")
     return Preprocessed(image=image, model_input=model_input, timings=watch.timings)
+
+
+def check_outputs_fit(prepared: Preprocessed, params: RemoveParams) -> None:
+    """A 422, before the model runs, for an output format that cannot hold the image (WebP: 16383 px a side). A
+    crop's size is known only once the mask is: its encoding checks it then."""
+    if not params.crop:
+        height, width = prepared.image.shape[:2]
+        check_encodable(height, width, [spec.format for spec in params.requested])
 
 
 def decode_background(data: bytes | None, params: RemoveParams, max_pixels: int) -> np.ndarray | None:

@@ -84,7 +84,7 @@ class RembgParams(BaseModel):
         if value is not None:
             try:
                 json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
                 raise ValueError("extras must be JSON") from None
         return value
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from PIL import ImageColor
+from PIL import Image, ImageColor
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from serve_app.catalogue import CATALOGUE, ModelSpec, Tier
@@ -254,6 +254,7 @@ INGRESS_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "num_replicas": 1,
     # max_ongoing_requests: computed from the tiers (AppConfig.ingress_deployment_options) unless set.
     "max_queued_requests": 128,  # requests the proxy holds for a busy ingress; beyond, the proxy answers 503
+    "backpressure_config": {"retry_after_s": 2},  # ... with Retry-After (Serve sends none unless told)
     "ray_actor_options": {"num_cpus": 1.0},  # also sizes the ingress's pool for decode, effects and encode
 }
 UPLOAD_HEADROOM = 32  # image requests an ingress replica admits beyond what its tiers hold: uploads being read
@@ -474,7 +475,12 @@ class AppConfig(BaseModel):
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     access: AccessConfig = Field(default_factory=AccessConfig)
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger uploads get 413.")
-    max_image_pixels: int = Field(50_000_000, ge=1, description="Larger images (width x height) get 413.")
+    max_image_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        le=Image.MAX_IMAGE_PIXELS,  # Pillow refuses to decode more (its decompression-bomb guard): 89,478,485
+        description="Larger images (width x height) get 413.",
+    )
     upload_stall_s: float = Field(
         10.0, gt=0, description="An upload that pauses longer than this between two parts gets 408."
     )

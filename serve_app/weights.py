@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote
 
 from tqdm import tqdm
 
@@ -186,10 +187,12 @@ def configured_path(choice: str, weights_dir: Path) -> Path:
 
 
 def weights_label(checkpoint: Checkpoint, choice: str) -> str:
-    """What X-Weights and /v1/tiers report for a tier's ``weights`` setting."""
+    """What X-Weights and /v1/tiers report for a tier's ``weights`` setting: printable ASCII, as a header value must
+    be (any other character of a file's name percent-encoded, as in a URL)."""
     if choice == UNTRAINED:
         return UNTRAINED
-    return checkpoint.filename if choice == AUTO else Path(choice).name
+    name = checkpoint.filename if choice == AUTO else Path(choice).name
+    return "".join(c if " " <= c <= "~" else quote(c) for c in name)
 
 
 def resolve(

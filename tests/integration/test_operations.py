@@ -263,6 +263,8 @@ def test_serve_options_pass_through_and_merge(service: str, cluster: Cluster) ->
         assert fast["max_ongoing_requests"] == 32 and fast["max_queued_requests"] == 64
         # The ingress admits what fast holds at its most replicas (2 x 32 + 64) plus 32 uploads, plus 32 light slots
         assert ingress["max_ongoing_requests"] == 2 * 32 + 64 + 32 + 32 and ingress["max_queued_requests"] == 128
+        # Serve's proxy answers a request over that queue 503 with Retry-After only when this says so
+        assert ingress["backpressure_config"]["retry_after_s"] == 2
         assert fast["user_config"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.02}  # from `batching`
         assert ingress["health_check_period_s"] == 7 and ingress["ray_actor_options"]["num_cpus"] == 0.1
         with httpx.Client(base_url=f"{service}/options", timeout=60) as client:
@@ -335,6 +337,11 @@ def test_api_keys_and_cors(service: str, cluster: Cluster, tmp_path: Path) -> No
             preflight = {"origin": "https://app.example", "access-control-request-method": "POST"}
             allowed = client.options("/v1/remove", headers=preflight)
             assert allowed.headers.get("access-control-allow-origin") == "https://app.example"
+            sends = {**preflight, "access-control-request-headers": "if-none-match, cache-control, x-request-id"}
+            assert client.options("/v1/remove", headers=sends).status_code == 200  # a page may send them
+            answer = remove(authorization="Bearer second-key-rotated-in", origin="https://app.example")
+            exposed = {h.strip().lower() for h in answer.headers["access-control-expose-headers"].split(",")}
+            assert {"retry-after", "x-request-id", "etag", "server-timing"} <= exposed
             other = client.options("/v1/remove", headers={**preflight, "origin": "https://evil.example"})
             assert "access-control-allow-origin" not in other.headers
     finally:

@@ -61,6 +61,7 @@ def test_tiers_are_listed_and_ready(client: httpx.Client) -> None:
     for t in tiers:
         assert t["ready"] and t["status"] == "HEALTHY" and t["weights"] == "test-segmenting.pth"
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200  # probes' HEAD
     ready = client.get("/readyz")  # only once rgba's kernels are compiled too: no first request waits for them
     assert ready.status_code == 200 and ready.json()["effects"] == "ready", ready.text
 

@@ -23,6 +23,17 @@ def test_keys_from_the_variable_and_the_file(tmp_path: Path, monkeypatch: pytest
         assert not keys.accepts(wrong), wrong
 
 
+def test_an_indented_comment_is_no_key_and_a_non_ascii_key_works(tmp_path: Path) -> None:
+    file = tmp_path / "keys"
+    file.write_text("  # retired 2024: old-key\nclé-secrète\n", encoding="utf-8")
+    keys = ApiKeys(file=file)
+    assert keys.keys() == ["clé-secrète".encode()]
+    assert not keys.accepts("# retired 2024: old-key")
+    # Starlette decodes a header's bytes as Latin-1: the client's UTF-8 bytes of the key arrive so, and match.
+    sent = Headers(raw=[(b"x-api-key", "clé-secrète".encode())])
+    assert keys.accepts(presented_key(sent))
+
+
 def test_a_rewritten_file_takes_effect_without_a_restart(tmp_path: Path) -> None:
     file = tmp_path / "keys"
     file.write_text("old-key\n")

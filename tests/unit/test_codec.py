@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.codec import decode_image, encode_image, flatten_on_white
-from serve_app.errors import EmptyUploadError, InvalidImageError, PayloadTooLargeError
-from serve_app.schemas import OutputFormat
+from serve_app.codec import INPUT_FORMATS, decode_image, encode_image, flatten_on_white
+from serve_app.errors import EmptyUploadError, InvalidImageError, InvalidParameterError, PayloadTooLargeError
+from serve_app.pipeline import Preprocessed, check_outputs_fit
+from serve_app.schemas import OutputFormat, RemoveParams
 from tests.conftest import png_bytes
 
 BIG = 10_000_000
@@ -134,6 +135,27 @@ def test_bad_uploads_raise_typed_errors(data: bytes, error: type[Exception]) -> 
         decode_image(data, BIG)
 
 
+def saved(fmt: str, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(asymmetric()).convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", INPUT_FORMATS)
+def test_the_photo_and_web_formats_decode(fmt: str) -> None:
+    assert decode_image(saved(fmt), BIG).shape == (24, 40, 3)
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "EPS", "PCX", "SGI", "DDS", "QOI", "JPEG2000", "SPIDER", "XBM"])
+def test_other_formats_pillow_opens_are_refused(fmt: str) -> None:
+    """Pillow opens some forty formats (EPS through Ghostscript; ICO, whose inner image is decoded before its size
+    can be checked): an upload is read only as one of the formats photos and the web use."""
+    data = saved(fmt, "1" if fmt == "XBM" else "RGB")
+    assert Image.open(io.BytesIO(data)).format == fmt  # Pillow itself would open it
+    with pytest.raises(InvalidImageError, match="JPEG, PNG, WebP"):
+        decode_image(data, BIG)
+
+
 def test_too_many_pixels_is_refused_before_decoding() -> None:
     with pytest.raises(PayloadTooLargeError, match="40x24"):
         decode_image(png_bytes(asymmetric()), max_pixels=40 * 24 - 1)
@@ -154,6 +176,33 @@ def test_encode_round_trips(fmt: OutputFormat, channels: int) -> None:
     assert decoded.mode == expected_mode
     if fmt == OutputFormat.PNG:
         np.testing.assert_array_equal(np.asarray(decoded), array)
+
+
+@pytest.mark.parametrize(("fmt", "longest"), [(OutputFormat.WEBP, 16383), (OutputFormat.JPEG, 65500)])
+def test_a_side_over_the_encoders_limit_is_a_422_not_a_500(fmt: OutputFormat, longest: int) -> None:
+    """libwebp writes at most 16383 pixels a side, libjpeg 65500: over that Pillow raised, and the ingress
+    answered 500 after the model had run. The request is refused first, saying which format fits."""
+    assert len(encode_image(np.zeros((1, longest, 3), np.uint8), fmt)) > 0
+    with pytest.raises(InvalidParameterError, match=f"format={fmt.value} holds images up to {longest}.*png"):
+        encode_image(np.zeros((longest + 1, 1, 3), np.uint8), fmt)
+    panorama = Preprocessed(image=np.zeros((2, longest + 1, 3), np.uint8), model_input=np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(InvalidParameterError, match=f"{longest + 1}x2"):  # before the model runs
+        check_outputs_fit(panorama, RemoveParams(format=fmt))
+    with pytest.raises(InvalidParameterError):
+        check_outputs_fit(panorama, RemoveParams(outputs=f"rgba,mask:{fmt.value}"))
+    check_outputs_fit(panorama, RemoveParams(format="png"))
+    check_outputs_fit(panorama, RemoveParams(format=fmt, crop=True))  # its size is known once the mask is
+
+
+@pytest.mark.parametrize("shape", [(1, 65535), (1, 65536), (70000, 1), (1, 2**24 + 1)])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_colour_png_longer_than_fpng_writes_comes_whole_from_pillow(shape: tuple[int, int], channels: int) -> None:
+    """fpng stores a side in 16 bits: a 70000 px wide panorama came back as a 200 whose PNG said 4464 px and could not
+    be read, and over 2**24 px it wrote nothing (a 200 with an empty body)."""
+    line = np.zeros((*shape, channels), np.uint8)
+    line[-1, -1] = (1, 2, 3, 4)[:channels]
+    decoded = np.asarray(Image.open(io.BytesIO(encode_image(line, OutputFormat.PNG))))
+    np.testing.assert_array_equal(decoded, line)
 
 
 def test_rgba_as_jpeg_is_flattened_on_white() -> None:

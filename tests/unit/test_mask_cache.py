@@ -54,6 +54,12 @@ def test_etags_change_with_whatever_changes_the_bytes() -> None:
     assert etag(key("a"), RemoveParams(tier="fast"), None) == base  # the tier is in the key, not twice
 
 
-def test_if_none_match_lists_and_wildcards() -> None:
-    assert matches('"x", "y"', '"y"') and matches('W/"y"', '"y"') and matches("*", '"y"')
+def test_if_none_match_lists_and_weak_tags() -> None:
+    assert matches('"x", "y"', '"y"') and matches('W/"y"', '"y"')
     assert not matches('"x"', '"y"') and not matches(None, '"y"') and not matches("", '"y"')
+
+
+def test_a_wildcard_if_none_match_is_no_reason_for_a_304() -> None:
+    """`*` asks whether the resource exists; it says nothing of whether the client holds this answer (a 304 for it
+    gave an empty answer to any upload, an undecodable one included)."""
+    assert not matches("*", '"y"') and not matches('"x", *', '"y"')

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from deployments import SERVE_LOGGER
+from deployments.access import route_path
 from deployments.metrics import IngressMetrics, RecordRequests
 
 
@@ -26,8 +27,8 @@ class Recorded(IngressMetrics):
         return tags
 
 
-def run(app: Any, metrics: Recorded, cancel_after_s: float | None = None) -> None:
-    scope = {"type": "http", "method": "POST", "path": "/v1/remove", "query_string": b"tier=fast", "headers": []}
+def run(app: Any, metrics: Recorded, cancel_after_s: float | None = None, path: str = "/v1/remove") -> None:
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"tier=fast", "headers": []}
 
     async def receive() -> Message:
         return {"type": "http.request", "body": b"x"}
@@ -57,6 +58,22 @@ def test_a_request_cancelled_before_its_answer_is_a_499_not_a_server_error(caplo
         run(slow_route, metrics, cancel_after_s=0.1)
     assert [(t["status"], t["code"]) for t in metrics.tags] == [("499", "client_closed")]
     assert "POST /v1/remove 499 client_closed tier=fast" in caplog.text
+
+
+def test_only_the_image_routes_are_recorded_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A path that merely ends like an image route (a percent-encoded newline in it once forged a line in the text
+    log) is neither counted nor logged; under a route prefix the routes still are."""
+
+    async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"error": {"code": "not_found", "message": "m"}}, 404)(scope, receive, send)
+
+    metrics = Recorded()
+    with caplog.at_level(logging.INFO, logger=SERVE_LOGGER):
+        run(not_found, metrics, path="/x\nFORGED 200 ok/v1/remove")
+        run(not_found, metrics, path="/v2/v1/remove")
+    assert metrics.tags == [] and "FORGED" not in caplog.text
+    prefixed = {"type": "http", "path": "/cutouts/v1/remove", "root_path": "/cutouts"}
+    assert route_path(prefixed) == "/v1/remove"
 
 
 def test_answers_are_recorded_with_their_status_and_code() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
@@ -84,15 +85,27 @@ def test_a_client_that_left_gets_nothing() -> None:
     assert drive(proxy_that_cancelled, client_leaves=True) == []
 
 
-def test_the_proxys_plain_text_refusals_become_json_with_their_headers() -> None:
+@pytest.mark.parametrize("code", [503, 429])  # 429: an ingress whose backpressure_config.status_code says so
+def test_the_proxys_plain_text_refusals_become_json_with_their_headers(code: int) -> None:
     async def proxy_backpressure(scope: Scope, receive: Receive, send: Send) -> None:
-        response = PlainTextResponse("Request dropped due to backpressure", 503, headers={"Retry-After": "3"})
+        response = PlainTextResponse("Request dropped due to backpressure", code, headers={"Retry-After": "3"})
         await response(scope, receive, send)
 
     status, headers, body = status_and_body(drive(proxy_backpressure))
-    assert status == 503 and headers[b"retry-after"] == b"3" and headers[b"content-type"] == b"application/json"
+    assert status == code and headers[b"retry-after"] == b"3" and headers[b"content-type"] == b"application/json"
     assert json.loads(body) == {"error": {"code": "overloaded", "message": "Request dropped due to backpressure"}}
     assert int(headers[b"content-length"]) == len(body)
+
+
+def test_a_proxy_refusal_without_retry_after_gets_one() -> None:
+    """Serve sends Retry-After only when the ingress's backpressure_config sets retry_after_s (the builder does; a
+    config may not), and never on its 503 for an unavailable deployment: the client is told when to retry anyway."""
+
+    async def proxy_backpressure(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("Request dropped due to backpressure", 503)(scope, receive, send)
+
+    status, headers, body = status_and_body(drive(proxy_backpressure))
+    assert status == 503 and headers[b"retry-after"] == b"2" and json.loads(body)["error"]["code"] == "overloaded"
 
 
 def test_our_own_answers_pass_untouched() -> None:

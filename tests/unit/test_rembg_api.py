@@ -43,6 +43,7 @@ def test_every_model_has_a_tier() -> None:
         ({"bgc": "0,255,0"}, "R,G,B,A"),
         ({"bgc": "0,255,0,256"}, "R,G,B,A"),
         ({"extras": "{not json"}, "JSON"),
+        ({"extras": "[" * 100_000}, "JSON"),  # deeper than json's parser goes: RecursionError, once a 500
         ({"af": "300"}, "less than or equal"),
         ({"size": "full"}, "Extra inputs"),
     ],

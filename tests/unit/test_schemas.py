@@ -116,6 +116,14 @@ def test_base_size_must_suit_the_backbone() -> None:
             TierConfig(base_size=bad)
 
 
+def test_max_image_pixels_stops_at_pillows_own_limit() -> None:
+    """Above it Pillow refuses to decode (its decompression-bomb guard): a higher setting would promise sizes that
+    get 413 anyway."""
+    assert AppConfig(max_image_pixels=89_478_485).max_image_pixels == 89_478_485
+    with pytest.raises(ValidationError, match="max_image_pixels"):
+        AppConfig(max_image_pixels=100_000_000)
+
+
 def test_app_config_tiers() -> None:
     assert set(AppConfig().tiers) == set(Tier)
     only_fast = AppConfig.model_validate({"tiers": {"fast": {}}, "default_tier": "fast"})

@@ -130,6 +130,17 @@ def test_configured_path_wins_and_skips_the_checksum(tmp_path: Path) -> None:
         resolve(checkpoint("http://127.0.0.1:9/x"), "missing.pth", tmp_path)
 
 
+def test_a_label_is_a_valid_header_value_whatever_the_files_name(tmp_path: Path) -> None:
+    """X-Weights carries the file's name: one with non-Latin-1 characters made every answer a 500."""
+    from starlette.responses import Response
+
+    own = tmp_path / "ckpt—v2 é.pth"
+    own.write_bytes(b"weights")
+    label = resolve(checkpoint("http://127.0.0.1:9/x"), str(own), tmp_path).label
+    assert label == "ckpt%E2%80%94v2 %C3%A9.pth"
+    Response(headers={"X-Weights": label})  # encodes as Latin-1 without error
+
+
 def test_untrained_is_labelled() -> None:
     resolved = resolve(checkpoint("http://127.0.0.1:9/x"), UNTRAINED, Path("/nonexistent"))
     assert resolved.path is None and resolved.label == "untrained"
