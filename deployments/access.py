@@ -1,6 +1,8 @@
 """API keys at the door: an ASGI middleware that answers 401 (our JSON) to a request without a valid key, before
 any route runs. Health, readiness and the API docs stay open (probes and a browser carry no key)."""
 
+import hashlib
+
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,6 +39,8 @@ class ApiKeyCheck:
             )
             await service_error_response(refused)(scope, receive, send)
             return
+        # Who asked, for the mask cache: one caller never learns from a cache hit what another one sent.
+        scope.setdefault("state", {})["caller"] = hashlib.sha256(key.encode("latin-1", "replace")).hexdigest()
         await self.app(scope, receive, send)
 
     @staticmethod

@@ -1,5 +1,7 @@
 """Admission at the ingress: image requests in flight per replica are counted, and the one over the limit gets
-503 at once, before its upload is read.
+503 at once, before its upload is read. Their decoded pixels are counted too: a request is held from its decode to
+its answer (queued behind a slow model call, up to the tier's deadline), so a few dozen large images would fill
+the replica's memory within the request limit; the one that would go over the pixel budget gets 503 once decoded.
 
 Serve's ``max_ongoing_requests`` caps the ingress as a whole, whatever the route; with it alone, slow uploads
 that fill the ingress leave ``/healthz`` waiting in the proxy. So the ingress's Serve cap keeps room above this
@@ -12,9 +14,11 @@ from serve_app.errors import OverloadedError
 
 
 class Admission:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_pixels_held: int | None = None) -> None:
         self.limit = limit
+        self.max_pixels_held = max_pixels_held
         self.in_flight = 0  # touched only on the replica's event loop: no lock needed
+        self.pixels_held = 0
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -27,3 +31,19 @@ class Admission:
             yield
         finally:
             self.in_flight -= 1
+
+    @contextmanager
+    def holding(self, pixels: int) -> Iterator[None]:
+        """Holds ``pixels`` of decoded images until the answer is made. Over the budget: 503, unless nothing else is
+        held (one image within max_image_pixels always gets through)."""
+        limit = self.max_pixels_held
+        if limit is not None and self.pixels_held and self.pixels_held + pixels > limit:
+            raise OverloadedError(
+                f"this ingress replica holds {self.pixels_held / 1e6:.1f} megapixels of decoded images and this one "
+                f"has {pixels / 1e6:.1f}, over its {limit / 1e6:g} (ingress.max_decoded_megapixels); retry shortly"
+            )
+        self.pixels_held += pixels
+        try:
+            yield
+        finally:
+            self.pixels_held -= pixels

@@ -82,7 +82,7 @@ class Ingress:
             tier: ModelClient(tier.value, models[tier.value], served.config.deadline_s, self.readiness.refresh_now)
             for tier, served in tiers.items()
         }
-        self.admission = Admission(config.image_request_limit())
+        self.admission = Admission(config.image_request_limit(), int(config.ingress.max_decoded_megapixels * 1_000_000))
         self.mask_cache = MaskCache(int(config.ingress.mask_cache_mb * 1024 * 1024))
         self.cpu_pool = ThreadPoolExecutor(config.ingress.cpu_workers, thread_name_prefix="ingress-cpu")
         # pymatting (rgba) loads or compiles its numba kernels on first use (tens of seconds on a fresh install): do
@@ -242,7 +242,8 @@ class Ingress:
     async def render(self, request: Request, tier: ServedTier, params: RemoveParams, upload: Upload) -> Response:
         """Decode, run the tier's model, apply the effects and encode: one image request, once admitted."""
         request.state.labels = request_labels(tier.tier.value, params)  # for RecordRequests, whatever the answer
-        key = MaskKey(content_hash(upload.image), tier.tier.value, tier.config.runtime, tier.weights_label)
+        caller = getattr(request.state, "caller", "")  # set by the API-key check, when keys are on
+        key = MaskKey(content_hash(upload.image), tier.tier.value, tier.config.runtime, tier.weights_label, caller)
         tag = etag(key, params, upload.background)
         if matches(request.headers.get("if-none-match"), tag):  # the client has these bytes: nothing to do
             return Response(status_code=304, headers={"ETag": tag})
@@ -250,18 +251,20 @@ class Ingress:
         background = await self.on_cpu(decode_background, upload.background, params, pixels)
         prepared = await self.on_cpu(preprocess, upload.image, tier.resize, tier.base_size, pixels)
         check_outputs_fit(prepared, params)
-        called = time.perf_counter()
-        # Cache-Control from the client: no-cache runs the model; no-store also keeps nothing.
-        directives = request.headers.get("cache-control", "").lower()
-        cached = None if "no-cache" in directives or "no-store" in directives else self.mask_cache.get(key)
-        if cached is not None:  # no model call: batch size 0 and no model time say so
-            result = MaskResult(mask=cached.mask, batch_size=0, model_seconds=0.0, runtime=cached.runtime)
-        else:
-            result = await self.models[tier.tier].predict(prepared.model_input)
-            if "no-store" not in directives:
-                self.mask_cache.put(key, result)
-        round_trip = time.perf_counter() - called
-        rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params, background)
+        decoded = [prepared.image] if background is None else [prepared.image, background]
+        with self.admission.holding(sum(image.shape[0] * image.shape[1] for image in decoded)):
+            called = time.perf_counter()
+            # Cache-Control from the client: no-cache runs the model; no-store also keeps nothing.
+            directives = request.headers.get("cache-control", "").lower()
+            cached = None if "no-cache" in directives or "no-store" in directives else self.mask_cache.get(key)
+            if cached is not None:  # no model call: batch size 0 and no model time say so
+                result = MaskResult(mask=cached.mask, batch_size=0, model_seconds=0.0, runtime=cached.runtime)
+            else:
+                result = await self.models[tier.tier].predict(prepared.model_input)
+                if "no-store" not in directives:
+                    self.mask_cache.put(key, result)
+            round_trip = time.perf_counter() - called
+            rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params, background)
         steps = step_seconds(prepared, result, round_trip, rendered)
         headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, rendered, steps)
         headers.update({"ETag": tag, "X-Cache": "miss" if cached is None else "hit"})

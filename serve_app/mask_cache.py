@@ -26,6 +26,7 @@ class MaskKey:
     tier: str
     runtime: str
     weights: str
+    caller: str = ""  # with API keys on, a hash of the caller's: X-Cache: hit never says what another caller sent
 
 
 def content_hash(data: bytes) -> str:

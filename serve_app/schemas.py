@@ -430,6 +430,13 @@ class IngressConfig(_DeploymentOptions):
         f"max_queued_requests, summed) plus {UPLOAD_HEADROOM}.",
     )
 
+    max_decoded_megapixels: float = Field(
+        400.0,
+        gt=0,
+        description="Decoded images (uploads and backgrounds, 3 bytes a pixel) an ingress replica holds at once, "
+        "from decode to answer; the request that would go over gets 503 overloaded (one image always fits).",
+    )
+
     mask_cache_mb: float = Field(
         256.0,
         ge=0,

@@ -12,6 +12,7 @@ import socket
 import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from threading import Thread
 from urllib.parse import urlsplit
 
@@ -19,11 +20,13 @@ import httpx
 import numpy as np
 import pytest
 
+from serve_app.mask_cache import RUN_THE_MODEL
 from tests.conftest import png_bytes
-from tests.integration.conftest import APP_NAME, Cluster
+from tests.integration.conftest import APP_NAME, Cluster, fast_tier_app
 from tests.support import scenes
 from tests.support.load import Outcome, burst, private_mb, replica_pids, send, summary, wait_until_healthy
 from tests.support.reference import upload_stall_s_in_test_config
+from tests.support.serve_run import until
 
 FAST_CAPACITY = 16  # configs/test.yaml: max_ongoing_requests 8 + max_queued_requests 8
 INGRESS_SLOTS = 112  # 3 tiers x 16 + UPLOAD_HEADROOM 32 image requests + CONTROL_HEADROOM 32
@@ -293,3 +296,34 @@ def test_memory_levels_off_over_hundreds_of_requests(cluster: Cluster, service: 
             assert later[name] - last[name] < 32, (name, first, last, later)
     assert all(o.status == 200 for o in outcomes), summary(outcomes)
     assert statistics.median(o.seconds for o in outcomes) < 10
+
+
+def test_decoded_images_over_the_ingress_budget_get_503_and_the_held_one_finishes(
+    service: str, cluster: Cluster
+) -> None:
+    """An image request holds its decoded image until it is answered, queued behind the model up to its deadline:
+    the request limit alone let 76 images of 49 MP (11 GB) wait in one ingress. Here the budget is 0.5 MP: one
+    image of 0.36 MP waits for its batch (5 s), a second one gets 503 overloaded at once, the first is served,
+    and then the second fits."""
+    args = fast_tier_app(base_size=64, warmup=False, batching={"max_batch_size": 4, "batch_wait_timeout_s": 5.0})
+    args["ingress"]["max_decoded_megapixels"] = 0.5
+    cluster.deploy(cluster.with_extra_app("pixels", "/pixels", args))
+    image = png_bytes(np.full((600, 600, 3), 90, np.uint8))
+    try:
+        with httpx.Client(base_url=f"{service}/pixels", timeout=60) as client:
+            assert until(lambda: client.get("/readyz").status_code == 200, 120)
+
+            def remove() -> httpx.Response:
+                return client.post("/v1/remove", content=image, params={"effect": "mask"}, headers=RUN_THE_MODEL)
+
+            with ThreadPoolExecutor(1) as pool:
+                held = pool.submit(remove)
+                time.sleep(1.0)  # decoded, and waiting for the batch to fill
+                refused = remove()
+                served = held.result()
+            assert refused.status_code == 503 and refused.headers["retry-after"], refused.text
+            assert refused.json()["error"]["code"] == "overloaded" and "max_decoded_megapixels" in refused.text
+            assert served.status_code == 200 and served.elapsed.total_seconds() > 4  # it did wait for its batch
+            assert remove().status_code == 200  # the budget is free again
+    finally:
+        cluster.deploy(cluster.test_config())

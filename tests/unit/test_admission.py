@@ -21,6 +21,24 @@ def test_admission_refuses_the_request_over_the_limit_and_frees_slots() -> None:
     assert admission.in_flight == 0
 
 
+def test_decoded_pixels_over_the_budget_are_refused_but_one_image_always_fits() -> None:
+    """A request holds its decoded image from decode to answer: within the request limit, dozens of large ones
+    queued behind a slow model would fill the replica's memory (76 of 49 MP on configs/cpu.yaml: 11 GB)."""
+    admission = Admission(limit=100, max_pixels_held=10_000_000)
+    with admission.holding(6_000_000):
+        over = r"holds 6\.0 megapixels .* this one has 5\.0, over its 10 "
+        with pytest.raises(OverloadedError, match=over), admission.holding(5_000_000):
+            pass
+        with admission.holding(4_000_000):
+            assert admission.pixels_held == 10_000_000
+    assert admission.pixels_held == 0
+    with admission.holding(40_000_000):  # larger than the budget, but alone: served
+        assert admission.pixels_held == 40_000_000
+    with pytest.raises(ValueError), admission.holding(1):  # a failing request lets go of its pixels too
+        raise ValueError("the model failed")
+    assert admission.pixels_held == 0
+
+
 def test_preflight_names_a_busy_port(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as Serve's proxy binds it

@@ -35,6 +35,7 @@ def test_the_key_separates_tiers_runtimes_and_weights() -> None:
     assert cache.get(key("a", tier="quality")) is None
     assert cache.get(MaskKey(content_hash(b"a"), "fast", "onnx", "ckpt_fast.pth")) is None
     assert cache.get(MaskKey(content_hash(b"a"), "fast", "eager", "other.pth")) is None
+    assert cache.get(MaskKey(content_hash(b"a"), "fast", "eager", "ckpt_fast.pth", caller="another")) is None
     assert MaskCache(0).put(key("a"), result(1)) is None and len(MaskCache(0)) == 0
 
 
