@@ -38,6 +38,7 @@ from deployments.readiness import TierReadiness
 from deployments.uploads import Upload, UploadLimits, is_multipart, read_upload
 from serve_app.auth import ApiKeys
 from serve_app.catalogue import Tier
+from serve_app.codec import declared_pixels
 from serve_app.effects import warm_up_matting
 from serve_app.errors import InvalidParameterError
 from serve_app.mask_cache import MaskCache, MaskKey, content_hash, etag, matches
@@ -148,17 +149,15 @@ class Ingress:
             )
         app.add_middleware(RecordRequests, metrics=IngressMetrics(config.default_tier.value))
         app.add_api_route("/", self.root, include_in_schema=False)
-        # HEAD too: uptime checkers and load balancers often probe with it
-        app.add_api_route(
-            "/healthz", self.healthz, methods=["GET", "HEAD"], summary="Liveness: answers while the service is up"
-        )
+        app.add_api_route("/healthz", self.healthz, summary="Liveness: answers while the service is up")
         app.add_api_route(
             "/readyz",
             self.readyz,
-            methods=["GET", "HEAD"],
             summary="Readiness: 200 once every tier has a running replica, else 503",
             responses=READY_RESPONSES,
         )
+        for path, probe in (("/healthz", self.healthz), ("/readyz", self.readyz)):  # uptime checkers probe with HEAD
+            app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
         app.add_api_route(
             "/v1/tiers",
             self.list_tiers,
@@ -248,11 +247,14 @@ class Ingress:
         if matches(request.headers.get("if-none-match"), tag):  # the client has these bytes: nothing to do
             return Response(status_code=304, headers={"ETag": tag})
         pixels = self.config.max_image_pixels
-        background = await self.on_cpu(decode_background, upload.background, params, pixels)
-        prepared = await self.on_cpu(preprocess, upload.image, tier.resize, tier.base_size, pixels)
-        check_outputs_fit(prepared, params)
-        decoded = [prepared.image] if background is None else [prepared.image, background]
-        with self.admission.holding(sum(image.shape[0] * image.shape[1] for image in decoded)):
+        # The pixel budget is taken from the headers' sizes before anything is decoded: a request over it costs
+        # no decode, and no image is held uncounted while another decodes.
+        background_bytes = upload.background if params.needs_background else None
+        declared = min(declared_pixels(upload.image), pixels) + min(declared_pixels(background_bytes), pixels)
+        with self.admission.holding(declared):  # (an image over max_image_pixels gets its 413 from the decode)
+            background = await self.on_cpu(decode_background, upload.background, params, pixels)
+            prepared = await self.on_cpu(preprocess, upload.image, tier.resize, tier.base_size, pixels)
+            check_outputs_fit(prepared, params)
             called = time.perf_counter()
             # Cache-Control from the client: no-cache runs the model; no-store also keeps nothing.
             directives = request.headers.get("cache-control", "").lower()

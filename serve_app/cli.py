@@ -30,7 +30,11 @@ from tqdm import tqdm
 
 from serve_app.client import DEFAULT_URL, Client, RemoveError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".avif"})
+# What the service reads, and .heic (the service says it does not read it: better than skipping it in silence).
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff", ".pnm", ".ppm", ".pgm", ".pbm"}
+    | {".tga", ".heic"}
+)
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 # The service's effects but `background`, which needs a second upload per image (checked against serve_app.schemas
 # in the tests: this module stays light, for a client's machine).

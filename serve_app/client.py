@@ -86,7 +86,7 @@ class Result:
         return tuple(int(self.headers.get(f"x-foreground-{side}", 0)) for side in sides)  # type: ignore[return-value]
 
 
-PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})  # the modes Pillow writes as PNG
+PNG_MODES = frozenset({"1", "L", "LA", "I;16", "P", "RGB", "RGBA"})  # the modes Pillow writes as PNG
 MAX_RETRY_AFTER_S = 60.0  # a proxy's Retry-After of an hour should not stall a batch for that long
 
 

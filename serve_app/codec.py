@@ -30,7 +30,24 @@ _HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # The formats an upload may be in: photos' and the web's. Pillow opens some forty more (EPS through Ghostscript,
 # icon containers whose inner image is decoded before its size can be checked, scientific formats): none of them
 # is a photo someone cuts out, and each is more code facing the internet.
-INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF", "PPM", "TGA")
+Image.init()
+INPUT_FORMATS = tuple(  # AVIF from Pillow 11.2: an older one would raise KeyError for every upload
+    f for f in ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF", "PPM", "TGA") if f in Image.OPEN
+)
+
+
+def declared_pixels(data: bytes | None) -> int:
+    """Width x height as the image's header declares it, read without decoding (0 when there is no image, or none
+    this service reads: decoding it then says why)."""
+    if not data:
+        return 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data), formats=INPUT_FORMATS).size
+    except Exception:  # whatever a hostile header raises: decode_image turns it into a 4xx
+        return 0
+    return width * height
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:

@@ -106,7 +106,8 @@ class TierUnavailableError(ServiceError):
 
 
 class OverloadedError(ServiceError):
-    """More image requests are in flight at this ingress replica than it admits (``ingress.max_image_requests``)."""
+    """This ingress replica has all the image requests it admits in flight (``ingress.max_image_requests``), or
+    holds all the decoded images it may (``ingress.max_decoded_megapixels``)."""
 
     status = 503
     code = "overloaded"

@@ -72,6 +72,8 @@ def test_openapi_docs(client: httpx.Client) -> None:
     assert "/v1/remove" in spec["paths"] and "/v1/tiers" in spec["paths"]
     body = spec["paths"]["/v1/remove"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "image/*" in body
+    operation_ids = [operation["operationId"] for path in spec["paths"].values() for operation in path.values()]
+    assert len(operation_ids) == len(set(operation_ids)), operation_ids  # client generators need them unique
 
 
 def test_openapi_documents_what_the_readme_does(client: httpx.Client) -> None:

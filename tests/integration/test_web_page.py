@@ -78,7 +78,7 @@ def test_upload_choose_compare_and_download(page: Any, tmp_path: Path) -> None:
     page.select_option("#effect", "background")
     page.set_input_files("#background", str(notes))
     page.click("#go")
-    page.wait_for_function("document.querySelector('#error').textContent.includes('background image:')")
+    page.wait_for_function("document.querySelector('#error').textContent.includes('background image:')", timeout=60_000)
     assert page.is_hidden("#result")
     page.select_option("#effect", "color")
     page.click("#go")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.codec import INPUT_FORMATS, decode_image, encode_image, flatten_on_white
+from serve_app.codec import INPUT_FORMATS, declared_pixels, decode_image, encode_image, flatten_on_white
 from serve_app.errors import EmptyUploadError, InvalidImageError, InvalidParameterError, PayloadTooLargeError
 from serve_app.pipeline import Preprocessed, check_outputs_fit
 from serve_app.schemas import OutputFormat, RemoveParams
@@ -154,6 +154,15 @@ def test_other_formats_pillow_opens_are_refused(fmt: str) -> None:
     assert Image.open(io.BytesIO(data)).format == fmt  # Pillow itself would open it
     with pytest.raises(InvalidImageError, match="JPEG, PNG, WebP"):
         decode_image(data, BIG)
+
+
+def test_the_declared_size_is_read_without_decoding() -> None:
+    """What the ingress's pixel budget counts before it decodes anything; 0 where decoding will say what is wrong."""
+    assert declared_pixels(png_bytes(asymmetric())) == 40 * 24
+    header_only = png_bytes(np.zeros((3000, 4000, 3), np.uint8))[:100]  # the pixel data cut off: never decoded
+    assert declared_pixels(header_only) == 3000 * 4000
+    assert declared_pixels(None) == declared_pixels(b"") == declared_pixels(b"not an image") == 0
+    assert declared_pixels(saved("ICO")) == 0  # not a format uploads are read as
 
 
 def test_too_many_pixels_is_refused_before_decoding() -> None:
