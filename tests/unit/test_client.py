@@ -29,3 +29,10 @@ def test_a_cmyk_pil_image_is_sent_as_rgb() -> None:
     cmyk = Image.fromarray(asymmetric()).convert("CMYK")
     sent = decode_image(image_bytes(cmyk), 10_000_000)
     np.testing.assert_array_equal(sent, np.asarray(cmyk.convert("RGB")))
+
+
+@pytest.mark.parametrize("mode", ["I", "F", "I;16", "LA", "P"])
+def test_a_pil_image_in_any_mode_can_be_sent(mode: str) -> None:
+    """32-bit integer and float images are no PNG mode Pillow writes: they go as RGB."""
+    image = Image.fromarray(asymmetric()).convert("L").convert(mode)
+    assert decode_image(image_bytes(image), 10_000_000).shape == (24, 40, 3)
