@@ -266,7 +266,9 @@ class Ingress:
                 if "no-store" not in directives:
                     self.mask_cache.put(key, result)
             round_trip = time.perf_counter() - called
-            rendered = await self.on_cpu(postprocess, prepared.image, result.mask, params, background)
+            rendered = await self.on_cpu(
+                postprocess, prepared.image, result.mask, params, background, prepared.icc_profile
+            )
         steps = step_seconds(prepared, result, round_trip, rendered)
         headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, rendered, steps)
         headers.update({"ETag": tag, "X-Cache": "miss" if cached is None else "hit"})

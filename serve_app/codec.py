@@ -8,7 +8,7 @@ import warnings
 import zipfile
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 try:  # fpng writes 24/32-bit PNGs ~10x faster than zlib at level 1, files ~20% larger (docs/benchmarks.md)
     import fpng
@@ -51,8 +51,29 @@ def declared_pixels(data: bytes | None) -> int:
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """The upload's pixels: ``decode_with_profile`` without the colour profile."""
+    return decode_with_profile(data, max_pixels)[0]
+
+
+def wide_gamut_profile(image: Image.Image) -> bytes | None:
+    """The image's embedded ICC profile where its pixels need it to show their colours: an RGB profile that is not
+    sRGB (a phone's Display P3, Adobe RGB). None for sRGB, which every viewer assumes, and for a grey or CMYK
+    profile, which no longer applies once the pixels are RGB."""
+    icc = image.info.get("icc_profile")
+    if not icc:
+        return None
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space != "RGB " or "srgb" in ImageCms.getProfileDescription(profile).lower():
+            return None
+    except (OSError, ImageCms.PyCMSError):  # a profile littlecms cannot read: the pixels go as they are
+        return None
+    return bytes(icc)
+
+
+def decode_with_profile(data: bytes, max_pixels: int) -> tuple[np.ndarray, bytes | None]:
     """Decode an upload in one of ``INPUT_FORMATS`` to an HxWx3 uint8 RGB array, turned upright by its EXIF
-    orientation.
+    orientation, and the ICC profile its colours need (``wide_gamut_profile``: results carry it, pixels unchanged).
 
     Grey, palette, CMYK and 16-bit images become RGB; an alpha channel is dropped (as transparent-background
     does); an animation gives its first frame. The size is checked before the pixels are decoded.
@@ -71,6 +92,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             image.load()
             upright: Image.Image = ImageOps.exif_transpose(image)  # malformed EXIF fails here: a 400, not a 500
             rgb = to_rgb(upright)
+            profile = wide_gamut_profile(image)
     except PayloadTooLargeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -83,7 +105,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise InvalidImageError(f"the image could not be decoded: {exc}") from exc
     if rgb.size == 0:
         raise InvalidImageError(f"image has no pixels ({width}x{height})")
-    return rgb
+    return rgb, profile
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -137,15 +159,24 @@ def check_encodable(height: int, width: int, formats: list[OutputFormat]) -> Non
             )
 
 
-def encode_image(array: np.ndarray, fmt: OutputFormat, quality: int | None = None, lossless: bool = False) -> bytes:
+def encode_image(
+    array: np.ndarray,
+    fmt: OutputFormat,
+    quality: int | None = None,
+    lossless: bool = False,
+    icc_profile: bytes | None = None,
+) -> bytes:
     """Encode an HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA) uint8 array; RGBA as JPEG goes onto white.
-    ``quality`` (1-100) for JPEG and lossy WebP; ``lossless`` for WebP. Colour PNGs are fpng's where it is
-    installed (the 1920x1080 cut-out in 10 ms instead of Pillow's 100), grey ones Pillow's (fpng has no grey)."""
+    ``quality`` (1-100) for JPEG and lossy WebP; ``lossless`` for WebP; ``icc_profile`` (an RGB one) goes into a
+    colour image. Colour PNGs are fpng's where it is installed (the 1920x1080 cut-out in 10 ms instead of Pillow's
+    100) and no profile is to be embedded, grey ones Pillow's (fpng has no grey)."""
     check_encodable(array.shape[0], array.shape[1], [fmt])
     if array.ndim == 3 and array.shape[2] == 4 and fmt == OutputFormat.JPEG:
         array = flatten_on_white(array)
     array = np.ascontiguousarray(array)
-    if fmt == OutputFormat.PNG and array.ndim == 3 and fpng is not None and max(array.shape[:2]) <= FPNG_MAX_SIDE:
+    profile = icc_profile if array.ndim == 3 else None  # an RGB profile means nothing to a grey mask
+    fits_fpng = max(array.shape[:2]) <= FPNG_MAX_SIDE and profile is None
+    if fmt == OutputFormat.PNG and array.ndim == 3 and fpng is not None and fits_fpng:
         return bytes(fpng.from_ndarray(array))
     image = Image.fromarray(array)
     buffer = io.BytesIO()
@@ -159,6 +190,8 @@ def encode_image(array: np.ndarray, fmt: OutputFormat, quality: int | None = Non
         options = {"quality": quality or WEBP_QUALITY, "method": 4}
     elif fmt == OutputFormat.PNG:
         options = {"compress_level": 1}  # fast: level 6 costs ~5x the time for ~10% smaller files (grey masks)
+    if profile is not None:
+        options["icc_profile"] = profile
     image.save(buffer, format=_PIL_FORMATS[fmt], **options)
     return buffer.getvalue()
 

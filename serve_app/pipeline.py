@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serve_app.codec import MEDIA_TYPES, ZIP_MEDIA_TYPE, check_encodable, decode_image, encode_image, zip_files
+from serve_app.codec import (
+    MEDIA_TYPES,
+    ZIP_MEDIA_TYPE,
+    check_encodable,
+    decode_image,
+    decode_with_profile,
+    encode_image,
+    zip_files,
+)
 from serve_app.effects import EMPTY_BOX, Box, apply_effect, crop_box, finalize_alpha, foreground_box
 from serve_app.errors import InvalidParameterError, ServiceError
 from serve_app.resize import ResizePolicy, to_model_input, upsample_mask
@@ -35,6 +43,7 @@ class Preprocessed:
     image: np.ndarray  # upright RGB upload, HxWx3 uint8
     model_input: np.ndarray  # resized for the tier, hxwx3 uint8
     timings: dict[str, float] = field(default_factory=dict)  # decode, resize
+    icc_profile: bytes | None = None  # a wide-gamut upload's colour profile: the results carry it
 
 
 @dataclass(frozen=True)
@@ -47,11 +56,11 @@ class Rendered:
 
 def preprocess(data: bytes, policy: ResizePolicy, base_size: int, max_pixels: int) -> Preprocessed:
     watch = Stopwatch()
-    image = decode_image(data, max_pixels=max_pixels)
+    image, icc_profile = decode_with_profile(data, max_pixels=max_pixels)
     watch.lap("decode")
     model_input = to_model_input(image, policy, base_size)
     watch.lap("resize")
-    return Preprocessed(image=image, model_input=model_input, timings=watch.timings)
+    return Preprocessed(image=image, model_input=model_input, timings=watch.timings, icc_profile=icc_profile)
 
 
 def check_outputs_fit(prepared: Preprocessed, params: RemoveParams) -> None:
@@ -76,10 +85,14 @@ def decode_background(data: bytes | None, params: RemoveParams, max_pixels: int)
 
 
 def postprocess(
-    image: np.ndarray, model_mask: np.ndarray, params: RemoveParams, background: np.ndarray | None = None
+    image: np.ndarray,
+    model_mask: np.ndarray,
+    params: RemoveParams,
+    background: np.ndarray | None = None,
+    icc_profile: bytes | None = None,
 ) -> Rendered:
     """Every requested output from one mask: the one image, or with ``outputs`` a ZIP of them all (each effect
-    computed once, then encoded in each format asked for it)."""
+    computed once, then encoded in each format asked for it; colour ones with the upload's ``icc_profile``)."""
     watch = Stopwatch()
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
@@ -100,7 +113,7 @@ def postprocess(
         watch.lap("effect")
         for spec in requested:
             if spec.effect == effect:
-                files[spec.filename] = encode_image(output, spec.format, params.quality, params.lossless)
+                files[spec.filename] = encode_image(output, spec.format, params.quality, params.lossless, icc_profile)
         del output
         watch.lap("encode")
     if params.outputs is None:

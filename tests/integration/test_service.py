@@ -138,6 +138,26 @@ def test_docs_render_offline_in_a_real_browser(service: str, tmp_path: Path, pag
 MODEL_INPUT = {"fast": "128x128", "balanced": "160x160", "quality": "160x128"}  # from configs/test.yaml
 
 
+def test_a_wide_gamut_photo_keeps_its_colour_profile(client: httpx.Client) -> None:
+    """A phone's Display P3 photo: its colour results carry its profile (else they show washed out), the mask
+    does not (a grey image)."""
+    from tests.unit.test_codec import icc
+
+    wide = icc("Wide built-in")
+    buffer = io.BytesIO()
+    Image.fromarray(scenes.make_scenes(seed=5, count=1, height=96, width=128)[0].image).save(
+        buffer, format="JPEG", quality=95, icc_profile=wide
+    )
+    params = {"tier": "fast", "outputs": "rgba,white:jpeg,mask"}
+    answer = client.post("/v1/remove", params=params, content=buffer.getvalue())
+    assert answer.status_code == 200, answer.text
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
+        profiles = {
+            name: Image.open(io.BytesIO(archive.read(name))).info.get("icc_profile") for name in archive.namelist()
+        }
+    assert profiles == {"rgba.png": wide, "white.jpg": wide, "mask.png": None}
+
+
 @pytest.mark.parametrize("tier", TIERS)
 def test_mask_covers_the_subject(client: httpx.Client, tier: str) -> None:
     for scene in scenes.make_scenes(seed=2024, count=3, height=SCENE_HEIGHT, width=SCENE_WIDTH):

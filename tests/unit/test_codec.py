@@ -3,11 +3,18 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
-from serve_app.codec import INPUT_FORMATS, declared_pixels, decode_image, encode_image, flatten_on_white
+from serve_app.codec import (
+    INPUT_FORMATS,
+    declared_pixels,
+    decode_image,
+    decode_with_profile,
+    encode_image,
+    flatten_on_white,
+)
 from serve_app.errors import EmptyUploadError, InvalidImageError, InvalidParameterError, PayloadTooLargeError
-from serve_app.pipeline import Preprocessed, check_outputs_fit
+from serve_app.pipeline import Preprocessed, check_outputs_fit, postprocess
 from serve_app.schemas import OutputFormat, RemoveParams
 from tests.conftest import png_bytes
 
@@ -273,3 +280,38 @@ def test_colour_pngs_are_written_fast_and_exact_from_several_threads() -> None:
     pillows = io.BytesIO()
     Image.fromarray(views[0]).save(pillows, format="PNG", compress_level=1)
     assert encoded[0] != pillows.getvalue()  # another writer than Pillow's
+
+
+def icc(description: str, space: str = "sRGB") -> bytes:
+    """littlecms's built-in profile, renamed: a stand-in for a phone's Display P3 (no wide-gamut profile ships
+    here); what matters is that it is an RGB profile that does not call itself sRGB."""
+    built_in = ImageCms.ImageCmsProfile(ImageCms.createProfile(space)).tobytes()
+    name = f"{space} built-in"
+    return built_in.replace(name.encode("utf-16-be"), description.ljust(len(name))[: len(name)].encode("utf-16-be"))
+
+
+def test_a_wide_gamut_photos_profile_goes_into_its_colour_results() -> None:
+    """A Display P3 photo's pixels mean other colours than sRGB's: results without its profile showed them washed
+    out. They carry it, with the pixels unchanged (the model sees what Remover sees); the grey mask does not."""
+    wide = icc("Wide built-in")
+    buffer = io.BytesIO()
+    Image.fromarray(asymmetric()).save(buffer, format="JPEG", quality=95, icc_profile=wide)
+    pixels, profile = decode_with_profile(buffer.getvalue(), BIG)
+    assert profile == wide
+    np.testing.assert_array_equal(pixels, decode_image(buffer.getvalue(), BIG))
+    mask = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    for effect, fmt in [("rgba", "png"), ("white", "jpeg"), ("rgba", "webp"), ("mask", "png")]:
+        params = RemoveParams(effect=effect, format=fmt)
+        with_profile = Image.open(io.BytesIO(postprocess(pixels, mask, params, icc_profile=profile).body))
+        without = Image.open(io.BytesIO(postprocess(pixels, mask, params).body))
+        assert with_profile.info.get("icc_profile") == (None if effect == "mask" else wide), (effect, fmt)
+        np.testing.assert_array_equal(np.asarray(with_profile), np.asarray(without))
+
+
+@pytest.mark.parametrize("space", ["sRGB", "LAB"])
+def test_an_srgb_or_non_rgb_profile_is_not_carried(space: str) -> None:
+    """sRGB is what every viewer assumes (and fpng, which writes no profile, keeps writing those PNGs); a grey,
+    Lab or CMYK profile no longer applies once the pixels are RGB."""
+    buffer = io.BytesIO()
+    Image.fromarray(asymmetric()).save(buffer, format="PNG", icc_profile=icc(f"{space} built-in", space))
+    assert decode_with_profile(buffer.getvalue(), BIG)[1] is None
