@@ -38,13 +38,13 @@ from deployments.readiness import TierReadiness
 from deployments.uploads import Upload, UploadLimits, is_multipart, read_upload
 from serve_app.auth import ApiKeys
 from serve_app.catalogue import Tier
-from serve_app.codec import declared_pixels
 from serve_app.effects import warm_up_matting
 from serve_app.errors import InvalidParameterError
 from serve_app.mask_cache import MaskCache, MaskKey, content_hash, etag, matches
 from serve_app.pipeline import (
     check_outputs_fit,
     decode_background,
+    pixels_to_hold,
     postprocess,
     preprocess,
     result_headers,
@@ -248,10 +248,10 @@ class Ingress:
             return Response(status_code=304, headers={"ETag": tag})
         pixels = self.config.max_image_pixels
         # The pixel budget is taken from the headers' sizes before anything is decoded: a request over it costs
-        # no decode, and no image is held uncounted while another decodes.
-        background_bytes = upload.background if params.needs_background else None
-        declared = min(declared_pixels(upload.image), pixels) + min(declared_pixels(background_bytes), pixels)
-        with self.admission.holding(declared):  # (an image over max_image_pixels gets its 413 from the decode)
+        # no decode, and no image is held uncounted while another decodes. (On the pool too: a header can be slow
+        # to read, 30 MB of PNG chunks before the pixels took 90 ms, and the event loop must not wait for it.)
+        declared = await self.on_cpu(pixels_to_hold, upload.image, upload.background, params, pixels)
+        with self.admission.holding(declared):
             background = await self.on_cpu(decode_background, upload.background, params, pixels)
             prepared = await self.on_cpu(preprocess, upload.image, tier.resize, tier.base_size, pixels)
             check_outputs_fit(prepared, params)

@@ -13,6 +13,7 @@ from serve_app.codec import (
     MEDIA_TYPES,
     ZIP_MEDIA_TYPE,
     check_encodable,
+    declared_pixels,
     decode_image,
     decode_with_profile,
     encode_image,
@@ -69,6 +70,14 @@ def check_outputs_fit(prepared: Preprocessed, params: RemoveParams) -> None:
     if not params.crop:
         height, width = prepared.image.shape[:2]
         check_encodable(height, width, [spec.format for spec in params.requested])
+
+
+def pixels_to_hold(image: bytes, background: bytes | None, params: RemoveParams, max_pixels: int) -> int:
+    """The pixels a request will hold decoded (its image, and its background where an output uses it), from the
+    headers, before decoding: what the ingress's pixel budget counts. An image over ``max_pixels`` counts as
+    ``max_pixels``: its decode answers 413 at once."""
+    uploads = [image, background] if params.needs_background else [image]
+    return sum(min(declared_pixels(data), max_pixels) for data in uploads)
 
 
 def decode_background(data: bytes | None, params: RemoveParams, max_pixels: int) -> np.ndarray | None:

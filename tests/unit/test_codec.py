@@ -14,7 +14,7 @@ from serve_app.codec import (
     flatten_on_white,
 )
 from serve_app.errors import EmptyUploadError, InvalidImageError, InvalidParameterError, PayloadTooLargeError
-from serve_app.pipeline import Preprocessed, check_outputs_fit, postprocess
+from serve_app.pipeline import Preprocessed, check_outputs_fit, pixels_to_hold, postprocess
 from serve_app.schemas import OutputFormat, RemoveParams
 from tests.conftest import png_bytes
 
@@ -170,6 +170,10 @@ def test_the_declared_size_is_read_without_decoding() -> None:
     assert declared_pixels(header_only) == 3000 * 4000
     assert declared_pixels(None) == declared_pixels(b"") == declared_pixels(b"not an image") == 0
     assert declared_pixels(saved("ICO")) == 0  # not a format uploads are read as
+    image, background = png_bytes(asymmetric()), png_bytes(asymmetric(30, 50))
+    assert pixels_to_hold(image, background, RemoveParams(effect="background"), BIG) == 40 * 24 + 50 * 30
+    assert pixels_to_hold(image, background, RemoveParams(effect="rgba"), BIG) == 40 * 24  # the background unused
+    assert pixels_to_hold(image, None, RemoveParams(), 500) == 500  # over the limit: its decode gives the 413
 
 
 def test_too_many_pixels_is_refused_before_decoding() -> None:
