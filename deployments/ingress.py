@@ -33,7 +33,7 @@ from deployments.admission import Admission
 from deployments.http_errors import install_error_handlers, validation_message
 from deployments.metrics import IngressMetrics, RecordRequests, request_labels
 from deployments.model_client import ModelClient
-from deployments.openapi import READY_RESPONSES, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
+from deployments.openapi import READY_RESPONSES, REMBG_REQUEST, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
 from deployments.readiness import TierReadiness
 from deployments.uploads import Upload, UploadLimits, is_multipart, read_upload
 from serve_app.auth import ApiKeys
@@ -178,7 +178,7 @@ class Ingress:
             self.rembg_remove,
             methods=["POST"],
             summary="rembg's API: multipart field `file`, rembg's options (model, a, af, ab, ae, om, ppm, bgc, extras)",
-            openapi_extra=REMOVE_REQUEST_BODY,
+            openapi_extra=REMBG_REQUEST,
             responses=REMOVE_RESPONSES,
             response_class=Response,
         )

@@ -4,6 +4,9 @@ here, as the README documents them (an integration test compares the two)."""
 
 from typing import Any
 
+from pydantic import BaseModel
+
+from serve_app.rembg_api import RembgParams
 from serve_app.schemas import ErrorBody
 
 REMOVE_REQUEST_BODY: dict[str, Any] = {
@@ -96,5 +99,31 @@ READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
         "description": "A tier has none yet (or its state is not known yet), or the kernels are still compiling "
         "(effects: warming_up): {ready: false, tiers: {name: status}, effects: warming_up | ready | failed}."
+    },
+}
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A pydantic model's fields as OpenAPI query parameters: for a route that reads them itself."""
+    properties = model.model_json_schema()["properties"]
+    return [
+        {"name": name, "in": "query", "required": False, "description": field.get("description", ""), "schema": field}
+        for name, field in properties.items()
+    ]
+
+
+REMBG_REQUEST: dict[str, Any] = {
+    "parameters": query_parameters(RembgParams),  # or as multipart text fields, under the same names
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary", "description": "The image."}},
+                    "description": "rembg's field `file` (`image` is taken too); the options may come as fields.",
+                }
+            }
+        },
     },
 }

@@ -54,15 +54,17 @@ class RembgParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="A rembg model name; see MODEL_TIERS.")
-    a: bool = False
-    af: int = Field(240, ge=0, le=255)
-    ab: int = Field(10, ge=0, le=255)
-    ae: int = Field(10, ge=0)
-    om: bool = False
-    ppm: bool = False
-    bgc: str | None = None
-    extras: str | None = None
+    model: str | None = Field(
+        None, description="A rembg model name: the small ones run the fast tier, the high-resolution ones quality."
+    )
+    a: bool = Field(False, description="Alpha matting: here, the edge colours from full-size foreground estimation.")
+    af: int = Field(240, ge=0, le=255, description="rembg's matting foreground threshold (accepted; no trimap here).")
+    ab: int = Field(10, ge=0, le=255, description="rembg's matting background threshold (accepted; no trimap here).")
+    ae: int = Field(10, ge=0, description="rembg's matting erosion size (accepted; no trimap here).")
+    om: bool = Field(False, description="Only the mask: the grey matte.")
+    ppm: bool = Field(False, description="Post-process the mask: a hard mask at 0.5.")
+    bgc: str | None = Field(None, description="R,G,B,A: the subject on that colour (alpha under 255 keeps alpha).")
+    extras: str | None = Field(None, description="JSON of rembg model options; none applies here.")
 
     @field_validator("model")
     @classmethod

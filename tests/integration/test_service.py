@@ -72,6 +72,9 @@ def test_openapi_docs(client: httpx.Client) -> None:
     assert "/v1/remove" in spec["paths"] and "/v1/tiers" in spec["paths"]
     body = spec["paths"]["/v1/remove"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "image/*" in body
+    rembg = spec["paths"]["/api/remove"]["post"]  # its route reads rembg's options itself: the spec lists them
+    assert [p["name"] for p in rembg["parameters"]] == ["model", "a", "af", "ab", "ae", "om", "ppm", "bgc", "extras"]
+    assert set(rembg["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {"file"}
     operation_ids = [operation["operationId"] for path in spec["paths"].values() for operation in path.values()]
     assert len(operation_ids) == len(set(operation_ids)), operation_ids  # client generators need them unique
 
