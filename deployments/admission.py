@@ -1,7 +1,8 @@
 """Admission at the ingress: image requests in flight per replica are counted, and the one over the limit gets
 503 at once, before its upload is read. Their decoded pixels are counted too: a request is held from its decode to
 its answer (queued behind a slow model call, up to the tier's deadline), so a few dozen large images would fill
-the replica's memory within the request limit; the one that would go over the pixel budget gets 503 once decoded.
+the replica's memory within the request limit; the one that would go over the pixel budget gets 503, counted from
+its header before it is decoded.
 
 Serve's ``max_ongoing_requests`` caps the ingress as a whole, whatever the route; with it alone, slow uploads
 that fill the ingress leave ``/healthz`` waiting in the proxy. So the ingress's Serve cap keeps room above this

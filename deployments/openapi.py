@@ -9,25 +9,29 @@ from pydantic import BaseModel
 from serve_app.rembg_api import RembgParams
 from serve_app.schemas import ErrorBody
 
+
+def _binary(description: str) -> dict[str, Any]:
+    return {"type": "string", "format": "binary", "description": description}
+
+
+def _multipart(fields: dict[str, str], description: str) -> dict[str, Any]:
+    """A multipart/form-data body of binary ``fields`` (name: what it is)."""
+    properties = {name: _binary(what) for name, what in fields.items()}
+    return {"schema": {"type": "object", "properties": properties, "description": description}}
+
+
 REMOVE_REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "The image."},
-                        "file": {"type": "string", "format": "binary", "description": "The same, as rembg sends it."},
-                        "background": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "For effect=background: the image to put the subject on.",
-                        },
-                    },
-                    "description": "One of `image` or `file`; `background` with effect=background.",
-                }
-            },
+            "multipart/form-data": _multipart(
+                {
+                    "image": "The image.",
+                    "file": "The same, as rembg sends it.",
+                    "background": "For effect=background: the image to put the subject on.",
+                },
+                "One of `image` or `file`; `background` with effect=background.",
+            ),
             "image/*": {"schema": {"type": "string", "format": "binary"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
@@ -117,13 +121,10 @@ REMBG_REQUEST: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary", "description": "The image."}},
-                    "description": "rembg's field `file` (`image` is taken too); the options may come as fields.",
-                }
-            }
+            "multipart/form-data": _multipart(
+                {"file": "The image."},
+                "rembg's field `file` (`image` is taken too); the options may come as fields.",
+            )
         },
     },
 }

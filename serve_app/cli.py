@@ -25,6 +25,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -58,6 +59,12 @@ class Summary:
             f"{self.done} done, {self.skipped} skipped (already there), {len(self.failed)} failed in "
             f"{self.seconds:.1f} s ({rate:.2f} images/s)"
         )
+
+    def report(self, stream: TextIO) -> None:
+        """The summary line, then each failure with its reason."""
+        print(self.line(), file=stream)
+        for image, reason in self.failed.items():
+            print(f"  failed: {image}: {reason}", file=stream)
 
 
 def find_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
@@ -181,17 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
         client.close()
         summary.seconds = time.perf_counter() - started
-        print(summary.line(), file=sys.stderr)
-        for image, reason in summary.failed.items():
-            print(f"  failed: {image}: {reason}", file=sys.stderr)
+        summary.report(sys.stderr)
         return 130
     pool.shutdown()
     client.close()
     progress.close()
     summary.seconds = time.perf_counter() - started
-    print(summary.line())
-    for image, reason in summary.failed.items():
-        print(f"  failed: {image}: {reason}")
+    summary.report(sys.stdout)
     return 1 if summary.failed else 0
 
 
