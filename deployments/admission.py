@@ -8,10 +8,18 @@ Serve's ``max_ongoing_requests`` caps the ingress as a whole, whatever the route
 that fill the ingress leave ``/healthz`` waiting in the proxy. So the ingress's Serve cap keeps room above this
 limit (``CONTROL_HEADROOM`` in ``serve_app/schemas.py``) that only the light routes can use."""
 
-from collections.abc import Iterator
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 from serve_app.errors import OverloadedError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Admission:
@@ -48,3 +56,23 @@ class Admission:
             yield
         finally:
             self.pixels_held -= pixels
+
+
+async def to_the_end(pool: Executor, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run CPU-bound work on ``pool``, off the event loop, in the caller's context (Serve's request id in log
+    lines), as asyncio.to_thread would. If the caller is cancelled (its client left, a deadline passed), work not
+    yet started is dropped, and work already running is waited for before the cancellation goes on: a pool's
+    thread cannot be stopped, and without the wait the request would give back its slot and pixel budget while its
+    decode or encode still ran and held its memory, so admission would let in more than the replica carries."""
+    job = pool.submit(functools.partial(contextvars.copy_context().run, work, *args, **kwargs))
+    done = asyncio.wrap_future(job)
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        if not job.cancel():
+            while not done.done():  # a second cancellation does not cut the wait short either
+                try:
+                    await asyncio.wait([done])
+                except asyncio.CancelledError:
+                    continue
+        raise

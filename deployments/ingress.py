@@ -8,9 +8,6 @@ so the event loop keeps accepting requests, and concurrent requests reach the ti
 batched.
 """
 
-import asyncio
-import contextvars
-import functools
 import logging
 import threading
 import time
@@ -29,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import INGRESS_DEPLOYMENT, SERVE_LOGGER, route_core_logs_to_serve
 from deployments.access import ApiKeyCheck
-from deployments.admission import Admission
+from deployments.admission import Admission, to_the_end
 from deployments.http_errors import install_error_handlers, validation_message
 from deployments.metrics import IngressMetrics, RecordRequests, request_labels
 from deployments.model_client import ModelClient
@@ -216,7 +213,7 @@ class Ingress:
         if params.tier is not None or not is_multipart(request):
             self.readiness.raise_if_unavailable(self.served_tier(params.tier or self.config.default_tier))
         with self.admission.slot():
-            upload = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
+            upload = await read_upload(request)
             if upload.fields:  # options sent as multipart text fields too
                 params = options_from(RemoveParams, request.query_params, upload.fields)
             tier = self.served_tier(params.tier or self.config.default_tier)
@@ -226,7 +223,7 @@ class Ingress:
     async def rembg_remove(self, request: Request) -> Response:
         """rembg's ``POST /api/remove`` (serve_app/rembg_api.py): its options as form fields or query parameters."""
         with self.admission.slot():
-            upload = await read_upload(request, max_field_bytes=self.config.max_upload_bytes)
+            upload = await read_upload(request)
             params = options_from(RembgParams, request.query_params, upload.fields).to_remove_params()
             tier = self.served_tier(params.tier or self.config.default_tier)
             self.readiness.raise_if_unavailable(tier)
@@ -295,7 +292,4 @@ class Ingress:
         return [self.readiness.tier_info(tier) for tier in self.tiers.values()]
 
     async def on_cpu(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run CPU-bound work on the ingress's pool, off the event loop, in this request's context (Serve's request
-        id in log lines), as asyncio.to_thread would."""
-        call = functools.partial(contextvars.copy_context().run, work, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, call)
+        return await to_the_end(self.cpu_pool, work, *args, **kwargs)

@@ -230,7 +230,7 @@ class ProxyGuard:
         unserved = self.watch.unserved_for(scope["path"])
         if unserved is not None:
             logger.warning(
-                "%s %s: %r has no running ingress replica; 503", scope["method"], scope["path"], unserved.app
+                "%s %r: %r has no running ingress replica; 503", scope["method"], scope["path"], unserved.app
             )
             self.refusals.count(unserved.app, "no_ingress")
             for part in no_ingress_messages(unserved):
@@ -276,7 +276,7 @@ class ProxyGuard:
             logger.warning("the proxy failed a request before answering it; answering 503", exc_info=True)
             lost = None
         if lost is not None:
-            logger.warning("%s %s: %r lost its last ingress replica; 503", scope["method"], scope["path"], lost.app)
+            logger.warning("%s %r: %r lost its last ingress replica; 503", scope["method"], scope["path"], lost.app)
             self.refusals.count(lost.app, "ingress_lost")
             for part in no_ingress_messages(lost):
                 await send(part)
@@ -284,7 +284,7 @@ class ProxyGuard:
         if not started and not disconnected:
             # The proxy gives up without an answer when the replica it sent the request to died (or on an error
             # of its own). A client that has gone needs no answer: the proxy cancelled its request.
-            logger.warning("%s %s: the ingress replica died before answering; 503", scope["method"], scope["path"])
+            logger.warning("%s %r: the ingress replica died before answering; 503", scope["method"], scope["path"])
             self.refusals.count(self.watch.app_for(scope["path"]), "replica_died")
             for part in json_messages(
                 503,

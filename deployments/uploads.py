@@ -28,6 +28,9 @@ BACKGROUND_FIELD = "background"
 NOT_IMAGE_TYPES = ("application/json", "text/", "application/xml")
 MAX_FILES = 4  # the image, and room for what a later feature sends beside it (a background image, say)
 MAX_FIELDS = 32
+# Each text field (an option: rembg's and remove.bg's clients send them as form fields). Options are short; up to
+# the upload limit, 30 MB of rembg `extras` were parsed on the event loop for seconds, every route waiting.
+MAX_TEXT_FIELD_BYTES = 64 * 1024
 
 
 class UploadLimits:
@@ -91,11 +94,11 @@ class Upload:
     fields: dict[str, str] = field(default_factory=dict)  # the multipart body's text fields (rembg's options)
 
 
-async def read_upload(request: Request, max_field_bytes: int) -> Upload:
+async def read_upload(request: Request) -> Upload:
     """The image bytes: multipart field ``image`` (or ``file``), or the raw body; and a background image when the
     multipart body has field ``background``. The body as a whole is bounded by ``UploadLimits``;
-    ``max_field_bytes`` bounds each non-file multipart field (Starlette's ``max_part_size``, which does not apply
-    to files)."""
+    ``MAX_TEXT_FIELD_BYTES`` bounds each text field (Starlette's ``max_part_size``, which does not apply to
+    files)."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith(NOT_IMAGE_TYPES):
         raise UnsupportedMediaTypeError(
@@ -103,7 +106,7 @@ async def read_upload(request: Request, max_field_bytes: int) -> Upload:
             f"body (image/*, application/octet-stream, or curl's default for --data-binary)"
         )
     if is_multipart(request):
-        return await _multipart_image(request, max_field_bytes)
+        return await _multipart_image(request)
     return Upload(await request.body())
 
 
@@ -112,10 +115,15 @@ def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
 
-async def _multipart_image(request: Request, max_field_bytes: int) -> Upload:
+async def _multipart_image(request: Request) -> Upload:
     try:
-        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=max_field_bytes)
+        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=MAX_TEXT_FIELD_BYTES)
     except HTTPException as exc:  # Starlette's answer to a malformed body; ours has our JSON shape and code
+        if "exceeded maximum size" in str(exc.detail):
+            raise PayloadTooLargeError(
+                f"a text field of the multipart body is over {MAX_TEXT_FIELD_BYTES // 1024} KiB; an image goes as a "
+                f"file part, with a filename (curl -F image=@photo.jpg)"
+            ) from None
         raise MalformedRequestError(f"malformed multipart body: {exc.detail}") from None
     try:
         background = form.get(BACKGROUND_FIELD)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 import zipfile
 
@@ -34,6 +35,19 @@ Image.init()
 INPUT_FORMATS = tuple(  # AVIF from Pillow 11.2: an older one would raise KeyError for every upload
     f for f in ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF", "PPM", "TGA") if f in Image.OPEN
 )
+# A progressive JPEG is decoded once per scan, whatever the scan holds: 14 bytes of repeated scan cost ~17 ms of
+# CPU at 49 MP, so 1 MB of them took minutes (libjpeg-turbo's "LJT-01-003"; its fix is an application's scan
+# limit). Encoders write about 10 scans (libjpeg's default script), mozjpeg's optimised ones a few more.
+MAX_JPEG_SCANS = 100
+MAX_JPEG_MARKERS = 10_000  # real files have tens: the walk below stays short whatever the bytes
+# A carried profile is re-written by littlecms (anything appended after it, which littlecms ignores, is not copied
+# into every result) and kept only up to this size: a display profile is a few kB, one with tables ~200 kB.
+MAX_CARRIED_PROFILE_BYTES = 1 << 20
+# Markers between segments and inside a scan's entropy-coded data, where FF00 is a stuffed byte, FFD0-FFD7 restart
+# markers and FFFF fill: those are skipped by the pattern itself.
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+_MARKERS_WITHOUT_LENGTH = {0x01, 0xD8, 0xD9}
+_START_OF_SCAN, _END_OF_IMAGE = 0xDA, 0xD9
 
 
 def declared_pixels(data: bytes | None) -> int:
@@ -48,6 +62,30 @@ def declared_pixels(data: bytes | None) -> int:
     except Exception:  # whatever a hostile header raises: decode_image turns it into a 4xx
         return 0
     return width * height
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The scans in a JPEG's first image (up to its end-of-image marker), counted by walking its markers: each
+    segment is skipped by its length, entropy-coded data by the pattern. Stops counting past ``MAX_JPEG_SCANS``."""
+    scans, markers, position = 0, 0, 2  # after the start-of-image marker
+    while scans <= MAX_JPEG_SCANS:
+        found = _JPEG_MARKER.search(data, position)
+        markers += 1
+        if found is None or markers > MAX_JPEG_MARKERS:
+            break
+        start = found.start()
+        marker = data[start + 1]
+        if marker == _END_OF_IMAGE:
+            break
+        if marker == _START_OF_SCAN:
+            scans += 1
+        if marker in _MARKERS_WITHOUT_LENGTH:
+            position = start + 2
+        else:  # the segment's length counts its own two bytes, not the marker's
+            position = start + 2 + int.from_bytes(data[start + 2 : start + 4], "big")
+    if markers > MAX_JPEG_MARKERS:
+        raise InvalidImageError(f"the JPEG has over {MAX_JPEG_MARKERS} segments before its image ends")
+    return scans
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
@@ -66,9 +104,10 @@ def wide_gamut_profile(image: Image.Image) -> bytes | None:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if profile.profile.xcolor_space != "RGB " or "srgb" in ImageCms.getProfileDescription(profile).lower():
             return None
+        rewritten = profile.tobytes()
     except (OSError, ImageCms.PyCMSError):  # a profile littlecms cannot read: the pixels go as they are
         return None
-    return bytes(icc)
+    return rewritten if len(rewritten) <= MAX_CARRIED_PROFILE_BYTES else None
 
 
 def decode_with_profile(data: bytes, max_pixels: int) -> tuple[np.ndarray, bytes | None]:
@@ -89,11 +128,15 @@ def decode_with_profile(data: bytes, max_pixels: int) -> tuple[np.ndarray, bytes
                 raise PayloadTooLargeError(
                     f"image is {width}x{height} = {width * height} pixels; this service takes at most {max_pixels}"
                 )
+            if image.format in ("JPEG", "MPO") and jpeg_scans(data) > MAX_JPEG_SCANS:
+                raise InvalidImageError(
+                    f"the JPEG has over {MAX_JPEG_SCANS} scans, each decoded in full: encoders write about ten"
+                )
             image.load()
             upright: Image.Image = ImageOps.exif_transpose(image)  # malformed EXIF fails here: a 400, not a 500
             rgb = to_rgb(upright)
             profile = wide_gamut_profile(image)
-    except PayloadTooLargeError:
+    except (PayloadTooLargeError, InvalidImageError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLargeError(f"image too large to decode safely: {exc}") from exc
@@ -101,7 +144,8 @@ def decode_with_profile(data: bytes, max_pixels: int) -> tuple[np.ndarray, bytes
         raise InvalidImageError(
             "the upload is not an image format this service reads: JPEG, PNG, WebP, AVIF, GIF, BMP, TIFF, PNM or TGA"
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data inside a known format
+    # Truncated or corrupt data inside a known format (AVIF's container errors are RuntimeErrors).
+    except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
         raise InvalidImageError(f"the image could not be decoded: {exc}") from exc
     if rgb.size == 0:
         raise InvalidImageError(f"image has no pixels ({width}x{height})")

@@ -64,8 +64,9 @@ def _sha256_record(path: Path) -> Path:
 
 def _write_record(record: Path, sha256: str) -> None:
     """Write the sha256 record atomically, so a replica starting beside another never reads half of it."""
-    tmp = record.with_name(f".{record.name}.{os.getpid()}")
-    tmp.write_text(sha256 + "\n")
+    handle, tmp = tempfile.mkstemp(dir=record.parent, prefix=f".{record.name}.")  # a new file: no link followed
+    with os.fdopen(handle, "w") as out:
+        out.write(sha256 + "\n")
     os.replace(tmp, record)
 
 
@@ -90,7 +91,7 @@ def verify(checkpoint: Checkpoint, path: Path) -> None:
             record,
         )
         return
-    expected = record.read_text().split()[0]
+    expected = (record.read_text().split() or ["(nothing)"])[0]
     if sha256 != expected:
         raise ChecksumMismatchError(
             f"{path} has sha256 {sha256}, but {record} recorded {expected} when it was downloaded: the file changed "

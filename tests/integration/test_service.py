@@ -603,6 +603,11 @@ def test_invalid_item_in_a_model_batch_fails_alone(service: str) -> None:
             413,
             "payload_too_large",
         ),
+        (
+            {"files": {"image": ("x.png", b"123", "image/png")}, "data": {"color": "9" * 70_000}},
+            413,
+            "payload_too_large",
+        ),
     ],
     ids=[
         "tier",
@@ -615,6 +620,7 @@ def test_invalid_item_in_a_model_batch_fails_alone(service: str) -> None:
         "no-image-field",
         "multipart",
         "too-big",
+        "long-text-field",
     ],
 )
 def test_bad_requests_get_json_errors(client: httpx.Client, request_kwargs: dict, status: int, code: str) -> None:

@@ -1,10 +1,14 @@
+import asyncio
+import contextvars
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
-from deployments.admission import Admission
+from deployments.admission import Admission, to_the_end
 from deployments.preflight import check
 from serve_app.errors import OverloadedError
 
@@ -54,3 +58,69 @@ def test_preflight_names_a_busy_port(tmp_path: Path) -> None:
         cpu_config.write_text(config.read_text())
         assert ". configs/cpu.env" in (check(cpu_config, yaml.safe_load(cpu_config.read_text())) or "")
     assert check(config, yaml.safe_load(config.read_text())) is None  # free again
+
+
+def test_a_cancelled_request_holds_its_admission_until_its_running_cpu_work_ends() -> None:
+    """A pool's thread cannot be stopped: a request cancelled mid-decode (its client gone, its deadline passed)
+    gave back its slot and pixels while the decode ran on, and the next requests were let in on top of it."""
+    admission = Admission(limit=4, max_pixels_held=100)
+    pool = ThreadPoolExecutor(1)
+    running, release = threading.Event(), threading.Event()
+
+    def decode(name: str) -> str:
+        running.set()
+        release.wait(10)
+        return name
+
+    async def request() -> str:
+        with admission.slot(), admission.holding(60):
+            return await to_the_end(pool, decode, "done")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(request())
+        await asyncio.to_thread(running.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        assert not task.done()  # waits for its decode
+        assert (admission.in_flight, admission.pixels_held) == (1, 60)
+        with pytest.raises(OverloadedError):  # so the next large one is still counted against it
+            admission.holding(60).__enter__()
+        task.cancel()  # cancelled again: it still waits
+        await asyncio.sleep(0.1)
+        assert not task.done()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (admission.in_flight, admission.pixels_held) == (0, 0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_cpu_work_not_yet_started_is_dropped_with_its_cancelled_request() -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+    pool = ThreadPoolExecutor(1)
+    release = threading.Event()
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        first = asyncio.create_task(to_the_end(pool, release.wait, 10))
+        queued = asyncio.create_task(to_the_end(pool, ran.append, "queued"))
+        await asyncio.sleep(0.1)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued  # at once: its work had not started
+        release.set()
+        assert await first is True
+        request_id.set("abc")  # Serve's request id, which log lines read from the context
+        assert await to_the_end(pool, request_id.get) == "abc"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        pool.shutdown()
+    assert ran == []

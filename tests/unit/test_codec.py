@@ -5,13 +5,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
+from serve_app import codec
 from serve_app.codec import (
     INPUT_FORMATS,
+    MAX_JPEG_MARKERS,
+    MAX_JPEG_SCANS,
     declared_pixels,
     decode_image,
     decode_with_profile,
     encode_image,
     flatten_on_white,
+    jpeg_scans,
 )
 from serve_app.errors import EmptyUploadError, InvalidImageError, InvalidParameterError, PayloadTooLargeError
 from serve_app.pipeline import Preprocessed, check_outputs_fit, pixels_to_hold, postprocess
@@ -318,4 +322,65 @@ def test_an_srgb_or_non_rgb_profile_is_not_carried(space: str) -> None:
     Lab or CMYK profile no longer applies once the pixels are RGB."""
     buffer = io.BytesIO()
     Image.fromarray(asymmetric()).save(buffer, format="PNG", icc_profile=icc(f"{space} built-in", space))
+    assert decode_with_profile(buffer.getvalue(), BIG)[1] is None
+
+
+def progressive_jpeg(extra_scans: int = 0) -> tuple[bytes, int]:
+    """A progressive JPEG of a photo, with its last scan (an AC refinement, 14 bytes here) repeated
+    ``extra_scans`` times before the end: libjpeg decodes each one in full, with only a warning."""
+    buffer = io.BytesIO()
+    Image.fromarray(asymmetric(64, 96)).save(buffer, format="JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last = data.rindex(b"\xff\xda")
+    scan = data[last:-2]  # to the end-of-image marker
+    return data[:-2] + scan * extra_scans + b"\xff\xd9", data.count(b"\xff\xda")
+
+
+def test_a_jpegs_scans_are_counted_by_its_markers() -> None:
+    data, scans = progressive_jpeg()
+    assert 5 < scans < MAX_JPEG_SCANS  # libjpeg's script for a colour image
+    assert jpeg_scans(data) == scans
+    assert jpeg_scans(progressive_jpeg(7)[0]) == scans + 7
+    baseline = io.BytesIO()
+    Image.fromarray(asymmetric()).save(baseline, format="JPEG")
+    assert jpeg_scans(baseline.getvalue()) == 1
+    # Bytes that look like a start of scan inside a segment (a comment here) are skipped with the segment.
+    commented = io.BytesIO()
+    Image.fromarray(asymmetric()).save(commented, format="JPEG", comment=b"\xff\xda" * 500)
+    assert jpeg_scans(commented.getvalue()) == 1
+    np.testing.assert_array_equal(decode_image(commented.getvalue(), BIG), decode_image(baseline.getvalue(), BIG))
+
+
+def test_a_jpeg_with_more_scans_than_encoders_write_is_refused_before_decoding() -> None:
+    """Repeated scans cost a full decode each (17 ms at 49 MP for 14 bytes): 1 MB of them took minutes."""
+    data, scans = progressive_jpeg(MAX_JPEG_SCANS - progressive_jpeg()[1])
+    assert decode_image(data, BIG).shape == (64, 96, 3)  # at the limit: decoded
+    with pytest.raises(InvalidImageError, match="scans"):
+        decode_image(progressive_jpeg(MAX_JPEG_SCANS + 1 - scans)[0], BIG)
+
+
+def test_a_jpeg_of_tiny_segments_is_refused_without_a_long_walk() -> None:
+    data, _ = progressive_jpeg()
+    padded = data[:2] + b"\xff\xfe\x00\x02" * (MAX_JPEG_MARKERS + 1) + data[2:]  # empty comment segments
+    with pytest.raises(InvalidImageError, match="segments"):
+        decode_image(padded, BIG)
+
+
+def test_a_broken_avif_container_is_a_bad_image_not_a_server_error() -> None:
+    if "AVIF" not in INPUT_FORMATS:
+        pytest.skip("this Pillow reads no AVIF")
+    buffer = io.BytesIO()
+    Image.fromarray(asymmetric()).save(buffer, format="AVIF")
+    broken = buffer.getvalue().replace(b"pitm", b"pitX", 1)  # its primary item is gone (RuntimeError in Pillow)
+    with pytest.raises(InvalidImageError, match="could not be decoded"):
+        decode_image(broken, BIG)
+
+
+def test_a_carried_profile_is_rewritten_without_what_follows_it_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """littlecms ignores bytes after a profile: 4 MB of them behind an 8x8 image were copied into every result."""
+    wide = icc("Wide built-in")
+    buffer = io.BytesIO()
+    Image.fromarray(asymmetric(8, 8)).save(buffer, format="WEBP", lossless=True, icc_profile=wide + b"\0" * 4_000_000)
+    assert decode_with_profile(buffer.getvalue(), BIG)[1] == wide
+    monkeypatch.setattr(codec, "MAX_CARRIED_PROFILE_BYTES", len(wide) - 1)  # a profile over the bound goes
     assert decode_with_profile(buffer.getvalue(), BIG)[1] is None

@@ -8,9 +8,11 @@ import pytest
 from serve_app.effects import (
     BLUR_SIGMA,
     EMPTY_BOX,
+    EXACT_BLUR_SIGMA,
     Box,
     alpha_to_uint8,
     apply_effect,
+    blurred,
     cover,
     crop_box,
     finalize_alpha,
@@ -241,6 +243,38 @@ def test_a_background_image_is_resized_to_cover_and_composited(scene: tuple[np.n
     with pytest.raises(ValueError, match="background"):
         apply_effect(image, alpha, Effect.BACKGROUND)
     assert cover(np.zeros((10, 10, 3), np.uint8), 30, 60).shape == (30, 60, 3)  # upscaled too
+    wide = cover(np.repeat(tall, 7, axis=1), 30, 60)  # 200x700, wider than 1:2: all its rows, scaled by 0.15
+    assert wide[0, 0, 2] <= 5 and wide[-1, 0, 2] >= 193
+
+
+@pytest.mark.parametrize("shape", [(1, 2000, 3), (2000, 1, 3)])
+def test_a_background_of_another_shape_costs_the_images_size_only(shape: tuple[int, int, int]) -> None:
+    """Scaled to cover before it was cropped, a 1x2000 background behind a 200x200 image was 200x400000 pixels
+    (240 MB; a 40000x1 photo behind a square asked for 4.8 GB)."""
+    background = np.arange(2000 * 3, dtype=np.uint16).astype(np.uint8).reshape(shape)
+    tracemalloc.start()
+    covered = cover(background, 200, 200)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert covered.shape == (200, 200, 3)
+    assert peak < 4 * covered.nbytes
+    middle = background.reshape(-1, 3)[(2000 - 1) // 2]  # one pixel along its long side, from the middle
+    np.testing.assert_array_equal(covered[100, 100], middle)  # the background's centre, as a cover crops it
+
+
+def test_a_wide_blur_is_within_four_levels_of_the_exact_gaussian() -> None:
+    """A wide Gaussian costs in proportion to its sigma (sigma 100: 2-3 s a megapixel, 90 s for the largest
+    upload): over EXACT_BLUR_SIGMA it blurs a shrunk copy. On a 1920x1080 photo it was within 3 levels (mean 0.3);
+    on this 480x270 one, within 4 (mean 0.8 at sigma 100, where the copy is 77x43)."""
+    from skimage import data
+
+    photo = cv2.resize(data.astronaut(), (480, 270), interpolation=cv2.INTER_AREA)
+    for sigma in (BLUR_SIGMA, EXACT_BLUR_SIGMA):
+        np.testing.assert_array_equal(blurred(photo, sigma), cv2.GaussianBlur(photo, (0, 0), sigma))
+    for sigma in (20.0, 50.0, 100.0):
+        difference = np.abs(blurred(photo, sigma).astype(np.int16) - cv2.GaussianBlur(photo, (0, 0), sigma))
+        assert difference.max() <= 4 and difference.mean() < 1.0, sigma
+    assert blurred(photo[:1, :1], 100.0).shape == (1, 1, 3)
 
 
 def test_a_translucent_colour_composites_as_pillow_does(scene: tuple[np.ndarray, np.ndarray]) -> None:

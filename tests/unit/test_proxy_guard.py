@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from deployments import proxy_guard
 from deployments.proxy_guard import IngressWatch, ProxyGuard, Refusals, middlewares, route_of, unserved_routes
 
 
-def http_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    return {"type": "http", "method": "POST", "path": "/v1/remove", "headers": headers}
+def http_scope(headers: list[tuple[bytes, bytes]], path: str = "/v1/remove") -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": path, "headers": headers}
 
 
 def drive(
@@ -23,6 +25,7 @@ def drive(
     headers: list[tuple[bytes, bytes]] | None = None,
     client_leaves: bool = False,
     watch: IngressWatch | None = None,
+    path: str = "/v1/remove",
 ) -> list[Message]:
     sent: list[Message] = []
     incoming = [{"type": "http.disconnect"}] if client_leaves else [{"type": "http.request", "body": b"x"}]
@@ -33,7 +36,7 @@ def drive(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    asyncio.run(ProxyGuard(inner, watch)(http_scope(headers or []), receive, send))
+    asyncio.run(ProxyGuard(inner, watch)(http_scope(headers or [], path), receive, send))
     return sent
 
 
@@ -68,6 +71,20 @@ def test_a_request_the_proxy_drops_unanswered_gets_a_retriable_503() -> None:
     assert status == 503 and headers[b"retry-after"] == b"2"
     assert headers[b"content-type"] == b"application/json"
     assert json.loads(body)["error"]["code"] == "ingress_unavailable"
+
+
+def test_a_path_is_logged_quoted_so_a_newline_in_it_forges_no_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    """The proxy hands the path percent-decoded: /v1/remove%0AINFO ... wrote a second, forged, log line."""
+
+    async def proxy_whose_ingress_died(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+
+    forged = "/v1/remove\nINFO 2026-01-01 00:00:00,000 proxy -- POST /admin 200"
+    with caplog.at_level(logging.WARNING, logger=proxy_guard.logger.name):
+        drive(proxy_whose_ingress_died, path=forged)
+    lines = [record.getMessage() for record in caplog.records if "replica died" in record.getMessage()]
+    assert lines and all("\n" not in line for line in lines), lines
+    assert "\\nINFO" in lines[0]
 
 
 def test_a_proxy_error_before_answering_is_a_retriable_503_too() -> None:

@@ -121,6 +121,15 @@ def test_unpublished_checksum_recorded_for_a_file_found_in_the_cache(tmp_path: P
     assert (tmp_path / "ckpt_test.pth.sha256").read_text().strip() == hashlib.sha256(PAYLOAD).hexdigest()
 
 
+def test_an_empty_checksum_record_is_a_mismatch_not_a_crash(tmp_path: Path) -> None:
+    """A record emptied (a full disk, a careless edit) raised IndexError in the replica's start-up."""
+    (tmp_path / "ckpt_test.pth").write_bytes(PAYLOAD)
+    (tmp_path / "ckpt_test.pth.sha256").write_text("\n")
+    with pytest.raises(ChecksumMismatchError, match=r"recorded \(nothing\)"):
+        resolve(checkpoint("http://127.0.0.1:9/x", md5=None), AUTO, tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
 def test_configured_path_wins_and_skips_the_checksum(tmp_path: Path) -> None:
     own = tmp_path / "mine.pth"
     own.write_bytes(b"my fine-tuned weights")
