@@ -18,6 +18,7 @@ logger = logging.getLogger(SERVE_LOGGER)
 
 RETRY_AFTER_S = "5"  # what a 503 or 504 tells a client to wait
 RETRIABLE = (503, 504)  # overload and deadlines: the same request may well succeed later
+WATCHED = (408, *RETRIABLE)
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -26,8 +27,9 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 def service_error_response(exc: ServiceError) -> JSONResponse:
-    # One line each, no traceback: 503 and 504 are expected under load (WARNING), a 500 is ours to look at (ERROR).
-    if exc.status in RETRIABLE:
+    # One line each, no traceback: the refusals an operator watches (overload, deadlines, slow uploads:
+    # docs/operations.md's table) as WARNING, a 500 as ERROR (ours to look at); a bad request is the caller's.
+    if exc.status in WATCHED:
         logger.warning("%s: %s", exc.code, exc.message)
     elif exc.status >= 500:
         logger.error("%s: %s", exc.code, exc.message)

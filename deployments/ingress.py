@@ -201,7 +201,14 @@ class Ingress:
     async def readyz(self) -> JSONResponse:
         tiers = self.tier_infos()
         ready = self.readiness.all_ready(tiers) and self.effects != "warming_up"
-        body = {"ready": ready, "tiers": {t.tier.value: t.status for t in tiers}, "effects": self.effects}
+        body = {
+            "ready": ready,
+            "tiers": {t.tier.value: t.status for t in tiers},
+            # What each tier not ready yet is doing, from its replica's own report (Serve's status only says
+            # UPDATING through a whole download).
+            "startup": {t.tier.value: t.startup.model_dump() for t in tiers if not t.ready and t.startup},
+            "effects": self.effects,
+        }
         return JSONResponse(status_code=200 if ready else 503, content=body)
 
     async def list_tiers(self) -> list[TierInfo]:
@@ -224,6 +231,7 @@ class Ingress:
         """rembg's ``POST /api/remove`` (serve_app/rembg_api.py): its options as form fields or query parameters."""
         with self.admission.slot():
             upload = await read_upload(request)
+            request.state.rembg_options = {**request.query_params, **upload.fields}  # for the metrics, if refused
             params = options_from(RembgParams, request.query_params, upload.fields).to_remove_params()
             tier = self.served_tier(params.tier or self.config.default_tier)
             self.readiness.raise_if_unavailable(tier)

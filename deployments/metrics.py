@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deployments import SERVE_LOGGER
 from deployments.access import route_path
 from serve_app.catalogue import Tier
+from serve_app.rembg_api import MODEL_TIERS
 from serve_app.schemas import Effect, OutputFormat, RemoveParams
 
 logger = logging.getLogger(SERVE_LOGGER)
@@ -50,7 +51,8 @@ TIERS, EFFECTS, FORMATS = (
     frozenset({*(f.value for f in OutputFormat), ZIP}),
 )
 # The image routes, by their path within the app, and their `api` tag: ours and rembg's.
-IMAGE_ROUTES = {"/v1/remove": "v1", "/api/remove": "rembg"}
+REMBG = "rembg"
+IMAGE_ROUTES = {"/v1/remove": "v1", "/api/remove": REMBG}
 
 
 def request_labels(tier: str, params: RemoveParams) -> dict[str, str]:
@@ -62,6 +64,13 @@ def request_labels(tier: str, params: RemoveParams) -> dict[str, str]:
         "effect": SEVERAL if several else params.effect.value,
         "format": ZIP if several else params.format.value,
     }
+
+
+def rembg_labels(options: Mapping[str, str]) -> dict[str, str]:
+    """The tier a rembg request refused before its options were understood asked for: its ``model``'s, ``other``
+    for a model rembg does not have (as an unknown tier is for /v1/remove), the default tier without one."""
+    model = options.get("model")
+    return {} if model is None else {"tier": MODEL_TIERS[model].value if model in MODEL_TIERS else OTHER}
 
 
 def known(value: str | None, allowed: AbstractSet[str], default: str) -> str:
@@ -114,7 +123,7 @@ class IngressMetrics:
     ) -> dict[str, str]:
         """Record one answer; returns the tags it was recorded under. The tier, effect and format are the route's
         (``request_labels``, in ``state``) once it understood the request, else the query's."""
-        labels = state.get("labels") or query
+        labels = state.get("labels") or (rembg_labels(state.get("rembg_options") or query) if api == REMBG else query)
         tier = known(labels.get("tier"), TIERS, self.default_tier)
         tags = {
             "api": api,

@@ -98,11 +98,12 @@ REMOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
 READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Every tier has a serving replica and rgba's kernels are compiled: "
-        "{ready: true, tiers: {name: status}, effects: ready}."
+        "{ready: true, tiers: {name: status}, startup: {}, effects: ready}."
     },
     503: {
         "description": "A tier has none yet (or its state is not known yet), or the kernels are still compiling "
-        "(effects: warming_up): {ready: false, tiers: {name: status}, effects: warming_up | ready | failed}."
+        "(effects: warming_up): {ready: false, tiers: {name: status}, startup: {name: the start-up report of each "
+        "tier not ready, as in /v1/tiers}, effects: warming_up | ready | failed}."
     },
 }
 

@@ -3,16 +3,21 @@
 #   scripts/serve.sh                     # configs/cpu.yaml on http://localhost:8000: fetches the checkpoints it needs
 #   scripts/serve.sh serve_config.yaml   # the NVIDIA L4 config (or any Serve config of yours)
 #   scripts/serve.sh --try               # no checkpoint needed (offline too): the fast tier on untrained weights
-#   BGSERVE_EXTRAS=gpu scripts/serve.sh serve_config.yaml   # install the gpu extra (onnxruntime-gpu) instead of cpu
+# It installs the gpu extra (NVML's GPU metrics, onnxruntime-gpu) for a config that asks for GPUs, else cpu;
+#   BGSERVE_EXTRAS=cpu scripts/serve.sh my.yaml   # says which, whatever the config
 set -euo pipefail
+extras_for() {  # gpu where a deployment asks for num_gpus over 0 (a line not commented out), else cpu
+  if grep -Eq '^[^#]*num_gpus:[[:space:]]*0*([1-9]|\.[0-9]*[1-9])' "$1"; then echo gpu; else echo cpu; fi
+}
 case "${1:-}" in
   --try) config=configs/try.yaml ;;
-  -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+  -h|--help) sed -n 2,7p "$0"; exit 0 ;;
   "") config=configs/cpu.yaml ;;
   *) config="$(realpath "$1")" ;;  # a path from the caller's directory, before the cd below
 esac
 cd "$(dirname "$0")/.."
-scripts/setup.sh "${BGSERVE_EXTRAS:-cpu}"
+[ -f "$config" ] || { echo "no such config: $config" >&2; exit 1; }
+scripts/setup.sh "${BGSERVE_EXTRAS:-$(extras_for "$config")}"
 # A bad config or a busy port fails here (Serve itself would start beside the other service, sharing its port).
 url="$(.venv/bin/python -m deployments.preflight "$config")"  # the config checked, and where it will answer
 # The checkpoints this config downloads itself, fetched and verified first (progress bars here, not buried in

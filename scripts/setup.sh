@@ -18,7 +18,16 @@ python3 -m venv .venv
 python -m pip install -q --upgrade pip
 # torch first and pinned: these versions are the ones tested (on our build machines they come from local disk).
 python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+# onnxruntime and onnxruntime-gpu install the same module: one replaces the other (ONNX Runtime's own advice),
+# so a .venv switched between gpu and cpu (or dev) is set up again for the other one next time.
+case "$extras" in
+  gpu) installed="gpu" other="onnxruntime" unstamp="cpu|dev" ;;
+  dev) installed="dev cpu" other="onnxruntime-gpu" unstamp="gpu" ;;
+  cpu) installed="cpu" other="onnxruntime-gpu" unstamp="gpu" ;;
+  *) installed="$extras" other="" unstamp="-" ;;
+esac
+if [ -n "$other" ] && python -m pip show -q "$other" >/dev/null 2>&1; then python -m pip uninstall -q -y "$other"; fi
 python -m pip install -q -e ".[${extras}]"
-case "$extras" in dev) installed="dev cpu" ;; *) installed="$extras" ;; esac
-{ grep -s "^$sha " "$stamp" || true; for extra in $installed; do echo "$sha $extra"; done; } | sort -u > "$stamp.new"
+{ grep -s "^$sha " "$stamp" | grep -Ev " ($unstamp)\$" || true; for extra in $installed; do echo "$sha $extra"; done; } \
+  | sort -u > "$stamp.new"
 mv "$stamp.new" "$stamp"

@@ -67,8 +67,8 @@ def app_config(path: Path) -> AppConfig:
 def _act(command: str, tier: Tier, weights_dir: Path) -> str:
     checkpoint = CATALOGUE[tier].checkpoint
     path = weights_dir / checkpoint.filename
-    if command == "verify" and not path.is_file():
-        return f"{tier.value}: MISSING {path}"
+    if command == "verify" and not path.is_file():  # a failure: a deploy step gating on verify needs the file
+        raise ConfigurationError(f"MISSING {path}: `bgserve-weights fetch` downloads it")
     if command == "verify":
         verify(checkpoint, path)
     else:

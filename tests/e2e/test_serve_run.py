@@ -71,3 +71,38 @@ def test_serve_sh_refuses_a_busy_port_and_a_bad_config(tmp_path: Path) -> None:
     assert done.returncode == 1 and "tiers.fast.runtime: unknown runtime 'openvno'" in done.stderr, done.stderr
     assert "Starting" not in done.stdout
     assert stamped is None or stamp.stat().st_mtime_ns == stamped, "serve.sh set the tests' venv up again"
+
+
+@pytest.mark.parametrize(
+    ("config", "extra"),
+    [
+        ("serve_config.yaml", "gpu"),
+        ("configs/cpu.yaml", "cpu"),
+        ("configs/try.yaml", "cpu"),
+        ("configs/test.yaml", "cpu"),
+    ],
+)
+def test_serve_sh_installs_the_gpu_extra_for_a_config_that_asks_for_gpus(config: str, extra: str) -> None:
+    """The L4 config served with the cpu extra had no NVML, so no GPU metrics, and no onnxruntime-gpu."""
+    assert extras_for(ROOT / config) == extra
+
+
+def test_only_a_live_nonzero_num_gpus_asks_for_the_gpu_extra(tmp_path: Path) -> None:
+    cases = {
+        "ray_actor_options: {num_gpus: 0.25, num_cpus: 0.5}": "gpu",
+        "    num_gpus: 1": "gpu",
+        "ray_actor_options: {num_gpus: 0}": "cpu",
+        "num_gpus: 0.0": "cpu",
+        "# ray_actor_options: {num_gpus: 1}": "cpu",
+        "num_cpus: 1  # num_gpus: 1 would need a GPU": "cpu",
+    }
+    for line, extra in cases.items():
+        (tmp_path / "c.yaml").write_text(f"applications: []\n{line}\n")
+        assert extras_for(tmp_path / "c.yaml") == extra, line
+
+
+def extras_for(config: Path) -> str:
+    """serve.sh's own function, run alone (it would set up a venv)."""
+    script = f'eval "$(sed -n "/^extras_for()/,/^}}/p" {ROOT}/scripts/serve.sh)"; extras_for "$1"'
+    done = subprocess.run(["bash", "-c", script, "bash", str(config)], capture_output=True, text=True, check=True)
+    return done.stdout.strip()

@@ -1,3 +1,4 @@
+import logging
 import pickle
 
 import pytest
@@ -91,3 +92,22 @@ def test_a_summary_keeps_serves_sentence_and_the_exception_and_drops_the_traceba
     assert errors.summary("") == ""
     long = errors.summary("x" * 10_000)
     assert len(long) == errors.SUMMARY_CHARS and long.endswith("...")
+
+
+@pytest.mark.parametrize("cls", list(EXPECTED), ids=lambda c: c.__name__)
+def test_refusals_an_operator_watches_log_one_warning_and_bad_requests_none(
+    cls: type[ServiceError], caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/operations.md: each refusal in its table (503, 504, and our 408 for a slow upload) is one WARNING line;
+    a 500 is an ERROR; a 4xx the caller caused is left to the access line."""
+    from deployments.http_errors import logger, service_error_response
+
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        service_error_response(cls("what happened"))
+    levels = [record.levelno for record in caplog.records if record.name == logger.name]
+    if cls.status in (408, 503, 504):
+        assert levels == [logging.WARNING]
+    elif cls.status >= 500:
+        assert levels == [logging.ERROR]
+    else:
+        assert levels == []

@@ -94,3 +94,21 @@ def test_a_step_that_took_no_time_is_recorded_too() -> None:
     anyway (and its access line written: the recorder would log an error instead)."""
     tags = IngressMetrics("fast").record("v1", {}, 200, "", 0.01, {"step_seconds": {"decode": 0.002, "model": 0.0}})
     assert tags["status"] == "200"
+
+
+def test_a_rembg_request_refused_before_its_options_were_understood_is_counted_under_its_models_tier() -> None:
+    """rembg's options come as form fields too: one with a model rembg does not have was counted under the default
+    tier, where /v1/remove counts an unknown tier as other."""
+    metrics = IngressMetrics("balanced")
+
+    def tier(options: dict[str, str], query: dict[str, str] | None = None) -> str:
+        state = {"rembg_options": options} if options else {}
+        return metrics.record("rembg", query or {}, 422, "invalid_parameter", 0.01, state)["tier"]
+
+    assert tier({"model": "foo"}) == "other"
+    assert tier({}, {"model": "foo"}) == "other"  # a query parameter, before the form was read
+    assert tier({"model": "u2netp"}) == "fast"
+    assert tier({"om": "true"}) == "balanced"
+    understood = {"labels": {"tier": "quality"}, "rembg_options": {"model": "foo"}}
+    assert metrics.record("rembg", {}, 200, "", 0.01, understood)["tier"] == "quality"
+    assert metrics.record("v1", {"model": "foo"}, 422, "invalid_parameter", 0.01, {})["tier"] == "balanced"

@@ -172,10 +172,11 @@ def test_cli_fetch_verify_place(
     fast = CATALOGUE[Tier.FAST]
     served = replace(fast.checkpoint, url=f"{server.url}/good", md5=hashlib.md5(PAYLOAD).hexdigest())
     monkeypatch.setitem(CATALOGUE, Tier.FAST, replace(fast, checkpoint=served))
-    assert weights_cli.main(["verify", "--tier", "fast", "--dir", str(tmp_path)]) == 0
-    assert "MISSING" in capsys.readouterr().out
+    assert weights_cli.main(["verify", "--tier", "fast", "--dir", str(tmp_path)]) == 1  # a deploy step gates on it
+    assert "fast: error: MISSING" in capsys.readouterr().err
     assert weights_cli.main(["fetch", "--tier", "fast", "--dir", str(tmp_path)]) == 0
     assert (tmp_path / "ckpt_fast.pth").read_bytes() == PAYLOAD
+    assert weights_cli.main(["verify", "--tier", "fast", "--dir", str(tmp_path)]) == 0
     (tmp_path / "ckpt_fast.pth").write_bytes(b"broken")
     assert weights_cli.main(["verify", "--tier", "fast", "--dir", str(tmp_path)]) == 1
     assert "md5" in capsys.readouterr().err
