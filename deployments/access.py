@@ -10,7 +10,9 @@ from deployments.http_errors import service_error_response
 from serve_app.auth import ApiKeys
 from serve_app.errors import UnauthorizedError
 
-OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/static-offline-docs/")
+# Exact paths (a later route such as /healthz/details or /docs-admin is not open by accident), and the docs' files.
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PREFIX = "/static-offline-docs/"
 
 
 def presented_key(headers: Headers) -> str:
@@ -46,7 +48,7 @@ class ApiKeyCheck:
     @staticmethod
     def _open(scope: Scope) -> bool:
         path = route_path(scope)
-        return path == "/" or path.startswith(OPEN_PATHS)
+        return path in OPEN_PATHS or path.startswith(OPEN_PREFIX)
 
 
 def route_path(scope: Scope) -> str:

@@ -72,3 +72,17 @@ def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
 )
 def test_the_key_comes_from_bearer_or_x_api_key(headers: dict[str, str], key: str) -> None:
     assert presented_key(Headers(headers)) == key
+
+
+def test_only_the_probes_docs_and_page_are_open_and_exactly_those() -> None:
+    """The open paths were prefixes: a later /healthz/details or /docs-admin would have been open without a key."""
+    from deployments.access import ApiKeyCheck
+
+    def is_open(path: str, root_path: str = "") -> bool:
+        return ApiKeyCheck._open({"type": "http", "path": root_path + path, "root_path": root_path})
+
+    for path in ("/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"):
+        assert is_open(path) and is_open(path, "/cutouts"), path
+    assert is_open("/static-offline-docs/swagger-ui.css")
+    for path in ("/healthz/details", "/docs-admin", "/readyzz", "/v1/tiers", "/v1/remove", "/api/remove", "//"):
+        assert not is_open(path), path
