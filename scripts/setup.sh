@@ -19,14 +19,17 @@ python -m pip install -q --upgrade pip
 # torch first and pinned: these versions are the ones tested (on our build machines they come from local disk).
 python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 # onnxruntime and onnxruntime-gpu install the same module: one replaces the other (ONNX Runtime's own advice),
-# so a .venv switched between gpu and cpu (or dev) is set up again for the other one next time.
+# so a .venv switched between gpu and cpu (or dev) is set up again for the other one next time. Both go first
+# (removing one deletes files the other shares), then the extra puts its own back.
 case "$extras" in
   gpu) installed="gpu" other="onnxruntime" unstamp="cpu|dev" ;;
   dev) installed="dev cpu" other="onnxruntime-gpu" unstamp="gpu" ;;
   cpu) installed="cpu" other="onnxruntime-gpu" unstamp="gpu" ;;
   *) installed="$extras" other="" unstamp="-" ;;
 esac
-if [ -n "$other" ] && python -m pip show -q "$other" >/dev/null 2>&1; then python -m pip uninstall -q -y "$other"; fi
+if [ -n "$other" ] && python -m pip show -q "$other" >/dev/null 2>&1; then
+  python -m pip uninstall -q -y onnxruntime onnxruntime-gpu
+fi
 python -m pip install -q -e ".[${extras}]"
 { grep -s "^$sha " "$stamp" | grep -Ev " ($unstamp)\$" || true; for extra in $installed; do echo "$sha $extra"; done; } \
   | sort -u > "$stamp.new"

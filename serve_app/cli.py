@@ -117,7 +117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tier", choices=("fast", "balanced", "quality"), help="default: the service's")
     parser.add_argument("--effect", default="rgba", choices=EFFECTS)
     parser.add_argument(
-        "--color", help="for --effect color: #rrggbb or #rgb (an alpha may follow: #rrggbbaa), a CSS name, or r,g,b[,a]"
+        "--color",
+        help="for --effect color: #rrggbb or #rgb (the # may be left out; an alpha may follow: #rrggbbaa, "
+        "#rgba), a CSS name, or r,g,b[,a]",
     )
     parser.add_argument("--format", default="png", choices=tuple(EXTENSIONS))
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")

@@ -40,9 +40,11 @@ INPUT_FORMATS = tuple(  # AVIF from Pillow 11.2: an older one would raise KeyErr
 # limit). Encoders write about 10 scans (libjpeg's default script), mozjpeg's optimised ones a few more.
 MAX_JPEG_SCANS = 100
 MAX_JPEG_MARKERS = 10_000  # real files have tens: the walk below stays short whatever the bytes
-# A carried profile is re-written by littlecms (anything appended after it, which littlecms ignores, is not copied
-# into every result) and kept only up to this size: a display profile is a few kB, one with tables ~200 kB.
+# A carried profile is cut to the size its header declares (anything appended after it, which littlecms ignores,
+# is not copied into every result) and kept only up to this size: a display profile is a few kB, one with tables
+# some hundreds. Not re-written by littlecms: a hostile profile's tags sharing one blob came out 88 times larger.
 MAX_CARRIED_PROFILE_BYTES = 1 << 20
+ICC_HEADER_BYTES = 128
 # Markers between segments and inside a scan's entropy-coded data, where FF00 is a stuffed byte, FFD0-FFD7 restart
 # markers and FFFF fill: those are skipped by the pattern itself.
 _JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
@@ -100,14 +102,18 @@ def wide_gamut_profile(image: Image.Image) -> bytes | None:
     icc = image.info.get("icc_profile")
     if not icc:
         return None
+    declared = int.from_bytes(icc[:4], "big")  # the header's own size: what follows it is not the profile's
+    if ICC_HEADER_BYTES <= declared < len(icc):
+        icc = icc[:declared]
+    if len(icc) > MAX_CARRIED_PROFILE_BYTES:
+        return None
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if profile.profile.xcolor_space != "RGB " or "srgb" in ImageCms.getProfileDescription(profile).lower():
             return None
-        rewritten = profile.tobytes()
     except (OSError, ImageCms.PyCMSError):  # a profile littlecms cannot read: the pixels go as they are
         return None
-    return rewritten if len(rewritten) <= MAX_CARRIED_PROFILE_BYTES else None
+    return bytes(icc)
 
 
 def decode_with_profile(data: bytes, max_pixels: int) -> tuple[np.ndarray, bytes | None]:

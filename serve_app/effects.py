@@ -228,7 +228,8 @@ def blurred(image: np.ndarray, sigma: float) -> np.ndarray:
     small = cv2.resize(
         image, (max(1, round(width / factor)), max(1, round(height / factor))), interpolation=cv2.INTER_AREA
     )
-    small = cv2.GaussianBlur(small, (0, 0), sigma * small.shape[1] / width)
+    # Each axis's own shrink (a narrow image's width stays at 1 or rounds coarsely).
+    small = cv2.GaussianBlur(small, (0, 0), sigma * small.shape[1] / width, sigmaY=sigma * small.shape[0] / height)
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 

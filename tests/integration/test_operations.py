@@ -376,7 +376,8 @@ def test_a_starting_tier_says_which_phase_it_is_in(service: str, cluster: Cluste
             assert until(warming_up, 240), seen
             ready = client.get("/readyz")
             assert ready.status_code == 503
-            assert ready.json()["startup"]["fast"]["phase"] in ("warming up", "ready"), ready.text  # ready: a race
+            # A race: the tier may serve by now, while the ingress's effects still warm up (then it is not listed).
+            assert ready.json()["startup"].get("fast", {}).get("phase", "ready") in ("warming up", "ready"), ready.text
             response = client.post("/v1/remove", content=png_bytes(scenes.make_scenes(1, 1, 64, 64)[0].image))
             assert response.status_code == 503 and "warming up" in response.json()["error"]["message"]
             assert until(lambda: client.get("/readyz").status_code == 200, 240)

@@ -101,6 +101,7 @@ def test_a_cancelled_request_holds_its_admission_until_its_running_cpu_work_ends
 
 
 def test_cpu_work_not_yet_started_is_dropped_with_its_cancelled_request() -> None:
+    """As run_in_executor dropped it: the wait for running work must not keep queued work alive too."""
     request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
     pool = ThreadPoolExecutor(1)
     release = threading.Event()

@@ -384,3 +384,31 @@ def test_a_carried_profile_is_rewritten_without_what_follows_it_and_bounded(monk
     assert decode_with_profile(buffer.getvalue(), BIG)[1] == wide
     monkeypatch.setattr(codec, "MAX_CARRIED_PROFILE_BYTES", len(wide) - 1)  # a profile over the bound goes
     assert decode_with_profile(buffer.getvalue(), BIG)[1] is None
+
+
+def test_a_profile_is_never_rewritten_larger_than_it_came() -> None:
+    """littlecms copies each tag it does not parse on its own when it writes a profile: 100 tags over one blob
+    came out 88 times the size sent (30 MB of WebP profile: gigabytes). The profile goes as it came, cut to its
+    header's size."""
+    wide = icc("Wide built-in")
+    count = int.from_bytes(wide[128:132], "big")
+    blob_at, blob_size = 132 + 12 * (count + 40), 20_000
+    entries = wide[132 : 132 + 12 * count] + b"".join(
+        (0x61610000 + i).to_bytes(4, "big") + blob_at.to_bytes(4, "big") + (blob_size - i).to_bytes(4, "big")
+        for i in range(40)
+    )  # 40 private tags over one blob, each a byte shorter, after the real ones (whose offsets move by 480)
+    body = bytearray(wide[:128] + (count + 40).to_bytes(4, "big") + entries + b"\0" * blob_size)
+    for i in range(count):  # the real tags' data, moved behind the blob
+        start = 132 + 12 * i
+        offset, size = (
+            int.from_bytes(entries[12 * i + 4 : 12 * i + 8], "big"),
+            int.from_bytes(entries[12 * i + 8 : 12 * i + 12], "big"),
+        )
+        body[start + 4 : start + 8] = len(body).to_bytes(4, "big")
+        body += wide[offset : offset + size] + b"\0" * (-size % 4)
+    body[:4] = len(body).to_bytes(4, "big")
+    profile = bytes(body)
+    assert len(ImageCms.ImageCmsProfile(io.BytesIO(profile)).tobytes()) > 10 * len(profile)  # what littlecms does
+    buffer = io.BytesIO()
+    Image.fromarray(asymmetric(8, 8)).save(buffer, format="WEBP", lossless=True, icc_profile=profile)
+    assert decode_with_profile(buffer.getvalue(), BIG)[1] == profile
