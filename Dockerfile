@@ -1,8 +1,10 @@
 # bgserve on the official Ray image: Ray 2.60 with CUDA, Python 3.11. Build from the repository root:
-#   docker build -t bgserve:latest .                              # weights mounted at /models when it runs
-#   docker build -t bgserve:latest --build-arg BAKE_WEIGHTS=1 .   # weights fetched and verified into the image
-# Run one container (a GPU box):   docker run --gpus all -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve
-# On Kubernetes: deploy/kuberay/rayservice.yaml runs this image on every Ray pod.
+#   docker build -t bgserve:0.1.0 .                              # weights mounted at /models when it runs
+#   docker build -t bgserve:0.1.0 --build-arg BAKE_WEIGHTS=1 .   # weights fetched and verified into the image
+# Run one container (a GPU box):   docker run --gpus all -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.1.0
+#   (the dashboard on 8265 asks for the token: docker exec <container> ray get-auth-token)
+# On Kubernetes: deploy/kuberay/rayservice.yaml runs this image on every Ray pod (tag each build anew: the
+# manifest's image name is what makes KubeRay roll a new one out).
 FROM rayproject/ray:2.60.0-py311-gpu
 
 WORKDIR /home/ray/bgserve
@@ -11,8 +13,13 @@ COPY --chown=ray:users serve_app serve_app
 COPY --chown=ray:users deployments deployments
 COPY --chown=ray:users configs configs
 COPY --chown=ray:users serve_config.yaml ./
-# The gpu extra: onnxruntime-gpu and nvidia-ml-py (GPU metrics); ray[serve] is pinned to the image's version.
-RUN pip install --no-cache-dir ".[gpu]"
+# The gpu extra: onnxruntime-gpu and nvidia-ml-py (GPU metrics); ray[serve] is pinned to the image's version,
+# torch to the version the tests run (scripts/setup.sh), so a rebuild does not pick up a newer CUDA build.
+RUN pip install --no-cache-dir "torch==2.14.1" "torchvision==0.29.1" ".[gpu]"
+# The image runs as user ray: the weights folder must be its own (a download or the bake below writes there).
+USER root
+RUN mkdir -p /models && chown ray:users /models
+USER ray
 
 ENV BGSERVE_WEIGHTS_DIR=/models \
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_guard:middlewares
@@ -20,4 +27,6 @@ ARG BAKE_WEIGHTS=0
 RUN if [ "$BAKE_WEIGHTS" = 1 ]; then bgserve-weights fetch --config serve_config.yaml; fi
 
 EXPOSE 8000 8265 8080
-CMD ["bash", "-c", "ray start --head --metrics-export-port=8080 --dashboard-host=0.0.0.0 && serve run serve_config.yaml"]
+# Token authentication on: `ray start` alone leaves it off on a fresh machine, and the dashboard on 8265 would take
+# jobs (code) from anyone who reaches it. The token is generated once, inside the container.
+CMD ["bash", "-c", "export RAY_AUTH_MODE=token && ray get-auth-token --generate >/dev/null && ray start --head --metrics-export-port=8080 --dashboard-host=0.0.0.0 && serve run serve_config.yaml"]

@@ -12,6 +12,10 @@ A test fails when the checked-in manifest drifts from this builder.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_VERSION = "2.60.0"
-IMAGE = "bgserve:latest"  # built from the Dockerfile; push it where the cluster pulls from
+# Built from the Dockerfile and tagged with the release: a new tag changes the manifest, which makes KubeRay roll
+# out a new cluster. (A reused tag, `latest`, changes nothing here: with IfNotPresent, nodes that cached the old
+# image keep it while new nodes pull the new one, and the cluster runs two versions of the code.)
+IMAGE = f"bgserve:{version('bgserve')}"
 WEIGHTS_DIR = "/models"  # the Dockerfile's BGSERVE_WEIGHTS_DIR: baked in, or a volume mounted there
+# On every Ray pod of this service: deploy/kuberay/podmonitor.yaml scrapes the pods that carry it, and no other
+# Ray cluster's (KubeRay's own labels name the generated cluster, bgserve-<suffix>, not the RayService).
+POD_LABELS = {"app.kubernetes.io/name": "bgserve"}
 ENV = [
     {"name": "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "value": "deployments.proxy_guard:middlewares"},
     {"name": "BGSERVE_WEIGHTS_DIR", "value": WEIGHTS_DIR},
@@ -34,25 +44,35 @@ def serve_config(path: Path = ROOT / "serve_config.yaml") -> dict[str, Any]:
     return config
 
 
-def container(name: str, resources: dict[str, Any], ports: list[dict[str, Any]]) -> dict[str, Any]:
+def proxy_settings_hash(config: dict[str, Any]) -> str:
+    """A digest of what Serve applies only when its proxies start (``http_options``, ``proxy_location``): Ray
+    ignores a change to them on a running cluster, with a warning in its log. In the pod templates' annotations,
+    a change makes KubeRay build a new cluster instead."""
+    settings = {key: config.get(key) for key in ("http_options", "proxy_location")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def container(name: str, resources: dict[str, Any], ports: list[dict[str, Any]], image: str) -> dict[str, Any]:
     return {
         "name": name,
-        "image": IMAGE,
-        "imagePullPolicy": "IfNotPresent",  # a `latest` tag would make Kubernetes pull it on every start
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",  # a release's tag never changes: no pull at every start
         "env": ENV,
         "resources": {"limits": resources, "requests": resources},
         "ports": ports,
     }
 
 
-def rayservice() -> dict[str, Any]:
+def rayservice(image: str = IMAGE) -> dict[str, Any]:
     metrics_port = {"containerPort": 8080, "name": "metrics"}
+    config = serve_config()
+    annotations = {"bgserve/proxy-settings": proxy_settings_hash(config)}
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": {"name": "bgserve"},
         "spec": {
-            "serveConfigV2": yaml.safe_dump(serve_config(), sort_keys=False),
+            "serveConfigV2": yaml.safe_dump(config, sort_keys=False),
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,
                 "authOptions": {"mode": "token"},  # KubeRay 1.5.1 or newer; it keeps the token in a Secret
@@ -62,6 +82,7 @@ def rayservice() -> dict[str, Any]:
                 "headGroupSpec": {
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0", "metrics-export-port": "8080"},
                     "template": {
+                        "metadata": {"labels": dict(POD_LABELS), "annotations": dict(annotations)},
                         "spec": {
                             "containers": [
                                 container(
@@ -73,9 +94,10 @@ def rayservice() -> dict[str, Any]:
                                         {"containerPort": 8000, "name": "serve"},
                                         metrics_port,
                                     ],
+                                    image,
                                 )
                             ]
-                        }
+                        },
                     },
                 },
                 "workerGroupSpecs": [
@@ -86,6 +108,7 @@ def rayservice() -> dict[str, Any]:
                         "maxReplicas": 4,
                         "rayStartParams": {"metrics-export-port": "8080"},
                         "template": {
+                            "metadata": {"labels": dict(POD_LABELS), "annotations": dict(annotations)},
                             "spec": {
                                 "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
                                 "containers": [
@@ -95,9 +118,10 @@ def rayservice() -> dict[str, Any]:
                                         # daemon sets take theirs (~28 GiB allocatable): 28Gi would not schedule.
                                         {"cpu": "7", "memory": "24Gi", "nvidia.com/gpu": "1"},
                                         [{"containerPort": 8000, "name": "serve"}, metrics_port],
+                                        image,
                                     )
                                 ],
-                            }
+                            },
                         },
                     }
                 ],
@@ -116,10 +140,12 @@ _BlockStrings.add_representer(
 )
 
 
-def manifest() -> str:
+def manifest(image: str = IMAGE) -> str:
     header = "# Generated by `python -m deployments.kuberay` from serve_config.yaml: edit those, not this file.\n"
-    return header + yaml.dump(rayservice(), Dumper=_BlockStrings, sort_keys=False, width=120)
+    return header + yaml.dump(rayservice(image), Dumper=_BlockStrings, sort_keys=False, width=120)
 
 
 if __name__ == "__main__":
-    print(manifest(), end="")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", default=IMAGE, help=f"the image every pod runs (default {IMAGE})")
+    print(manifest(parser.parse_args().image), end="")

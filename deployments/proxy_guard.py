@@ -18,8 +18,9 @@ things Serve's options cannot:
    proxy would hold each request until a replica appears or ``request_timeout_s`` passes. Here the request gets a
    503 with ``Retry-After`` at once, and requests already waiting get it as soon as that is known
    (``IngressWatch``), unless an ingress replica is stopping: an update stops the old one gracefully, and it may
-   be working on them. It finishes what it can within Serve's ``graceful_shutdown_timeout_s`` (20 s unless set
-   under ``ingress.deployment``); a request it could not finish is lost with it, and answered as in 2.
+   be working on them. It finishes what it can within Serve's ``graceful_shutdown_timeout_s`` (the longest tier
+   deadline plus 10 s unless set under ``ingress.deployment``); a request it could not finish is lost with it,
+   and answered as in 2.
 
 Only light imports here: this module is loaded into every proxy process.
 """
@@ -42,6 +43,7 @@ from serve_app.errors import error_body, summary
 
 logger = logging.getLogger("ray.serve")
 
+SERVE_OWN_PATHS = "/-/"  # the proxy's health and route listing
 CLIENT_OVERRIDES = (b"x-request-timeout-seconds", b"x-request-disconnect-disabled")
 # The proxy's plain-text answers, as our codes (429: an ingress whose backpressure_config asks for it).
 PROXY_REFUSALS = {408: "request_timeout", 429: "overloaded", 503: "overloaded"}
@@ -223,7 +225,9 @@ class ProxyGuard:
         self.refusals = refusals or Refusals()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # Serve's own endpoints (/-/healthz, /-/routes) answer for the proxy, not for an app: KubeRay's readiness
+        # probe reads /-/healthz, and our 503 for an app without an ingress would take every pod out of service.
+        if scope["type"] != "http" or scope["path"].startswith(SERVE_OWN_PATHS):
             await self.app(scope, receive, send)
             return
         self.watch.start()  # on the first request: by then Ray is up in the proxy's process

@@ -257,6 +257,7 @@ INGRESS_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "backpressure_config": {"retry_after_s": 2},  # ... with Retry-After (Serve sends none unless told)
     "ray_actor_options": {"num_cpus": 1.0},  # also sizes the ingress's pool for decode, effects and encode
 }
+SHUTDOWN_MARGIN_S = 10.0  # beyond a request's deadline, for its effect and encode once the model answers
 UPLOAD_HEADROOM = 32  # image requests an ingress replica admits beyond what its tiers hold: uploads being read
 CONTROL_HEADROOM = 32  # ingress slots that image requests never take: health checks and listings always get in
 # Set by the builder from other settings: a tier's deployment is named after the tier, its user_config is
@@ -406,6 +407,12 @@ class TierConfig(_DeploymentOptions):
             )
         return self
 
+    def deployment_options(self) -> dict[str, Any]:
+        """As the base's, and a stopping replica finishes the images it holds, up to their deadline."""
+        options = super().deployment_options()
+        options.setdefault("graceful_shutdown_timeout_s", self.deadline_s + SHUTDOWN_MARGIN_S)
+        return options
+
     @property
     def resolved_device(self) -> str:
         """``cuda`` when the tier runs on a GPU (asked for explicitly, or by a GPU share), else ``cpu``."""
@@ -523,6 +530,10 @@ class AppConfig(BaseModel):
         image requests it admits."""
         options = self.ingress.deployment_options()
         options.setdefault("max_ongoing_requests", self.image_request_limit() + CONTROL_HEADROOM)
+        # An update or scale-down stops a replica gracefully: it finishes the requests it holds, each up to its
+        # tier's deadline (Serve's default, 20 s, cut off a 60 s request it had accepted with a 503).
+        longest = max(tier.deadline_s for tier in self.tiers.values())
+        options.setdefault("graceful_shutdown_timeout_s", longest + SHUTDOWN_MARGIN_S)
         return options
 
     def served_tiers(self, weights_dir: Path) -> dict[Tier, ServedTier]:

@@ -228,6 +228,22 @@ def test_a_request_to_an_application_without_an_ingress_replica_is_answered_503_
     assert len(reached) == 2
 
 
+def test_serves_own_health_and_routes_pass_whatever_the_ingress() -> None:
+    """KubeRay's readiness probe reads the proxy's /-/healthz: answered 503 for an app without an ingress replica
+    (under route prefix /, every path is the app's), every pod would leave the Service at once."""
+    reached: list[str] = []
+
+    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["path"])
+        await PlainTextResponse("success")(scope, receive, send)
+
+    for path in ("/-/healthz", "/-/routes"):
+        watch = watch_seeing(serve_details(["PENDING_ALLOCATION"]))
+        assert status_and_body(drive(proxy, watch=watch, path=path))[0] == 200
+    assert reached == ["/-/healthz", "/-/routes"]
+    assert status_and_body(drive(proxy, watch=watch))[0] == 503  # the app's own paths are still refused
+
+
 def test_a_request_held_by_the_proxy_is_answered_503_once_its_ingress_is_known_lost() -> None:
     details = serve_details(["RUNNING"])
     watch = watch_seeing(details)

@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from serve_app.catalogue import Tier
 from serve_app.schemas import (
     CONTROL_HEADROOM,
+    SHUTDOWN_MARGIN_S,
     TIER_DEPLOYMENT_DEFAULTS,
     UPLOAD_HEADROOM,
     AppConfig,
@@ -83,6 +84,7 @@ def test_deployment_options_merge_over_the_defaults() -> None:
         **TIER_DEPLOYMENT_DEFAULTS,
         "health_check_period_s": 3,
         "ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0.5},
+        "graceful_shutdown_timeout_s": 60.0 + SHUTDOWN_MARGIN_S,  # its deadline's worth
     }
     assert TIER_DEPLOYMENT_DEFAULTS["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.0}  # not mutated
     autoscaled = TierConfig(deployment={"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}})
@@ -174,6 +176,25 @@ def test_admission_is_sized_from_the_tiers_outwards() -> None:
     assert config.tiers[Tier.BALANCED].capacity == 3 * 4 + 2
     assert config.image_request_limit() == 24 + 14 + UPLOAD_HEADROOM
     assert config.ingress_deployment_options()["max_ongoing_requests"] == 24 + 14 + UPLOAD_HEADROOM + CONTROL_HEADROOM
+
+
+def test_a_stopping_replica_may_finish_what_it_holds_up_to_the_longest_deadline() -> None:
+    """Serve's default graceful shutdown, 20 s, cut off a 60 s request that an update's old replica had accepted
+    (a retriable 503, but work lost)."""
+    config = AppConfig.model_validate(
+        {"default_tier": "fast", "tiers": {"fast": {"deadline_s": 30}, "quality": {"deadline_s": 300}}}
+    )
+    assert config.ingress_deployment_options()["graceful_shutdown_timeout_s"] == 300 + SHUTDOWN_MARGIN_S
+    assert config.tiers[Tier.FAST].deployment_options()["graceful_shutdown_timeout_s"] == 30 + SHUTDOWN_MARGIN_S
+    own = AppConfig.model_validate(
+        {
+            "default_tier": "fast",
+            "ingress": {"deployment": {"graceful_shutdown_timeout_s": 5}},
+            "tiers": {"fast": {"deployment": {"graceful_shutdown_timeout_s": 7}}},
+        }
+    )
+    assert own.ingress_deployment_options()["graceful_shutdown_timeout_s"] == 5  # a set one wins
+    assert own.tiers[Tier.FAST].deployment_options()["graceful_shutdown_timeout_s"] == 7
 
 
 def test_explicit_admission_limits_win() -> None:
