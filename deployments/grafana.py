@@ -16,8 +16,11 @@ from deployments import INGRESS_DEPLOYMENT
 from serve_app.catalogue import Tier
 
 RATE = "$__rate_interval"
-TIER = 'tier=~"$tier"'
-DEPLOYMENT = 'deployment=~"$tier"'
+# Every series is the chosen application's: another Serve app on the cluster with a deployment named `ingress`, or
+# another bgserve, would add up with it. (A tier replica's and the ingress's metrics carry Serve's `application`.)
+APPLICATION = 'application=~"$application"'
+TIER = f'tier=~"$tier", {APPLICATION}'
+DEPLOYMENT = f'deployment=~"$tier", {APPLICATION}'
 
 
 def quantiles(metric: str, by: str, selector: str) -> list[tuple[str, str]]:
@@ -40,7 +43,7 @@ def mean(total: str, histogram: str, by: str, selector: str) -> str:
 
 
 # The requests the proxy guard answers 503 itself (no ingress replica sees them): none while every ingress serves.
-PROXY_REFUSALS = f"sum by (application, reason) (rate(ray_bgserve_proxy_refusals_total[{RATE}]))"
+PROXY_REFUSALS = f"sum by (application, reason) (rate(ray_bgserve_proxy_refusals_total{{{APPLICATION}}}[{RATE}]))"
 
 
 def gauge(how: str, metric: str, selector: str, by: str = "deployment") -> str:
@@ -120,7 +123,9 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], bool]] = [
                 "{{deployment}}",
             ),
             (
-                gauge("sum", "ray_serve_deployment_replica_healthy", f'deployment="{INGRESS_DEPLOYMENT}"'),
+                gauge(
+                    "sum", "ray_serve_deployment_replica_healthy", f'deployment="{INGRESS_DEPLOYMENT}", {APPLICATION}'
+                ),
                 "{{deployment}}",
             ),
         ],
@@ -177,13 +182,22 @@ def dashboard() -> dict[str, Any]:
             "list": [
                 {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
                 {
+                    "name": "application",
+                    "type": "query",
+                    "label": "Application",
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "query": "label_values(ray_serve_deployment_replica_healthy, application)",
+                    "current": {"text": "bgserve", "value": "bgserve"},  # the shipped configs' name
+                    "refresh": 2,
+                },
+                {
                     "name": "tier",
                     "type": "query",
                     "label": "Tier",
                     "datasource": {"type": "prometheus", "uid": "${datasource}"},
                     # From Serve's replica health, there from the start (not from requests, whose tier label is
                     # `other` for an unknown tier); the ingress deployment is no tier.
-                    "query": "label_values(ray_serve_deployment_replica_healthy, deployment)",
+                    "query": f"label_values(ray_serve_deployment_replica_healthy{{{APPLICATION}}}, deployment)",
                     "regex": f"/^({'|'.join(t.value for t in Tier)})$/",
                     "includeAll": True,
                     "multi": True,

@@ -16,7 +16,7 @@ import pytest
 from deployments.grafana import PROXY_REFUSALS, gpu_only_expressions
 from serve_app.mask_cache import RUN_THE_MODEL
 from tests.conftest import ROOT, png_bytes
-from tests.integration.conftest import Cluster, fast_tier_app
+from tests.integration.conftest import APP_NAME, Cluster, fast_tier_app
 from tests.support import scenes
 from tests.support.prometheus import PROMETHEUS, Prometheus, prometheus
 from tests.support.serve_run import until
@@ -77,6 +77,7 @@ def test_every_dashboard_expression_returns_data(scraped: Prometheus, service: s
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             expression = target["expr"].replace("$__rate_interval", "2m").replace("$tier", ".*")
+            expression = expression.replace("$application", APP_NAME)  # the variable's value: this app's name
             result = scraped.query(expression)  # fails on an expression Prometheus cannot parse
             if target["expr"] in gpu_only:
                 assert result == [], (panel["title"], result)  # no GPU here: no series at all
@@ -204,7 +205,8 @@ def test_refusals_by_the_proxy_guard_are_counted(scraped: Prometheus, cluster: C
                 assert refused()
 
         def counted() -> float:
-            found = scraped.query(PROXY_REFUSALS.replace("$__rate_interval", "2m"))  # the board's own expression
+            board_expression = PROXY_REFUSALS.replace("$__rate_interval", "2m").replace("$application", "unplaced")
+            found = scraped.query(board_expression)
             return sum(float(r["value"][1]) for r in found if r["metric"].get("application") == "unplaced")
 
         assert until(lambda: counted() > 0, 60)
