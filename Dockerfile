@@ -16,13 +16,16 @@ COPY --chown=ray:users serve_config.yaml ./
 # The gpu extra: onnxruntime-gpu and nvidia-ml-py (GPU metrics); ray[serve] is pinned to the image's version,
 # torch to the version the tests run (scripts/setup.sh), so a rebuild does not pick up a newer CUDA build.
 RUN pip install --no-cache-dir "torch==2.14.1" "torchvision==0.29.1" ".[gpu]"
-# The image runs as user ray: the weights folder must be its own (a download or the bake below writes there).
+# The image runs as user ray (uid 1000, group users, gid 100): the weights folder must be its own (a download or
+# the bake below writes there). A host folder mounted there keeps its host owner: chown 1000:100 it.
 USER root
 RUN mkdir -p /models && chown ray:users /models
 USER ray
 
+# A replica that failed its health checks is stopped at once, not drained for graceful_shutdown_timeout_s.
 ENV BGSERVE_WEIGHTS_DIR=/models \
-    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_guard:middlewares
+    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_guard:middlewares \
+    RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS=1
 ARG BAKE_WEIGHTS=0
 RUN if [ "$BAKE_WEIGHTS" = 1 ]; then bgserve-weights fetch --config serve_config.yaml; fi
 

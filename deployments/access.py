@@ -6,6 +6,7 @@ import hashlib
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from deployments import route_path
 from deployments.http_errors import service_error_response
 from serve_app.auth import ApiKeys
 from serve_app.errors import UnauthorizedError
@@ -49,9 +50,3 @@ class ApiKeyCheck:
     def _open(scope: Scope) -> bool:
         path = route_path(scope)
         return path in OPEN_PATHS or path.startswith(OPEN_PREFIX)
-
-
-def route_path(scope: Scope) -> str:
-    """The request's path within the app: under a route prefix, the path Serve passes may include it."""
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path

@@ -43,7 +43,10 @@ def mean(total: str, histogram: str, by: str, selector: str) -> str:
 
 
 # The requests the proxy guard answers 503 itself (no ingress replica sees them): none while every ingress serves.
-PROXY_REFUSALS = f"sum by (application, reason) (rate(ray_bgserve_proxy_refusals_total{{{APPLICATION}}}[{RATE}]))"
+# (application "" too: a replica that died under a request is counted before the guard knows the request's app.)
+PROXY_REFUSALS = (
+    f'sum by (application, reason) (rate(ray_bgserve_proxy_refusals_total{{application=~"$application|"}}[{RATE}]))'
+)
 
 
 def gauge(how: str, metric: str, selector: str, by: str = "deployment") -> str:

@@ -29,11 +29,15 @@ RAY_VERSION = "2.60.0"
 IMAGE = f"bgserve:{version('bgserve')}"
 WEIGHTS_DIR = "/models"  # the Dockerfile's BGSERVE_WEIGHTS_DIR: baked in, or a volume mounted there
 # On every Ray pod of this service: deploy/kuberay/podmonitor.yaml scrapes the pods that carry it, and no other
-# Ray cluster's (KubeRay's own labels name the generated cluster, bgserve-<suffix>, not the RayService).
-POD_LABELS = {"app.kubernetes.io/name": "bgserve"}
+# Ray cluster's (KubeRay's own labels name the generated cluster, bgserve-<suffix>, not the RayService). Not
+# app.kubernetes.io/name: KubeRay selects its head Service's pods by that label (its value `kuberay`), and a pod
+# template's own value would leave the Service with no pod (kuberay#2648).
+POD_LABELS = {"app.kubernetes.io/part-of": "bgserve"}
 ENV = [
     {"name": "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "value": "deployments.proxy_guard:middlewares"},
     {"name": "BGSERVE_WEIGHTS_DIR", "value": WEIGHTS_DIR},
+    # A replica that failed its health checks is stopped at once, not drained for graceful_shutdown_timeout_s.
+    {"name": "RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS", "value": "1"},
 ]
 
 
@@ -48,7 +52,7 @@ def proxy_settings_hash(config: dict[str, Any]) -> str:
     """A digest of what Serve applies only when its proxies start (``http_options``, ``proxy_location``): Ray
     ignores a change to them on a running cluster, with a warning in its log. In the pod templates' annotations,
     a change makes KubeRay build a new cluster instead."""
-    settings = {key: config.get(key) for key in ("http_options", "proxy_location")}
+    settings = {key: config.get(key) for key in ("http_options", "grpc_options", "proxy_location")}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

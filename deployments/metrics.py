@@ -22,8 +22,7 @@ from urllib.parse import parse_qsl
 from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments import SERVE_LOGGER
-from deployments.access import route_path
+from deployments import SERVE_LOGGER, route_path
 from serve_app.catalogue import Tier
 from serve_app.rembg_api import MODEL_TIERS
 from serve_app.schemas import Effect, OutputFormat, RemoveParams

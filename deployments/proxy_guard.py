@@ -39,11 +39,12 @@ from typing import Any
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments import route_path
 from serve_app.errors import error_body, summary
 
 logger = logging.getLogger("ray.serve")
 
-SERVE_OWN_PATHS = "/-/"  # the proxy's health and route listing
+SERVE_OWN_PATHS = frozenset({"/-/healthz", "/-/routes"})  # the proxy answers these itself, exactly these
 CLIENT_OVERRIDES = (b"x-request-timeout-seconds", b"x-request-disconnect-disabled")
 # The proxy's plain-text answers, as our codes (429: an ingress whose backpressure_config asks for it).
 PROXY_REFUSALS = {408: "request_timeout", 429: "overloaded", 503: "overloaded"}
@@ -227,7 +228,7 @@ class ProxyGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Serve's own endpoints (/-/healthz, /-/routes) answer for the proxy, not for an app: KubeRay's readiness
         # probe reads /-/healthz, and our 503 for an app without an ingress would take every pod out of service.
-        if scope["type"] != "http" or scope["path"].startswith(SERVE_OWN_PATHS):
+        if scope["type"] != "http" or route_path(scope) in SERVE_OWN_PATHS:
             await self.app(scope, receive, send)
             return
         self.watch.start()  # on the first request: by then Ray is up in the proxy's process

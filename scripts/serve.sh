@@ -32,6 +32,8 @@ echo "Starting $config: $url/docs once /readyz answers 200 (Ctrl-C stops the ser
 # Serve's proxy loads our guard (deployments/proxy_guard.py): no client header lifts the server's timeouts, and a
 # request lost with a dying ingress replica gets a retriable 503, not a 500.
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_guard:middlewares
+# A replica that failed its health checks is stopped at once, not drained for its graceful_shutdown_timeout_s.
+export RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS=1
 # CPU configs: configs/cpu.env's settings for a small box, each unless already set. GPU configs keep Serve's defaults.
 case "$(realpath "$config")" in  # the path given, or the default, from the repository root (the cd above)
   "$PWD/configs/cpu.yaml" | "$PWD/configs/try.yaml")

@@ -257,7 +257,17 @@ INGRESS_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "backpressure_config": {"retry_after_s": 2},  # ... with Retry-After (Serve sends none unless told)
     "ray_actor_options": {"num_cpus": 1.0},  # also sizes the ingress's pool for decode, effects and encode
 }
-SHUTDOWN_MARGIN_S = 10.0  # beyond a request's deadline, for its effect and encode once the model answers
+# A stopping replica finishes what it holds up to its deadline plus this margin (its effect and encode once the
+# model answers), and at most MAX_DEFAULT_SHUTDOWN_S: on a small box the new replica of an update cannot be placed
+# until the old one has stopped, so a longer drain is that long an outage.
+SHUTDOWN_MARGIN_S = 10.0
+MAX_DEFAULT_SHUTDOWN_S = 120.0
+
+
+def default_shutdown_s(deadline_s: float) -> float:
+    return min(deadline_s + SHUTDOWN_MARGIN_S, MAX_DEFAULT_SHUTDOWN_S)
+
+
 UPLOAD_HEADROOM = 32  # image requests an ingress replica admits beyond what its tiers hold: uploads being read
 CONTROL_HEADROOM = 32  # ingress slots that image requests never take: health checks and listings always get in
 # Set by the builder from other settings: a tier's deployment is named after the tier, its user_config is
@@ -408,9 +418,9 @@ class TierConfig(_DeploymentOptions):
         return self
 
     def deployment_options(self) -> dict[str, Any]:
-        """As the base's, and a stopping replica finishes the images it holds, up to their deadline."""
+        """As the base's, and a stopping replica finishes the images it holds, up to their deadline (capped)."""
         options = super().deployment_options()
-        options.setdefault("graceful_shutdown_timeout_s", self.deadline_s + SHUTDOWN_MARGIN_S)
+        options.setdefault("graceful_shutdown_timeout_s", default_shutdown_s(self.deadline_s))
         return options
 
     @property
@@ -533,7 +543,7 @@ class AppConfig(BaseModel):
         # An update or scale-down stops a replica gracefully: it finishes the requests it holds, each up to its
         # tier's deadline (Serve's default, 20 s, cut off a 60 s request it had accepted with a 503).
         longest = max(tier.deadline_s for tier in self.tiers.values())
-        options.setdefault("graceful_shutdown_timeout_s", longest + SHUTDOWN_MARGIN_S)
+        options.setdefault("graceful_shutdown_timeout_s", default_shutdown_s(longest))
         return options
 
     def served_tiers(self, weights_dir: Path) -> dict[Tier, ServedTier]:

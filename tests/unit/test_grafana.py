@@ -9,6 +9,19 @@ def test_the_checked_in_dashboard_is_the_generated_one() -> None:
     assert json.loads((ROOT / "configs" / "grafana" / "bgserve.json").read_text()) == dashboard()
 
 
+def test_every_series_on_the_board_is_the_chosen_applications() -> None:
+    """Another Serve app's `ingress`, or a second bgserve on the cluster, was added into the panels."""
+    import re
+
+    expressions = [target["expr"] for panel in dashboard()["panels"] for target in panel["targets"]]
+    selectors = [m for e in expressions for m in re.finditer(r"\b(ray_\w+)(\{[^}]*\})?", e)]
+    assert len(selectors) >= len(expressions)
+    for found in selectors:
+        assert found.group(2) and 'application=~"$application' in found.group(2), found.group(0)
+    (tier_variable,) = [v for v in dashboard()["templating"]["list"] if v["name"] == "tier"]
+    assert 'application=~"$application"' in tier_variable["query"]
+
+
 def test_metric_tags_come_from_closed_sets() -> None:
     """A client's odd parameters or error bodies never become new tag values (series)."""
     from deployments.metrics import OTHER, _error_code, known

@@ -30,6 +30,7 @@ def test_the_rayservice_serves_serve_config_with_no_replica_on_the_head() -> Non
         (container,) = spec["template"]["spec"]["containers"]
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "deployments.proxy_guard:middlewares"
+        assert env["RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS"] == "1"  # not drained for its graceful timeout
         assert {"containerPort": 8080, "name": "metrics"} in container["ports"]
         assert container["imagePullPolicy"] == "IfNotPresent"
         assert container["image"] == f"bgserve:{version('bgserve')}"  # a release's own tag, never latest
@@ -73,6 +74,7 @@ def test_the_dockerfile_matches_the_ray_we_test_and_loads_the_proxy_guard() -> N
     assert "pip install --no-cache-dir" in dockerfile and '".[gpu]"' in dockerfile  # the gpu extra
     assert f"{PROXY_CALLBACK_VARIABLE}={PROXY_CALLBACK}" in dockerfile
     assert "BGSERVE_WEIGHTS_DIR=/models" in dockerfile
+    assert "RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS=1" in dockerfile  # as the manifest's env
     # The image runs as user ray: the weights folder is made its own before anything downloads into it.
     lines = dockerfile.splitlines()
     owned = lines.index("RUN mkdir -p /models && chown ray:users /models")
@@ -97,4 +99,8 @@ def test_the_podmonitor_scrapes_this_services_pods_only() -> None:
         labels = {**spec["template"]["metadata"]["labels"], "ray.io/is-ray-node": "yes"}  # KubeRay adds the last
         assert wanted.items() <= labels.items()
     assert set(wanted) - {"ray.io/is-ray-node"}  # something of this service's own, not only KubeRay's label
+    # Never a label KubeRay selects its own Services' pods by: its head Service selects app.kubernetes.io/name
+    # (value kuberay), and a template that set it would leave that Service with no pod (kuberay#2648).
+    for spec in (cluster["headGroupSpec"], cluster["workerGroupSpecs"][0]):
+        assert not set(spec["template"]["metadata"]["labels"]) & {"app.kubernetes.io/name", "ray.io/cluster"}
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"

@@ -11,8 +11,7 @@ import pytest
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from deployments import SERVE_LOGGER
-from deployments.access import route_path
+from deployments import SERVE_LOGGER, route_path
 from deployments.metrics import IngressMetrics, RecordRequests
 
 

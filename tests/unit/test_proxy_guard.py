@@ -241,7 +241,10 @@ def test_serves_own_health_and_routes_pass_whatever_the_ingress() -> None:
         watch = watch_seeing(serve_details(["PENDING_ALLOCATION"]))
         assert status_and_body(drive(proxy, watch=watch, path=path))[0] == 200
     assert reached == ["/-/healthz", "/-/routes"]
-    assert status_and_body(drive(proxy, watch=watch))[0] == 503  # the app's own paths are still refused
+    # The app's own paths are still refused, those under /-/ too: Serve answers only those two itself.
+    for path in ("/v1/remove", "/-/anything", "/-/healthz/x"):
+        assert status_and_body(drive(proxy, watch=watch, path=path))[0] == 503, path
+    assert len(reached) == 2
 
 
 def test_a_request_held_by_the_proxy_is_answered_503_once_its_ingress_is_known_lost() -> None:

@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from serve_app.catalogue import Tier
 from serve_app.schemas import (
     CONTROL_HEADROOM,
+    MAX_DEFAULT_SHUTDOWN_S,
     SHUTDOWN_MARGIN_S,
     TIER_DEPLOYMENT_DEFAULTS,
     UPLOAD_HEADROOM,
@@ -182,10 +183,14 @@ def test_a_stopping_replica_may_finish_what_it_holds_up_to_the_longest_deadline(
     """Serve's default graceful shutdown, 20 s, cut off a 60 s request that an update's old replica had accepted
     (a retriable 503, but work lost)."""
     config = AppConfig.model_validate(
-        {"default_tier": "fast", "tiers": {"fast": {"deadline_s": 30}, "quality": {"deadline_s": 300}}}
+        {"default_tier": "fast", "tiers": {"fast": {"deadline_s": 30}, "quality": {"deadline_s": 100}}}
     )
-    assert config.ingress_deployment_options()["graceful_shutdown_timeout_s"] == 300 + SHUTDOWN_MARGIN_S
+    assert config.ingress_deployment_options()["graceful_shutdown_timeout_s"] == 100 + SHUTDOWN_MARGIN_S
     assert config.tiers[Tier.FAST].deployment_options()["graceful_shutdown_timeout_s"] == 30 + SHUTDOWN_MARGIN_S
+    # Capped: on configs/cpu.yaml's 2 cores an update's new ingress waits for the old one's CPU, so a 590 s drain
+    # (quality's 580 s deadline) would be a 590 s outage.
+    slow = AppConfig.model_validate({"default_tier": "quality", "tiers": {"quality": {"deadline_s": 580}}})
+    assert slow.ingress_deployment_options()["graceful_shutdown_timeout_s"] == MAX_DEFAULT_SHUTDOWN_S == 120
     own = AppConfig.model_validate(
         {
             "default_tier": "fast",
