@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from serve_app.client import DEFAULT_URL, Client, RemoveError
+from serve_app.client import DEFAULT_URL, Client, RemoveError, checked_url
 
 # What the service reads, and .heic (the service says it does not read it: better than skipping it in silence).
 IMAGE_SUFFIXES = frozenset(
@@ -87,6 +88,28 @@ def find_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
     return sorted(found.items())
 
 
+def named_folders(patterns: list[str]) -> list[Path]:
+    """The folders the inputs are searched in: each folder named, and each glob's part before its first wildcard."""
+    folders = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            folders.append(path.resolve())
+        elif not path.is_file():
+            folders.append(Path(*itertools.takewhile(lambda p: not glob.has_magic(p), path.parts)).resolve())
+    return folders
+
+
+def earlier_outputs(inputs: list[tuple[Path, Path]], patterns: list[str], out: Path) -> set[Path]:
+    """Files under ``out`` where ``out`` lies inside a folder searched for inputs: an earlier run's outputs, of any
+    effect. Taken as inputs, each run cut out the last one's cut-outs (out/out/photo_rgba_mask.png, and deeper)."""
+    out = out.resolve()
+    if not any(out != folder and out.is_relative_to(folder) for folder in named_folders(patterns)):
+        return set()
+    named_files = {Path(p).resolve() for p in patterns if Path(p).is_file()}  # a file named on its own is taken
+    return {image for image, _ in inputs if image.resolve().is_relative_to(out) and image.resolve() not in named_files}
+
+
 def output_path(relative: Path, out: Path, effect: str, fmt: str) -> Path:
     return out / relative.parent / f"{relative.stem}_{effect}.{EXTENSIONS[fmt]}"
 
@@ -122,10 +145,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "#rgba), a CSS name, or r,g,b[,a]",
     )
     parser.add_argument("--format", default="png", choices=tuple(EXTENSIONS))
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
+    parser.add_argument("--concurrency", type=at_least(1), default=DEFAULT_CONCURRENCY, help="requests in flight")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
-    parser.add_argument("--retries", type=int, default=4, help="for 503/504 answers and lost connections")
-    return parser.parse_args(argv)
+    parser.add_argument("--retries", type=at_least(0), default=4, help="for 503/504 answers and lost connections")
+    args = parser.parse_args(argv)
+    if args.color is not None and args.effect != "color":
+        parser.error(f"--color is for --effect color (the effect is {args.effect})")
+    try:
+        checked_url(args.url)
+    except ValueError as exc:
+        parser.error(f"--url: {exc}")
+    return args
+
+
+def at_least(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is under {least}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     # An earlier run's output (photo_rgba.png beside photo.jpg, with --out on the inputs' folder) is no input; a
     # photo whose own name only looks like one (product_rgba.png, no product.* among the inputs) is.
     targets = {output_path(relative, args.out, args.effect, args.format).resolve() for _, relative in inputs}
-    inputs = [(image, relative) for image, relative in inputs if image.resolve() not in targets]
+    skipped = earlier_outputs(inputs, args.inputs, args.out)
+    inputs = [
+        (image, relative) for image, relative in inputs if image.resolve() not in targets and image not in skipped
+    ]
     for image, relative in inputs:
         target = output_path(relative, args.out, args.effect, args.format)
         if target in claimed:  # photo.jpg and photo.png would both make photo_rgba.png

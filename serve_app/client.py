@@ -109,6 +109,11 @@ def image_bytes(image: ImageInput) -> bytes:
         with open(image, "rb") as handle:
             return handle.read()
     if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise TypeError(
+                f"a NumPy image is HxW or HxWx3 (or 4) uint8, not {image.dtype} of shape {image.shape}: convert it "
+                "first (e.g. (array * 255).round().astype(np.uint8) for floats in 0..1)"
+            )
         image = Image.fromarray(image)
     if isinstance(image, Image.Image):
         image = ImageOps.exif_transpose(image)
@@ -120,10 +125,18 @@ def image_bytes(image: ImageInput) -> bytes:
     raise TypeError(f"an image is a path, bytes, a PIL image or a NumPy array, not {type(image).__name__}")
 
 
+def query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def request_parts(image: ImageInput, background: ImageInput | None, options: Mapping[str, Any]) -> dict[str, Any]:
-    """httpx's arguments for one POST /v1/remove: query parameters (None left out, booleans as true/false) and the
-    multipart upload."""
-    params = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}
+    """httpx's arguments for one POST /v1/remove: query parameters (None left out, booleans as true/false, a list
+    or tuple, as for ``outputs``, joined by commas) and the multipart upload."""
+    params = {k: query_value(v) for k, v in options.items() if v is not None}
     files = {"image": ("image", image_bytes(image), "application/octet-stream")}
     if background is not None:
         files["background"] = ("background", image_bytes(background), "application/octet-stream")
@@ -140,8 +153,21 @@ def as_failure(exc: Exception) -> RemoveError:
     return RemoveError(0, "unreadable", str(exc))  # a path that cannot be read, an object that is no image
 
 
+# Transport errors another try may not meet: no connection, a timeout, a connection dropped mid-answer. The others
+# (a URL without http://, a request httpx cannot send) fail the same way every time.
+TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
 def unreachable(exc: httpx.TransportError) -> RemoveError:
-    return RemoveError(0, "unreachable", f"{type(exc).__name__}: {exc}")
+    code = "unreachable" if isinstance(exc, TRANSIENT) else "http_error"
+    return RemoveError(0, code, f"{type(exc).__name__}: {exc}")
+
+
+def checked_url(url: str) -> str:
+    """The service's URL, refused at once if it is no http(s) URL (``localhost:8000`` failed every request)."""
+    if httpx.URL(url).scheme not in ("http", "https"):
+        raise ValueError(f"the service's URL needs http:// or https:// (got {url!r})")
+    return url
 
 
 FAILURES = (RemoveError, OSError, TypeError, ValueError, httpx.HTTPError)
@@ -159,7 +185,7 @@ class _Retrying:
 
     def retriable(self, error: RemoveError, attempt: int) -> bool:
         """A "try again" answer (or no answer at all), with retries left."""
-        return attempt <= self.retries and (error.status in RETRIED_STATUSES or error.status == 0)
+        return attempt <= self.retries and (error.status in RETRIED_STATUSES or error.code == "unreachable")
 
     def wait_s(self, attempt: int, error: RemoveError) -> float:
         if error.retry_after is not None:
@@ -167,11 +193,9 @@ class _Retrying:
         return self.backoff_s * 2 ** (attempt - 1)
 
     @staticmethod
-    def outcome(response: httpx.Response, attempt: int) -> Result | RemoveError:
-        if response.status_code == 200:
-            media_type = response.headers.get("content-type", "").split(";")[0]
-            return Result(response.content, media_type, dict(response.headers), attempt)
-        return RemoveError.from_response(response)
+    def result(response: httpx.Response, attempt: int) -> Result:
+        media_type = response.headers.get("content-type", "").split(";")[0]
+        return Result(response.content, media_type, dict(response.headers), attempt)
 
 
 class Client(_Retrying):
@@ -187,7 +211,9 @@ class Client(_Retrying):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(retries, backoff_s)
-        self.http = httpx.Client(base_url=url, headers=auth_headers(api_key), timeout=timeout_s, transport=transport)
+        self.http = httpx.Client(
+            base_url=checked_url(url), headers=auth_headers(api_key), timeout=timeout_s, transport=transport
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -198,11 +224,26 @@ class Client(_Retrying):
     def close(self) -> None:
         self.http.close()
 
+    def call(self, method: str, path: str, **request: Any) -> tuple[httpx.Response, int]:
+        """One call and its retries: the 200 and how many attempts it took, else raises ``RemoveError``."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self.http.request(method, path, **request)
+            except httpx.TransportError as exc:
+                error = unreachable(exc)
+            else:
+                if response.status_code == 200:
+                    return response, attempt
+                error = RemoveError.from_response(response)
+            if not self.retriable(error, attempt):
+                raise error
+            time.sleep(self.wait_s(attempt, error))
+
     def tiers(self) -> list[dict[str, Any]]:
-        response = self.http.get("/v1/tiers")
-        if response.status_code != 200:
-            raise RemoveError.from_response(response)
-        return list(response.json())
+        """``GET /v1/tiers``, retried as ``remove`` is. Raises ``RemoveError``."""
+        return list(self.call("GET", "/v1/tiers")[0].json())
 
     def remove(
         self,
@@ -216,18 +257,7 @@ class Client(_Retrying):
         """One image through ``POST /v1/remove``; ``options`` are its query parameters (color, format, crop,
         outputs, ...). Raises ``RemoveError``."""
         parts = request_parts(image, background, {"tier": tier, "effect": effect, **options})
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                outcome = self.outcome(self.http.post("/v1/remove", **parts), attempt)
-            except httpx.TransportError as exc:
-                outcome = unreachable(exc)
-            if isinstance(outcome, Result):
-                return outcome
-            if not self.retriable(outcome, attempt):
-                raise outcome
-            time.sleep(self.wait_s(attempt, outcome))
+        return self.result(*self.call("POST", "/v1/remove", **parts))
 
     def remove_many(
         self, images: Iterable[ImageInput], *, concurrency: int = 8, **options: Any
@@ -259,7 +289,7 @@ class AsyncClient(_Retrying):
     ) -> None:
         super().__init__(retries, backoff_s)
         self.http = httpx.AsyncClient(
-            base_url=url, headers=auth_headers(api_key), timeout=timeout_s, transport=transport
+            base_url=checked_url(url), headers=auth_headers(api_key), timeout=timeout_s, transport=transport
         )
 
     async def __aenter__(self) -> AsyncClient:
@@ -271,11 +301,24 @@ class AsyncClient(_Retrying):
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    async def call(self, method: str, path: str, **request: Any) -> tuple[httpx.Response, int]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self.http.request(method, path, **request)
+            except httpx.TransportError as exc:
+                error = unreachable(exc)
+            else:
+                if response.status_code == 200:
+                    return response, attempt
+                error = RemoveError.from_response(response)
+            if not self.retriable(error, attempt):
+                raise error
+            await asyncio.sleep(self.wait_s(attempt, error))
+
     async def tiers(self) -> list[dict[str, Any]]:
-        response = await self.http.get("/v1/tiers")
-        if response.status_code != 200:
-            raise RemoveError.from_response(response)
-        return list(response.json())
+        return list((await self.call("GET", "/v1/tiers"))[0].json())
 
     async def remove(
         self,
@@ -287,18 +330,7 @@ class AsyncClient(_Retrying):
         **options: Any,
     ) -> Result:
         parts = request_parts(image, background, {"tier": tier, "effect": effect, **options})
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                outcome = self.outcome(await self.http.post("/v1/remove", **parts), attempt)
-            except httpx.TransportError as exc:
-                outcome = unreachable(exc)
-            if isinstance(outcome, Result):
-                return outcome
-            if not self.retriable(outcome, attempt):
-                raise outcome
-            await asyncio.sleep(self.wait_s(attempt, outcome))
+        return self.result(*(await self.call("POST", "/v1/remove", **parts)))
 
     async def remove_many(
         self, images: Iterable[ImageInput], *, concurrency: int = 8, **options: Any

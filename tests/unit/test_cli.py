@@ -75,3 +75,50 @@ def test_two_inputs_with_one_output_name_and_earlier_outputs(
     out = capsys.readouterr().out
     assert "0 done, 1 skipped (already there), 1 failed" in out
     assert "photo.png" in out and "also" in out and "photo_rgba_rgba" not in out
+
+
+def test_an_out_folder_inside_the_input_folder_is_not_searched(tmp_path: Path) -> None:
+    """`--out p2/out` with input `p2/`: each run cut out the last run's outputs of another effect
+    (out/out/scene_rgba_mask.png, then deeper). `--out .` above the inputs, or the inputs' own folder, still finds
+    them all; a file named on its own is always taken."""
+    folder = tmp_path / "p2"
+    for name in ("scene.jpg", "out/scene_rgba.png", "out/out/scene_rgba_mask.png"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    inputs = cli.find_inputs([str(folder)])
+    assert len(inputs) == 3
+    assert cli.earlier_outputs(inputs, [str(folder)], folder / "out") == {
+        folder / "out/scene_rgba.png",
+        folder / "out/out/scene_rgba_mask.png",
+    }
+    jpgs = [str(folder / "*.jpg")]
+    assert cli.earlier_outputs(cli.find_inputs(jpgs), jpgs, folder / "out") == set()  # none found there
+    glob_inputs = cli.find_inputs([str(folder / "**" / "*.png")])
+    assert len(cli.earlier_outputs(glob_inputs, [str(folder / "**" / "*.png")], folder / "out")) == 2
+    assert cli.earlier_outputs(inputs, [str(folder)], tmp_path) == set()  # out above the inputs
+    assert cli.earlier_outputs(inputs, [str(folder)], folder) == set()  # beside them: the output-name rule's
+    # The run itself: the one photo's output is there already, and nothing else is an input (no service answers).
+    assert cli.main([str(folder), "--out", str(folder / "out"), "--url", "http://127.0.0.1:9", "--retries", "0"]) == 0
+    named = folder / "out/scene_rgba.png"
+    assert cli.earlier_outputs(inputs, [str(folder), str(named)], folder / "out") == {
+        folder / "out/out/scene_rgba_mask.png"
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--url", "localhost:8000"], "needs http:// or https://"),
+        (["--color", "red"], "--color is for --effect color"),
+        (["--concurrency", "0"], "0 is under 1"),
+        (["--retries", "-1"], "-1 is under 0"),
+    ],
+)
+def test_arguments_that_cannot_work_are_refused_before_any_request(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL without http:// failed each image after four retries (15 s each); --color without --effect color and
+    --concurrency 0 were ignored in silence."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["photo.jpg", *argv])
+    assert exited.value.code == 2 and message in capsys.readouterr().err

@@ -1,13 +1,19 @@
 """What the Python client uploads for each kind of input, without a service (tests/integration/test_clients.py runs
 it against the real one)."""
 
+import asyncio
 import io
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.client import image_bytes
+from serve_app.client import AsyncClient, Client, RemoveError, image_bytes, request_parts
 from serve_app.codec import decode_image
 from tests.unit.test_codec import asymmetric, with_orientation
 
@@ -36,3 +42,71 @@ def test_a_pil_image_in_any_mode_can_be_sent(mode: str) -> None:
     """32-bit integer and float images are no PNG mode Pillow writes: they go as RGB."""
     image = Image.fromarray(asymmetric()).convert("L").convert(mode)
     assert decode_image(image_bytes(image), 10_000_000).shape == (24, 40, 3)
+
+
+class StartingService(BaseHTTPRequestHandler):
+    """``GET /v1/tiers`` as a service that is not up yet answers it: 503 with ``Retry-After`` twice, then 200."""
+
+    answers: ClassVar[list[int]] = []
+
+    def do_GET(self) -> None:
+        status = self.answers.pop(0) if self.answers else 200
+        body = json.dumps([{"tier": "fast"}] if status == 200 else {"error": {"code": "starting", "message": "wait"}})
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        if status == 503:
+            self.send_header("Retry-After", "0")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def starting_service() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StartingService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_tiers_is_retried_as_remove_is(starting_service: str) -> None:
+    """``tiers()`` raised httpx's errors and never retried, so a script that asked it first, while the service was
+    starting, failed where ``remove`` would have waited."""
+    StartingService.answers = [503, 503]
+    with Client(starting_service, retries=2, backoff_s=0) as client:
+        assert client.tiers() == [{"tier": "fast"}]
+    StartingService.answers = [503, 503]
+    with Client(starting_service, retries=1, backoff_s=0) as client, pytest.raises(RemoveError) as raised:
+        client.tiers()
+    assert (raised.value.status, raised.value.code) == (503, "starting")
+
+    async def async_tiers() -> list[dict[str, object]]:
+        async with AsyncClient(starting_service, retries=2, backoff_s=0) as client:
+            return await client.tiers()
+
+    StartingService.answers = [503, 503]
+    assert asyncio.run(async_tiers()) == [{"tier": "fast"}]
+
+
+def test_an_unreachable_service_is_a_remove_error() -> None:
+    with Client("http://127.0.0.1:9", retries=1, backoff_s=0) as client, pytest.raises(RemoveError) as raised:
+        client.tiers()
+    assert raised.value.code == "unreachable"
+
+
+def test_a_url_without_its_scheme_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="http://"):
+        Client("localhost:8000")
+    with pytest.raises(ValueError, match="http://"):
+        AsyncClient("gpu-box:8000")
+
+
+def test_lists_are_sent_as_comma_lists_and_float_arrays_are_refused_clearly() -> None:
+    """``outputs=["rgba", "mask"]`` went as the string "['rgba', 'mask']" (a puzzling 422); a float array raised
+    Pillow's "Cannot handle this data type"."""
+    params = request_parts(b"x", None, {"outputs": ["rgba", "white:jpeg"], "crop": True, "tier": None})["params"]
+    assert params == {"outputs": "rgba,white:jpeg", "crop": "true"}
+    with pytest.raises(TypeError, match="uint8"):
+        image_bytes(np.zeros((4, 4, 3), np.float32))
