@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -59,11 +60,16 @@ R = TypeVar("R")
 Options = TypeVar("Options", RemoveParams, RembgParams)
 
 
-def options_from(model: type[Options], query: Mapping[str, str], fields: dict[str, str]) -> Options:
-    """A route's options: the query's parameters with the multipart body's text fields over them (a field wins
-    over the same query parameter); an unknown name or a bad value is a 422."""
+def sent_options(request: Request, upload: Upload) -> dict[str, str]:
+    """A route's options as sent: the query's parameters with the multipart body's text fields over them (a field
+    wins over the same query parameter)."""
+    return {**request.query_params, **upload.fields}
+
+
+def options_from(model: type[Options], options: Mapping[str, str]) -> Options:
+    """A route's options, parsed; an unknown name or a bad value is a 422."""
     try:
-        return model(**{**query, **fields})
+        return model(**options)
     except ValidationError as exc:
         raise InvalidParameterError(validation_message(exc)) from None
 
@@ -82,6 +88,10 @@ class Ingress:
         }
         self.admission = Admission(config.image_request_limit(), int(config.ingress.max_decoded_megapixels * 1_000_000))
         self.mask_cache = MaskCache(int(config.ingress.mask_cache_mb * 1024 * 1024))
+        # What else decides an answer's bytes, for its ETag: an upgrade or a tier's new settings make new ones.
+        self.served_as = {
+            tier: f"bgserve {version('bgserve')} {served.config.model_dump_json()}" for tier, served in tiers.items()
+        }
         self.cpu_pool = ThreadPoolExecutor(config.ingress.cpu_workers, thread_name_prefix="ingress-cpu")
         # pymatting (rgba) loads or compiles its numba kernels on first use (tens of seconds on a fresh install): do
         # it now, not in a request; /readyz waits for it, so a client sent here once ready never waits for it.
@@ -222,7 +232,7 @@ class Ingress:
         with self.admission.slot():
             upload = await read_upload(request)
             if upload.fields:  # options sent as multipart text fields too
-                params = options_from(RemoveParams, request.query_params, upload.fields)
+                params = options_from(RemoveParams, sent_options(request, upload))
             tier = self.served_tier(params.tier or self.config.default_tier)
             self.readiness.raise_if_unavailable(tier)
             return await self.render(request, tier, params, upload)
@@ -231,8 +241,8 @@ class Ingress:
         """rembg's ``POST /api/remove`` (serve_app/rembg_api.py): its options as form fields or query parameters."""
         with self.admission.slot():
             upload = await read_upload(request)
-            request.state.rembg_options = {**request.query_params, **upload.fields}  # for the metrics, if refused
-            params = options_from(RembgParams, request.query_params, upload.fields).to_remove_params()
+            request.state.rembg_options = sent_options(request, upload)  # for the metrics, if refused
+            params = options_from(RembgParams, request.state.rembg_options).to_remove_params()
             tier = self.served_tier(params.tier or self.config.default_tier)
             self.readiness.raise_if_unavailable(tier)
             return await self.render(request, tier, params, upload)
@@ -248,7 +258,7 @@ class Ingress:
         request.state.labels = request_labels(tier.tier.value, params)  # for RecordRequests, whatever the answer
         caller = getattr(request.state, "caller", "")  # set by the API-key check, when keys are on
         key = MaskKey(content_hash(upload.image), tier.tier.value, tier.config.runtime, tier.weights_label, caller)
-        tag = etag(key, params, upload.background)
+        tag = etag(key, params, upload.background, self.served_as[tier.tier])
         if matches(request.headers.get("if-none-match"), tag):  # the client has these bytes: nothing to do
             return Response(status_code=304, headers={"ETag": tag})
         pixels = self.config.max_image_pixels
@@ -257,7 +267,7 @@ class Ingress:
         # to read, 30 MB of PNG chunks before the pixels took 90 ms, and the event loop must not wait for it.)
         declared = await self.on_cpu(pixels_to_hold, upload.image, upload.background, params, pixels)
         with self.admission.holding(declared):
-            background = await self.on_cpu(decode_background, upload.background, params, pixels)
+            background, background_profile = await self.on_cpu(decode_background, upload.background, params, pixels)
             prepared = await self.on_cpu(preprocess, upload.image, tier.resize, tier.base_size, pixels)
             check_outputs_fit(prepared, params)
             called = time.perf_counter()
@@ -272,7 +282,7 @@ class Ingress:
                     self.mask_cache.put(key, result)
             round_trip = time.perf_counter() - called
             rendered = await self.on_cpu(
-                postprocess, prepared.image, result.mask, params, background, prepared.icc_profile
+                postprocess, prepared.image, result.mask, params, background, prepared.icc_profile, background_profile
             )
         steps = step_seconds(prepared, result, round_trip, rendered)
         headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, rendered, steps)
@@ -297,7 +307,10 @@ class Ingress:
         return self.tiers[tier]
 
     def tier_infos(self) -> list[TierInfo]:
-        return [self.readiness.tier_info(tier) for tier in self.tiers.values()]
+        return [
+            self.readiness.tier_info(served).model_copy(update={"default": tier == self.config.default_tier})
+            for tier, served in self.tiers.items()
+        ]
 
     async def on_cpu(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         return await to_the_end(self.cpu_pool, work, *args, **kwargs)

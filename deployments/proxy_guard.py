@@ -3,7 +3,7 @@ the environment Ray was started with:
 
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_guard:middlewares
 
-(``scripts/serve.sh`` sets it; on a cluster, set it where ``ray start`` runs: docs/operations.md). It does three
+(``scripts/serve.sh`` sets it; on a cluster, set it where ``ray start`` runs: docs/operations.md). It does four
 things Serve's options cannot:
 
 1. It drops ``x-request-timeout-seconds`` and ``x-request-disconnect-disabled`` from every request. Serve's proxy
@@ -13,7 +13,10 @@ things Serve's options cannot:
    uvicorn turns into a plain-text 500. Here it becomes a 503 with ``Retry-After``: nothing was returned, and
    inference is idempotent, so the client may send it again.
 3. The proxy's own refusals (503 when the ingress's queue is full, 408 past ``request_timeout_s``) get the
-   service's JSON error body instead of plain text, keeping their status and headers.
+   service's JSON error body instead of plain text, keeping their status and headers. Its plain-text 404 for a
+   path no application serves is a JSON 404 too, unless the application is only not there yet: while Serve
+   starts or deploys it (no application known, or the path is a known application's whose route the proxy has
+   not learned yet) it is a 503 with ``Retry-After``, as for an ingress that is starting.
 4. When an application has no ingress replica that can take a request (its node was lost, or it is starting), the
    proxy would hold each request until a replica appears or ``request_timeout_s`` passes. Here the request gets a
    503 with ``Retry-After`` at once, and requests already waiting get it as soon as that is known
@@ -161,6 +164,11 @@ class IngressWatch:
         route = route_of(path, self.apps)
         return self.unserved.get(route) if route is not None else None
 
+    def may_come(self, path: str) -> bool:
+        """Whether an application may soon serve ``path``: none is known (Serve is starting, nothing is deployed
+        yet, or nothing has been seen yet), or the path is under a known application's route."""
+        return not self.apps or route_of(path, self.apps) is not None
+
     def app_for(self, path: str) -> str:
         """The application Serve routes ``path`` to, as last seen ("" if none is known)."""
         route = route_of(path, self.apps)
@@ -191,6 +199,20 @@ class Refusals:
             self.counter.inc(tags={"application": application, "reason": reason})
         except Exception as exc:
             logger.debug("could not count a refusal: %s", exc)
+
+
+def not_found_messages(watch: IngressWatch, path: str, text: str) -> list[Message]:
+    """For the proxy's plain-text 404: the service's JSON 404, or a 503 to send again while the application that
+    will serve ``path`` is starting (``serve run``'s first seconds answered every path 404, and clients gave up)."""
+    if watch.may_come(path):
+        return json_messages(
+            503,
+            "ingress_unavailable",
+            "no application serves this path yet (Serve is starting or deploying it); nothing was done for this "
+            "request: send it again",
+            [(b"retry-after", NO_INGRESS_RETRY_AFTER_S.encode())],
+        )
+    return json_messages(404, "not_found", text, [])
 
 
 def no_ingress_messages(unserved: Unserved) -> list[Message]:
@@ -251,6 +273,9 @@ class ProxyGuard:
                 started = True
                 headers = message.get("headers", [])
                 plain = any(k.lower() == b"content-type" and v.startswith(b"text/plain") for k, v in headers)
+                if message["status"] == 404 and plain:  # the proxy knows no route for the path
+                    refusal = {"status": 404, "headers": [], "text": b""}
+                    return
                 if message["status"] in PROXY_REFUSALS and plain:
                     if message["status"] != 408 and not any(k.lower() == b"retry-after" for k, _ in headers):
                         # a backpressure_config without retry_after_s, or Serve's own 503 for an unavailable app
@@ -262,7 +287,13 @@ class ProxyGuard:
                 if not message.get("more_body", False):
                     status = refusal["status"]
                     text = refusal["text"].decode(errors="replace").strip()
-                    for part in json_messages(status, PROXY_REFUSALS[status], text, refusal["headers"]):
+                    if status == 404:
+                        answer = not_found_messages(self.watch, scope["path"], text)
+                        if answer[0]["status"] == 503:
+                            self.refusals.count(self.watch.app_for(scope["path"]), "no_ingress")
+                    else:
+                        answer = json_messages(status, PROXY_REFUSALS[status], text, refusal["headers"])
+                    for part in answer:
                         await send(part)
                 return
             await send(message)

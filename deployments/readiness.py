@@ -182,4 +182,5 @@ class TierReadiness:
         """On every request: a count from the snapshot; the full explanation only for a tier that has no replica."""
         if self._state(tier.tier.value)[0] == 0:
             info = self.tier_info(tier)
-            raise TierUnavailableError(f"the {tier.tier.value} tier is not ready ({info.status}): {info.message}")
+            why = info.message or "no replica of it serves yet"  # Serve gives no message while it starts one
+            raise TierUnavailableError(f"the {tier.tier.value} tier is not ready ({info.status}): {why}")

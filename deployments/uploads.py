@@ -133,8 +133,15 @@ async def _multipart_image(request: Request) -> Upload:
             if isinstance(upload, UploadFile):
                 texts = {key: value for key, value in form.multi_items() if isinstance(value, str)}
                 return Upload(await upload.read(), background_bytes, texts)
+        as_text = [name for name in UPLOAD_FIELDS if isinstance(form.get(name), str)]
+        if as_text:  # curl -F image=<photo.jpg (or a form that sent the file's name) sends a text field
+            raise InvalidParameterError(
+                f"field {as_text[0]!r} came as text, not as a file: send the file itself, as a file part with a "
+                f"filename (curl -F {as_text[0]}=@photo.jpg, with the @)"
+            )
         # A part cut off before its closing boundary is not read at all, so "none" may mean a truncated body.
         fields = ", ".join(sorted(form.keys())) or "none complete: is the closing boundary missing?"
-        raise InvalidParameterError(f"multipart body has no file field 'image' (fields sent: {fields})")
+        names = " or ".join(repr(name) for name in UPLOAD_FIELDS)
+        raise InvalidParameterError(f"multipart body has no file field {names} (fields sent: {fields})")
     finally:
         await form.close()

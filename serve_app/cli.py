@@ -43,6 +43,8 @@ EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 EFFECTS = ("rgba", "mask", "color", "blur", "green", "white", "overlay")
 # Two fast-tier batches in flight (max_batch_size 4): the replica starts the next while the ingress encodes the last.
 DEFAULT_CONCURRENCY = 8
+# A restart of the service is ~30-40 s of refused connections and 503s (Retry-After: 5): 12 tries span ~60-90 s.
+DEFAULT_RETRIES = 12
 UMASK = os.umask(0o022)  # read once, at import (changing it is process-wide, not for threads to do)
 os.umask(UMASK)
 
@@ -147,7 +149,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", default="png", choices=tuple(EXTENSIONS))
     parser.add_argument("--concurrency", type=at_least(1), default=DEFAULT_CONCURRENCY, help="requests in flight")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
-    parser.add_argument("--retries", type=at_least(0), default=4, help="for 503/504 answers and lost connections")
+    parser.add_argument(
+        "--retries",
+        type=at_least(0),
+        default=DEFAULT_RETRIES,
+        help="for 503/504 answers and lost connections (the default rides out a service restart)",
+    )
     args = parser.parse_args(argv)
     if args.color is not None and args.effect != "color":
         parser.error(f"--color is for --effect color (the effect is {args.effect})")

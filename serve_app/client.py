@@ -88,6 +88,7 @@ class Result:
 
 PNG_MODES = frozenset({"1", "L", "LA", "I;16", "P", "RGB", "RGBA"})  # the modes Pillow writes as PNG
 MAX_RETRY_AFTER_S = 60.0  # a proxy's Retry-After of an hour should not stall a batch for that long
+MAX_BACKOFF_S = 10.0  # a service that does not answer is tried at least this often: a restart takes ~30 s
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -190,7 +191,7 @@ class _Retrying:
     def wait_s(self, attempt: int, error: RemoveError) -> float:
         if error.retry_after is not None:
             return error.retry_after
-        return self.backoff_s * 2 ** (attempt - 1)
+        return min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
 
     @staticmethod
     def result(response: httpx.Response, attempt: int) -> Result:

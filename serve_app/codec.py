@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
@@ -47,6 +48,12 @@ MAX_CARRIED_PROFILE_BYTES = 1 << 20
 ICC_HEADER_BYTES = 128
 # Markers between segments and inside a scan's entropy-coded data, where FF00 is a stuffed byte, FFD0-FFD7 restart
 # markers and FFFF fill: those are skipped by the pattern itself.
+# An RGB profile is told to be sRGB by what it does, not by its name ("Linear sRGB" is not; a renamed one is): it
+# shows these colours within this many levels of what sRGB shows for them.
+_PROBE_LEVELS = (0, 8, 32, 64, 128, 192, 255)
+_PROBE = np.array(np.meshgrid(*[_PROBE_LEVELS] * 3, indexing="ij"), np.uint8).reshape(3, -1).T[None]
+SRGB_TOLERANCE = 2
+CACHED_PROFILE_BYTES = 64 * 1024
 _JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 _MARKERS_WITHOUT_LENGTH = {0x01, 0xD8, 0xD9}
 _START_OF_SCAN, _END_OF_IMAGE = 0xDA, 0xD9
@@ -97,8 +104,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 
 def wide_gamut_profile(image: Image.Image) -> bytes | None:
     """The image's embedded ICC profile where its pixels need it to show their colours: an RGB profile that is not
-    sRGB (a phone's Display P3, Adobe RGB). None for sRGB, which every viewer assumes, and for a grey or CMYK
-    profile, which no longer applies once the pixels are RGB."""
+    sRGB (a phone's Display P3, Adobe RGB, a linear one). None for one that shows colours as sRGB does, which
+    every viewer assumes, and for a grey or CMYK profile, which no longer applies once the pixels are RGB."""
     icc = image.info.get("icc_profile")
     if not icc:
         return None
@@ -107,13 +114,46 @@ def wide_gamut_profile(image: Image.Image) -> bytes | None:
         icc = icc[:declared]
     if len(icc) > MAX_CARRIED_PROFILE_BYTES:
         return None
+    icc = bytes(icc)
+    # A phone's or a camera's profile (a few kB) comes again and again: its answer is kept (~2 ms each time).
+    carry = _needs_carrying_cached(icc) if len(icc) <= CACHED_PROFILE_BYTES else needs_carrying(icc)
+    return icc if carry else None
+
+
+def needs_carrying(icc: bytes) -> bool:
+    """An RGB profile that littlecms can use and that does not show colours as sRGB does."""
     try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if profile.profile.xcolor_space != "RGB " or "srgb" in ImageCms.getProfileDescription(profile).lower():
-            return None
-    except (OSError, ImageCms.PyCMSError):  # a profile littlecms cannot read: the pixels go as they are
-        return None
-    return bytes(icc)
+        if ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space != "RGB ":
+            return False
+        shown = converted(_PROBE, icc, None, strict=True).astype(np.int16)
+    except (OSError, ImageCms.PyCMSError):  # a profile littlecms cannot read or use: the pixels go as they are
+        return False
+    return bool(np.abs(shown - _PROBE).max() > SRGB_TOLERANCE)
+
+
+_needs_carrying_cached = functools.lru_cache(maxsize=64)(needs_carrying)  # keys at most 64 x 64 kB
+
+
+def _profile(icc: bytes | None) -> ImageCms.ImageCmsProfile:
+    # A new handle each time: littlecms reads a profile's tags lazily into it, so one is not shared by threads.
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB") if icc is None else io.BytesIO(icc))
+
+
+def converted(rgb: np.ndarray, source: bytes | None, target: bytes | None, strict: bool = False) -> np.ndarray:
+    """HxWx3 uint8 RGB from one colour space to another, each an ICC profile or None for sRGB, as a viewer shows
+    them (relative colorimetric). Where littlecms cannot go into ``target`` (an input-only profile), the pixels
+    as they are, unless ``strict``."""
+    if source == target:
+        return rgb
+    try:
+        transform = ImageCms.buildTransform(
+            _profile(source), _profile(target), "RGB", "RGB", ImageCms.Intent.RELATIVE_COLORIMETRIC
+        )
+    except ImageCms.PyCMSError:
+        if strict:
+            raise
+        return rgb
+    return np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), transform))
 
 
 def decode_with_profile(data: bytes, max_pixels: int) -> tuple[np.ndarray, bytes | None]:
@@ -148,7 +188,8 @@ def decode_with_profile(data: bytes, max_pixels: int) -> tuple[np.ndarray, bytes
         raise PayloadTooLargeError(f"image too large to decode safely: {exc}") from exc
     except UnidentifiedImageError:
         raise InvalidImageError(
-            "the upload is not an image format this service reads: JPEG, PNG, WebP, AVIF, GIF, BMP, TIFF, PNM or TGA"
+            "the upload is not an image this service reads: JPEG, PNG, WebP, AVIF, GIF, BMP, TIFF, PNM or TGA (not "
+            "every kind of each: a float or 32-bit colour TIFF is not read)"
         ) from None
     # Truncated or corrupt data inside a known format (AVIF's container errors are RuntimeErrors).
     except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
@@ -167,17 +208,22 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def high_bit_to_uint8(image: Image.Image) -> np.ndarray:
-    """A 16-bit, 32-bit integer or float grey image scaled to 0..255 (rounded), without float64 copies."""
-    if image.mode.startswith("I;16"):
+    """A 16-bit, 32-bit integer or float grey image scaled to 0..255 (rounded), without float64 copies: 16-bit
+    values (Pillow's I;16 modes, and mode I where its values fit 16 bits, as a 16-bit PGM's do) from 0..65535, a
+    float image from 0..1 (brighter clipped), as viewers show them. Only 32-bit integers beyond 16 bits, whose
+    range nothing says, are scaled by their own maximum."""
+    values = np.asarray(image)
+    top = int(values.max()) if values.size and image.mode == "I" else 0
+    if image.mode.startswith("I;16") or (image.mode == "I" and top <= 65535):
         # round(v * 255 / 65535) exactly, in integers: (2 * 255 * v + 65535) // (2 * 65535) never ties.
-        values = np.asarray(image).astype(np.uint32)
-        values *= 2 * 255
-        values += 65535
-        values //= 2 * 65535
-        return values.astype(np.uint8)
-    scaled = np.asarray(image).astype(np.float32)
-    top = max(float(scaled.max()) if scaled.size else 1.0, 1.0)  # a float image in 0..1 keeps its scale
-    scaled *= 255.0 / top
+        wide = values.astype(np.int32)  # a copy, worked on in place (510 * 65535 + 65535 fits)
+        np.clip(wide, 0, 65535, out=wide)
+        wide *= 2 * 255
+        wide += 65535
+        wide //= 2 * 65535
+        return wide.astype(np.uint8)
+    scaled = values.astype(np.float32)
+    scaled *= 255.0 if image.mode == "F" else 255.0 / top
     scaled += 0.5
     np.clip(scaled, 0, 255, out=scaled)
     return scaled.astype(np.uint8)

@@ -192,13 +192,13 @@ def over_translucent(image: np.ndarray, alpha: np.ndarray, color: RGBA) -> np.nd
     return np.dstack([out.astype(np.uint8), (out_alpha[..., 0] * 255.0).astype(np.uint8)])
 
 
-def overlay(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def overlay(image: np.ndarray, alpha: np.ndarray, green: RGB = GREEN) -> np.ndarray:
     """transparent-background's `overlay`: the subject tinted halfway to green, its outline (Canny edges of
     alpha > 0.5) drawn in green, the rest as it was."""
-    tinted = ((image.astype(np.uint16) + np.array(GREEN, np.uint16)) // 2).astype(np.uint8)
+    tinted = ((image.astype(np.uint16) + np.array(green, np.uint16)) // 2).astype(np.uint8)
     out = composite(tinted, alpha, image)
     outline = cv2.Canny(((alpha > 0.5) * 255).astype(np.uint8), 50, 100)
-    out[outline != 0] = GREEN
+    out[outline != 0] = green
     return out
 
 
@@ -241,9 +241,11 @@ def apply_effect(
     refine: Refine = Refine.FAST,
     blur_sigma: float = BLUR_SIGMA,
     background: np.ndarray | None = None,
+    green: RGB = GREEN,
+    white: RGB = WHITE,
 ) -> np.ndarray:
     """``image`` HxWx3 uint8, ``alpha`` HxW float in [0, 1] → HxW (mask), HxWx4 (rgba, and color with an alpha
-    under 255) or HxWx3 uint8.
+    under 255) or HxWx3 uint8. ``color``, ``green`` and ``white`` are in the image's colour space.
 
     ``refine``: for rgba, where the colours of soft-alpha pixels come from (Remover estimates them for a soft
     alpha, i.e. without a threshold; a hard alpha has no soft pixel, and the caller passes NONE)."""
@@ -260,12 +262,12 @@ def apply_effect(
     if effect == Effect.COLOR:
         return composite(image, alpha, np.broadcast_to(np.array(color[:3], dtype=np.uint8), image.shape))
     if effect in (Effect.GREEN, Effect.WHITE):
-        solid = GREEN if effect == Effect.GREEN else WHITE
+        solid = green if effect == Effect.GREEN else white
         return composite(image, alpha, np.broadcast_to(np.array(solid, dtype=np.uint8), image.shape))
     if effect == Effect.BLUR:
         return composite(image, alpha, blurred(image, blur_sigma))
     if effect == Effect.OVERLAY:
-        return overlay(image, alpha)
+        return overlay(image, alpha, green)
     if effect == Effect.BACKGROUND:
         if background is None:
             raise ValueError("effect background needs a background image")

@@ -33,13 +33,15 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def etag(key: MaskKey, params: RemoveParams, background: bytes | None) -> str:
-    """A strong ETag for the response to ``params`` on the image of ``key``: the same for the same bytes out."""
+def etag(key: MaskKey, params: RemoveParams, background: bytes | None, served: str = "") -> str:
+    """A weak ETag for the response to ``params`` on the image of ``key``, as ``served`` (the code's version and
+    the tier's settings) makes it. Weak: the same picture, not always the same bytes (a mask made in a batch may
+    differ from one made alone by 1e-5, which can move a level)."""
     output = params.model_dump(mode="json", exclude={"tier"})
-    parts = [key.content, key.tier, key.runtime, key.weights, repr(sorted(output.items()))]
+    parts = [key.content, key.tier, key.runtime, key.weights, repr(sorted(output.items())), served]
     if background is not None:
         parts.append(content_hash(background))
-    return '"' + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32] + '"'
+    return 'W/"' + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32] + '"'
 
 
 def matches(if_none_match: str | None, tag: str) -> bool:
@@ -47,7 +49,7 @@ def matches(if_none_match: str | None, tag: str) -> bool:
     asks whether the resource exists, which says nothing of whether the client holds this answer's bytes."""
     if not if_none_match:
         return False
-    return tag in {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return tag.removeprefix("W/") in {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
 
 
 class MaskCache:

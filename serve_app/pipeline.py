@@ -13,16 +13,16 @@ from serve_app.codec import (
     MEDIA_TYPES,
     ZIP_MEDIA_TYPE,
     check_encodable,
+    converted,
     declared_pixels,
-    decode_image,
     decode_with_profile,
     encode_image,
     zip_files,
 )
-from serve_app.effects import EMPTY_BOX, Box, apply_effect, crop_box, finalize_alpha, foreground_box
+from serve_app.effects import EMPTY_BOX, GREEN, WHITE, Box, apply_effect, crop_box, finalize_alpha, foreground_box
 from serve_app.errors import InvalidParameterError, ServiceError
 from serve_app.resize import ResizePolicy, to_model_input, upsample_mask
-from serve_app.schemas import MaskResult, Refine, RemoveParams
+from serve_app.schemas import RGB, MaskResult, Refine, RemoveParams
 
 
 class Stopwatch:
@@ -80,17 +80,31 @@ def pixels_to_hold(image: bytes, background: bytes | None, params: RemoveParams,
     return sum(min(declared_pixels(data), max_pixels) for data in uploads)
 
 
-def decode_background(data: bytes | None, params: RemoveParams, max_pixels: int) -> np.ndarray | None:
-    """The background image for effect=background, decoded as an upload is; a 422 when an output needs one and
-    none was sent."""
+def decode_background(
+    data: bytes | None, params: RemoveParams, max_pixels: int
+) -> tuple[np.ndarray | None, bytes | None]:
+    """The background image for effect=background and the profile its colours need, decoded as an upload is; a
+    422 when an output needs one and none was sent, or when one was sent and no output uses it (it was silently
+    dropped, a puzzle to the caller)."""
     if not params.needs_background:
-        return None
+        if data is not None:
+            raise InvalidParameterError(
+                "a background image was sent, but no output puts the subject on it: ask for effect=background "
+                "(or 'background' in outputs)"
+            )
+        return None, None
     if data is None:
         raise InvalidParameterError("effect=background needs the background image as multipart field 'background'")
     try:
-        return decode_image(data, max_pixels=max_pixels)
+        return decode_with_profile(data, max_pixels=max_pixels)
     except ServiceError as exc:  # the same checks as the image's, saying which upload failed them
         raise type(exc)(f"background image: {exc.message}") from None
+
+
+def in_colour_space(colours: list[RGB], profile: bytes | None) -> list[RGB]:
+    """sRGB colours as ``profile``'s pixels (None: sRGB) show them."""
+    pixels = converted(np.array([colours], np.uint8), None, profile)[0]
+    return [(int(r), int(g), int(b)) for r, g, b in pixels]
 
 
 def postprocess(
@@ -99,10 +113,18 @@ def postprocess(
     params: RemoveParams,
     background: np.ndarray | None = None,
     icc_profile: bytes | None = None,
+    background_profile: bytes | None = None,
 ) -> Rendered:
     """Every requested output from one mask: the one image, or with ``outputs`` a ZIP of them all (each effect
-    computed once, then encoded in each format asked for it; colour ones with the upload's ``icc_profile``)."""
+    computed once, then encoded in each format asked for it; colour ones with the upload's ``icc_profile``).
+
+    Results are in the upload's colour space (``icc_profile``, else sRGB): the colours asked for (sRGB, as CSS
+    has them), transparent-background's green and the background image (in ``background_profile``'s, else
+    sRGB) are converted into it, or a wide-gamut photo's profile showed them as other colours."""
     watch = Stopwatch()
+    color, green, white = in_colour_space([params.rgba[:3], GREEN, WHITE], icc_profile)
+    if background is not None:
+        background = converted(background, background_profile, icc_profile)
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
     foreground = foreground_box(alpha)
@@ -116,7 +138,9 @@ def postprocess(
     files = {spec.filename: b"" for spec in requested}  # in request order
     effects = list(dict.fromkeys(spec.effect for spec in requested))  # in request order, each once
     for effect in effects:
-        output = apply_effect(image, alpha, effect, params.rgba, refine, params.blur_sigma, background)
+        output = apply_effect(
+            image, alpha, effect, (*color, params.rgba[3]), refine, params.blur_sigma, background, green, white
+        )
         if effect == effects[-1]:
             del alpha  # the float matte (4 bytes a pixel) is not needed while the last outputs encode
         watch.lap("effect")

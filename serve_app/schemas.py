@@ -654,6 +654,7 @@ class TierInfo(BaseModel):
     startup: StartupProgress | None = Field(
         None, description="The latest start-up report of a replica of this tier (absent until one reports)."
     )
+    default: bool = Field(False, description="Whether a request that names no tier gets this one.")
 
 
 class ErrorDetail(BaseModel):

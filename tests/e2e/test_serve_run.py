@@ -18,12 +18,33 @@ from tests.support import scenes
 from tests.support.reference import TEST_CONFIG
 from tests.support.serve_run import serve_run
 
+STARTING_PHOTO = png_bytes(scenes.make_scenes(seed=30, count=1, height=64, width=64)[0].image)
+STARTING_ANSWERS: list[tuple[int, str]] = []  # (status, content type) of requests sent while the service started
+
+
+def send_while_starting(client: httpx.Client) -> None:
+    try:
+        answer = client.post("/v1/remove", params={"tier": "fast"}, content=STARTING_PHOTO)
+    except httpx.TransportError:  # nothing listens yet
+        return
+    STARTING_ANSWERS.append((answer.status_code, answer.headers.get("content-type", "")))
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, segmenting_weights: Path) -> Iterator[str]:
     weights_dir = place_test_weights(tmp_path_factory, segmenting_weights)
-    with serve_run(TEST_CONFIG, weights_dir, tmp_path_factory.mktemp("serve-run") / "serve.log") as served:
+    log = tmp_path_factory.mktemp("serve-run") / "serve.log"
+    with serve_run(TEST_CONFIG, weights_dir, log, watch=send_while_starting) as served:
         yield served.url
+
+
+def test_requests_while_it_starts_are_told_to_come_again(served: str) -> None:
+    """Serve's proxy answers a plain-text 404 for some seconds after it starts (the app's route is not there yet):
+    the client and CLI, which retry 503s, gave up on those. Every answer while starting is a JSON 503 (or the
+    image's 200, once its tier is up)."""
+    assert STARTING_ANSWERS, "no request was answered while the service started"
+    assert {status for status, _ in STARTING_ANSWERS} <= {503, 200}, STARTING_ANSWERS
+    assert all(kind == "application/json" for status, kind in STARTING_ANSWERS if status == 503), STARTING_ANSWERS
 
 
 def test_serve_run_config_serves_every_tier(served: str) -> None:

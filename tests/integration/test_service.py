@@ -60,6 +60,7 @@ def test_tiers_are_listed_and_ready(client: httpx.Client) -> None:
     }
     for t in tiers:
         assert t["ready"] and t["status"] == "HEALTHY" and t["weights"] == "test-segmenting.pth"
+    assert [t["tier"] for t in tiers if t["default"]] == ["balanced"]  # what a request without a tier gets
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200  # probes' HEAD
     ready = client.get("/readyz")  # only once rgba's kernels are compiled too: no first request waits for them
@@ -144,9 +145,9 @@ MODEL_INPUT = {"fast": "128x128", "balanced": "160x160", "quality": "160x128"}  
 def test_a_wide_gamut_photo_keeps_its_colour_profile(client: httpx.Client) -> None:
     """A phone's Display P3 photo: its colour results carry its profile (else they show washed out), the mask
     does not (a grey image)."""
-    from tests.unit.test_codec import icc
+    from tests.support.profiles import display_p3
 
-    wide = icc("Wide built-in")
+    wide = display_p3()
     buffer = io.BytesIO()
     Image.fromarray(scenes.make_scenes(seed=5, count=1, height=96, width=128)[0].image).save(
         buffer, format="JPEG", quality=95, icc_profile=wide
@@ -255,6 +256,9 @@ def test_a_background_image_replaces_the_background(client: httpx.Client) -> Non
     files["background"] = ("b.png", b"not an image", "image/png")
     bad = client.post("/v1/remove", params={"tier": "fast", "effect": "background"}, files=files)
     assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("background image:"), bad.text
+    files["background"] = ("b.png", png_bytes(backdrop), "image/png")
+    unused = client.post("/v1/remove", params={"tier": "fast", "effect": "rgba"}, files=files)  # was dropped, a 200
+    assert unused.status_code == 422 and "effect=background" in unused.json()["error"]["message"], unused.text
 
 
 def test_rembgs_api_answers_as_rembg_does(client: httpx.Client) -> None:
@@ -639,6 +643,16 @@ def test_a_multipart_body_cut_before_its_closing_boundary_says_so(client: httpx.
         "/v1/remove", content=head + cut, headers={"content-type": "multipart/form-data; boundary=x"}
     )
     assert response.status_code == 422 and "closing boundary" in response.json()["error"]["message"], response.text
+
+
+def test_an_image_sent_as_text_and_rembgs_field_are_named_in_the_422(client: httpx.Client) -> None:
+    """`curl -F image=<photo.png` sends the file as a text field: the 422 said there was no field 'image' while
+    listing 'image' among those sent. rembg's callers send 'file', which the message did not name."""
+    other_file = {"notes": ("notes.txt", b"x", "text/plain")}  # httpx sends multipart only with a file part
+    as_text = client.post("/v1/remove", data={"image": "not a file part"}, files=other_file)
+    assert as_text.status_code == 422 and "image=@photo.jpg" in as_text.json()["error"]["message"], as_text.text
+    no_file = client.post("/api/remove", data={"model": "u2netp"}, files=other_file)
+    assert no_file.status_code == 422 and "'file'" in no_file.json()["error"]["message"], no_file.text
 
 
 def slow_upload(

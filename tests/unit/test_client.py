@@ -110,3 +110,11 @@ def test_lists_are_sent_as_comma_lists_and_float_arrays_are_refused_clearly() ->
     assert params == {"outputs": "rgba,white:jpeg", "crop": "true"}
     with pytest.raises(TypeError, match="uint8"):
         image_bytes(np.zeros((4, 4, 3), np.float32))
+
+
+def test_the_wait_doubles_up_to_a_bound_unless_the_service_says() -> None:
+    """Doubling without a bound waited 17 minutes before a twelfth try at a service that was down."""
+    client = Client(retries=12, backoff_s=1.0)
+    silent = RemoveError(0, "unreachable", "ConnectError")
+    assert [client.wait_s(attempt, silent) for attempt in (1, 2, 3, 4, 5, 12)] == [1, 2, 4, 8, 10, 10]
+    assert client.wait_s(12, RemoveError(503, "overloaded", "", retry_after=5.0)) == 5.0

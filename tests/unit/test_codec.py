@@ -10,6 +10,7 @@ from serve_app.codec import (
     INPUT_FORMATS,
     MAX_JPEG_MARKERS,
     MAX_JPEG_SCANS,
+    converted,
     declared_pixels,
     decode_image,
     decode_with_profile,
@@ -18,9 +19,10 @@ from serve_app.codec import (
     jpeg_scans,
 )
 from serve_app.errors import EmptyUploadError, InvalidImageError, InvalidParameterError, PayloadTooLargeError
-from serve_app.pipeline import Preprocessed, check_outputs_fit, pixels_to_hold, postprocess
+from serve_app.pipeline import Preprocessed, check_outputs_fit, decode_background, pixels_to_hold, postprocess
 from serve_app.schemas import OutputFormat, RemoveParams
 from tests.conftest import png_bytes
+from tests.support.profiles import adobe_rgb, display_p3, rgb_profile
 
 BIG = 10_000_000
 
@@ -110,6 +112,19 @@ def test_16_bit_grey_scales_to_8_bit() -> None:
     np.testing.assert_array_equal(out[..., 0], np.clip(deep / 65535 * 255 + 0.5, 0, 255).astype(np.uint8))
 
 
+def test_16_bit_pgm_and_float_images_keep_their_brightness() -> None:
+    """A 16-bit PGM (Pillow's mode I) and a float TIFF were scaled by their own brightest pixel: a dark PGM came
+    out bright, and one hot pixel in a float image darkened all the others."""
+    pgm = b"P5\n4 1\n65535\n" + np.array([0, 1000, 2000, 65535], ">u2").tobytes()
+    assert Image.open(io.BytesIO(pgm)).mode == "I"
+    np.testing.assert_array_equal(decode_image(pgm, BIG)[0, :, 0], [0, 4, 8, 255])
+    dark = b"P5\n4 1\n65535\n" + np.array([0, 1000, 2000, 4000], ">u2").tobytes()
+    np.testing.assert_array_equal(decode_image(dark, BIG)[0, :, 0], [0, 4, 8, 16])
+    buffer = io.BytesIO()
+    Image.fromarray(np.array([[0.5, 0.25, 2.0, -1.0]], np.float32)).save(buffer, format="TIFF")
+    np.testing.assert_array_equal(decode_image(buffer.getvalue(), BIG)[0, :, 0], [128, 64, 255, 0])
+
+
 def test_16_bit_decode_makes_no_float64_copies() -> None:
     """Integer scaling: a 16-bit grey image costs the uint32 scratch and the RGB result (8 bytes a pixel here),
     where float64 arithmetic took ~25."""
@@ -178,6 +193,17 @@ def test_the_declared_size_is_read_without_decoding() -> None:
     assert pixels_to_hold(image, background, RemoveParams(effect="background"), BIG) == 40 * 24 + 50 * 30
     assert pixels_to_hold(image, background, RemoveParams(effect="rgba"), BIG) == 40 * 24  # the background unused
     assert pixels_to_hold(image, None, RemoveParams(), 500) == 500  # over the limit: its decode gives the 413
+
+
+def test_a_background_is_needed_exactly_when_an_output_uses_it() -> None:
+    background = png_bytes(asymmetric(30, 50))
+    assert decode_background(background, RemoveParams(effect="background"), BIG)[0].shape == (30, 50, 3)
+    assert decode_background(background, RemoveParams(outputs="rgba,background:jpeg"), BIG)[0] is not None
+    assert decode_background(None, RemoveParams(effect="rgba"), BIG) == (None, None)
+    with pytest.raises(InvalidParameterError, match="'background'"):
+        decode_background(None, RemoveParams(effect="background"), BIG)
+    with pytest.raises(InvalidParameterError, match="effect=background"):  # was silently dropped
+        decode_background(background, RemoveParams(effect="rgba"), BIG)
 
 
 def test_too_many_pixels_is_refused_before_decoding() -> None:
@@ -290,18 +316,10 @@ def test_colour_pngs_are_written_fast_and_exact_from_several_threads() -> None:
     assert encoded[0] != pillows.getvalue()  # another writer than Pillow's
 
 
-def icc(description: str, space: str = "sRGB") -> bytes:
-    """littlecms's built-in profile, renamed: a stand-in for a phone's Display P3 (no wide-gamut profile ships
-    here); what matters is that it is an RGB profile that does not call itself sRGB."""
-    built_in = ImageCms.ImageCmsProfile(ImageCms.createProfile(space)).tobytes()
-    name = f"{space} built-in"
-    return built_in.replace(name.encode("utf-16-be"), description.ljust(len(name))[: len(name)].encode("utf-16-be"))
-
-
 def test_a_wide_gamut_photos_profile_goes_into_its_colour_results() -> None:
     """A Display P3 photo's pixels mean other colours than sRGB's: results without its profile showed them washed
     out. They carry it, with the pixels unchanged (the model sees what Remover sees); the grey mask does not."""
-    wide = icc("Wide built-in")
+    wide = display_p3()
     buffer = io.BytesIO()
     Image.fromarray(asymmetric()).save(buffer, format="JPEG", quality=95, icc_profile=wide)
     pixels, profile = decode_with_profile(buffer.getvalue(), BIG)
@@ -316,13 +334,62 @@ def test_a_wide_gamut_photos_profile_goes_into_its_colour_results() -> None:
         np.testing.assert_array_equal(np.asarray(with_profile), np.asarray(without))
 
 
+def carried(profile: bytes) -> bytes | None:
+    buffer = io.BytesIO()
+    Image.fromarray(asymmetric()).save(buffer, format="PNG", icc_profile=profile)
+    return decode_with_profile(buffer.getvalue(), BIG)[1]
+
+
 @pytest.mark.parametrize("space", ["sRGB", "LAB"])
 def test_an_srgb_or_non_rgb_profile_is_not_carried(space: str) -> None:
     """sRGB is what every viewer assumes (and fpng, which writes no profile, keeps writing those PNGs); a grey,
     Lab or CMYK profile no longer applies once the pixels are RGB."""
-    buffer = io.BytesIO()
-    Image.fromarray(asymmetric()).save(buffer, format="PNG", icc_profile=icc(f"{space} built-in", space))
-    assert decode_with_profile(buffer.getvalue(), BIG)[1] is None
+    assert carried(rgb_profile(f"{space} built-in", space=space)) is None
+
+
+def test_a_profile_is_told_to_be_srgb_by_its_colours_not_its_name() -> None:
+    """GIMP names its linear exports "Linear sRGB": the name's "sRGB" dropped the profile, and its dark colours
+    showed far darker. One that shows colours as sRGB does goes, whatever it is called."""
+    for profile in (display_p3(), adobe_rgb(), rgb_profile("Linear sRGB", gamma=1.0)):
+        assert carried(profile) == profile
+    assert carried(rgb_profile("Wide built-in")) is None  # sRGB, renamed
+
+
+def shown_as_srgb(data: bytes) -> np.ndarray:
+    """An encoded result's pixels as a viewer shows them: converted from its embedded profile to sRGB."""
+    image = Image.open(io.BytesIO(data))
+    return converted(np.asarray(image.convert("RGB")), image.info.get("icc_profile"), None)
+
+
+@pytest.mark.parametrize("profile", [display_p3(), adobe_rgb()], ids=["display-p3", "adobe-rgb"])
+def test_colours_asked_for_show_as_asked_on_a_wide_gamut_photo(profile: bytes) -> None:
+    """The colour asked for, transparent-background's green and white are sRGB; on a wide-gamut photo they were
+    written as its pixels unconverted, so its profile showed them as other colours (#3a7bd5 as (21,125,220) on
+    Display P3, green as (16,255,144))."""
+    pixels = asymmetric(16, 16)
+    mask = np.zeros((16, 16), np.float32)  # no subject: every pixel is the background's
+    for params, expected in [
+        (RemoveParams(effect="color", color="3a7bd5"), (0x3A, 0x7B, 0xD5)),
+        (RemoveParams(effect="color", color="3a7bd5", format="jpeg"), (0x3A, 0x7B, 0xD5)),
+        (RemoveParams(effect="green"), (120, 255, 155)),
+        (RemoveParams(effect="white", format="jpeg"), (255, 255, 255)),
+    ]:
+        body = postprocess(pixels, mask, params, icc_profile=profile).body
+        assert Image.open(io.BytesIO(body)).info.get("icc_profile") == profile
+        error = np.abs(shown_as_srgb(body).astype(int) - expected).max()
+        assert error <= (3 if params.format == "jpeg" else 1), (params, error)
+
+
+def test_a_background_image_shows_its_own_colours_whatever_the_photos_space() -> None:
+    """A background in another colour space than the photo's: its pixels were pasted as they were, so the result
+    showed them as the photo's space has them."""
+    backdrop = np.full((16, 16, 3), (40, 160, 60), np.uint8)
+    mask = np.zeros((16, 16), np.float32)
+    params = RemoveParams(effect="background")
+    for photo_profile, backdrop_profile in [(display_p3(), None), (None, display_p3()), (adobe_rgb(), display_p3())]:
+        body = postprocess(asymmetric(16, 16), mask, params, backdrop, photo_profile, backdrop_profile).body
+        expected = converted(backdrop, backdrop_profile, None).astype(int)
+        assert np.abs(shown_as_srgb(body).astype(int) - expected).max() <= 1, (photo_profile, backdrop_profile)
 
 
 def progressive_jpeg(extra_scans: int = 0) -> tuple[bytes, int]:
@@ -378,7 +445,7 @@ def test_a_broken_avif_container_is_a_bad_image_not_a_server_error() -> None:
 
 def test_a_carried_profile_is_rewritten_without_what_follows_it_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """littlecms ignores bytes after a profile: 4 MB of them behind an 8x8 image were copied into every result."""
-    wide = icc("Wide built-in")
+    wide = display_p3()
     buffer = io.BytesIO()
     Image.fromarray(asymmetric(8, 8)).save(buffer, format="WEBP", lossless=True, icc_profile=wide + b"\0" * 4_000_000)
     assert decode_with_profile(buffer.getvalue(), BIG)[1] == wide
@@ -390,7 +457,7 @@ def test_a_profile_is_never_rewritten_larger_than_it_came() -> None:
     """littlecms copies each tag it does not parse on its own when it writes a profile: 100 tags over one blob
     came out 88 times the size sent (30 MB of WebP profile: gigabytes). The profile goes as it came, cut to its
     header's size."""
-    wide = icc("Wide built-in")
+    wide = display_p3()
     count = int.from_bytes(wide[128:132], "big")
     blob_at, blob_size = 132 + 12 * (count + 40), 20_000
     entries = wide[132 : 132 + 12 * count] + b"".join(

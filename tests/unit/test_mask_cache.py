@@ -41,7 +41,7 @@ def test_the_key_separates_tiers_runtimes_and_weights() -> None:
 
 def test_etags_change_with_whatever_changes_the_bytes() -> None:
     base = etag(key("a"), RemoveParams(), None)
-    assert base == etag(key("a"), RemoveParams(), None) and base.startswith('"')
+    assert base == etag(key("a"), RemoveParams(), None) and base.startswith('W/"')
     different = {
         etag(key("b"), RemoveParams(), None),
         etag(key("a", tier="quality"), RemoveParams(), None),
@@ -50,13 +50,14 @@ def test_etags_change_with_whatever_changes_the_bytes() -> None:
         etag(key("a"), RemoveParams(crop=True), None),
         etag(key("a"), RemoveParams(effect="background"), b"one"),
         etag(key("a"), RemoveParams(effect="background"), b"two"),
+        etag(key("a"), RemoveParams(), None, served="bgserve 0.2.0"),  # another version, another tier setting
     }
-    assert base not in different and len(different) == 7
+    assert base not in different and len(different) == 8
     assert etag(key("a"), RemoveParams(tier="fast"), None) == base  # the tier is in the key, not twice
 
 
 def test_if_none_match_lists_and_weak_tags() -> None:
-    assert matches('"x", "y"', '"y"') and matches('W/"y"', '"y"')
+    assert matches('"x", "y"', '"y"') and matches('W/"y"', '"y"') and matches('"y"', 'W/"y"')
     assert not matches('"x"', '"y"') and not matches(None, '"y"') and not matches("", '"y"')
 
 

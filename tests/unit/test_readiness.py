@@ -118,8 +118,10 @@ def test_while_serve_lists_no_deployment_no_request_is_refused_for_a_state_last_
     readiness = Fixed(ServeSnapshot(deployments={"fast": starting}, unlisted="DEPLOY_FAILED: ValueError: bad args"))
     tier = ServedTier(tier=Tier.FAST, config=TierConfig(), weights_dir=tmp_path)
     readiness.raise_if_unavailable(tier)
-    with pytest.raises(TierUnavailableError):  # what a listed deployment in that state gets
+    with pytest.raises(TierUnavailableError) as refused:  # what a listed deployment in that state gets
         Fixed(ServeSnapshot(deployments={"fast": starting})).raise_if_unavailable(tier)
+    # Serve has no message for a replica it is starting: the reason was empty after its colon.
+    assert str(refused.value.message).endswith("(UPDATING): no replica of it serves yet")
     info = readiness.tier_info(tier)
     assert info.ready and info.status == "UPDATING" and "as last seen" in info.message and "bad args" in info.message
     assert readiness.all_ready([info])
