@@ -88,9 +88,11 @@ class Ingress:
         }
         self.admission = Admission(config.image_request_limit(), int(config.ingress.max_decoded_megapixels * 1_000_000))
         self.mask_cache = MaskCache(int(config.ingress.mask_cache_mb * 1024 * 1024))
-        # What else decides an answer's bytes, for its ETag: an upgrade or a tier's new settings make new ones.
+        # What else decides an answer's bytes, for its ETag (runtime and weights are in the mask's key): an upgrade,
+        # another model input size or device make new ones; scaling a tier does not.
         self.served_as = {
-            tier: f"bgserve {version('bgserve')} {served.config.model_dump_json()}" for tier, served in tiers.items()
+            tier: f"bgserve {version('bgserve')} {served.base_size} {served.config.resolved_device}"
+            for tier, served in tiers.items()
         }
         self.cpu_pool = ThreadPoolExecutor(config.ingress.cpu_workers, thread_name_prefix="ingress-cpu")
         # pymatting (rgba) loads or compiles its numba kernels on first use (tens of seconds on a fresh install): do

@@ -14,9 +14,10 @@ things Serve's options cannot:
    inference is idempotent, so the client may send it again.
 3. The proxy's own refusals (503 when the ingress's queue is full, 408 past ``request_timeout_s``) get the
    service's JSON error body instead of plain text, keeping their status and headers. Its plain-text 404 for a
-   path no application serves is a JSON 404 too, unless the application is only not there yet: while Serve
-   starts or deploys it (no application known, or the path is a known application's whose route the proxy has
-   not learned yet) it is a 503 with ``Retry-After``, as for an ingress that is starting.
+   path no application serves is a JSON 404 too, unless the application is only not there yet: in the proxy's
+   first minute with no application seen, or for a path under a known application's route that the proxy has not
+   learned yet, it is a 503 with ``Retry-After``, as for an ingress that is starting. (An application's own
+   plain-text 404 passes as it is.)
 4. When an application has no ingress replica that can take a request (its node was lost, or it is starting), the
    proxy would hold each request until a replica appears or ``request_timeout_s`` passes. Here the request gets a
    503 with ``Retry-After`` at once, and requests already waiting get it as soon as that is known
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +55,10 @@ CLIENT_OVERRIDES = (b"x-request-timeout-seconds", b"x-request-disconnect-disable
 PROXY_REFUSALS = {408: "request_timeout", 429: "overloaded", 503: "overloaded"}
 RETRY_AFTER_S = "2"  # a replacement ingress replica starts in seconds
 NO_INGRESS_RETRY_AFTER_S = "5"  # a lost node's replicas come back when a node has room for them: seconds at best
+# How Serve's proxy words its own 404 (no application has the path's route); an application's plain-text 404 is
+# its own answer, passed as it is.
+SERVE_NOT_FOUND = re.compile(r"Path '.*' not found\. Ping http://\.\.\./-/routes for available routes\.", re.S)
+PROXY_STARTUP_S = 60.0  # a proxy that has seen no application this long after it started is not starting any more
 WATCH_REFRESH_S = 1.0
 WATCH_STALE_S = 10.0  # an older view (the controller stopped answering) is not acted on: requests pass as in Serve
 WAITING_CHECK_S = 0.5  # how often a request the proxy holds looks whether its application lost its ingress
@@ -129,6 +135,7 @@ class IngressWatch:
         self.apps: dict[str, str] = {}  # route prefix -> application
         self.unserved: dict[str, Unserved] = {}
         self.taken_at = float("-inf")
+        self.created_at = time.monotonic()  # with the proxy: Serve makes the guard as it starts the proxy
         self._started = False
         self._lock = threading.Lock()
 
@@ -165,9 +172,13 @@ class IngressWatch:
         return self.unserved.get(route) if route is not None else None
 
     def may_come(self, path: str) -> bool:
-        """Whether an application may soon serve ``path``: none is known (Serve is starting, nothing is deployed
-        yet, or nothing has been seen yet), or the path is under a known application's route."""
-        return not self.apps or route_of(path, self.apps) is not None
+        """Whether an application may soon serve ``path``: in the proxy's first ``PROXY_STARTUP_S``, none is known
+        or seen yet (Serve is starting or deploying it); or, by a fresh view, the path is under a known
+        application's route that the proxy has not learned yet."""
+        fresh = time.monotonic() - self.taken_at <= WATCH_STALE_S
+        if not fresh or not self.apps:
+            return time.monotonic() - self.created_at < PROXY_STARTUP_S
+        return route_of(path, self.apps) is not None
 
     def app_for(self, path: str) -> str:
         """The application Serve routes ``path`` to, as last seen ("" if none is known)."""
@@ -244,7 +255,8 @@ def json_messages(status: int, code: str, message: str, headers: list[tuple[byte
 class ProxyGuard:
     def __init__(self, app: ASGIApp, watch: IngressWatch | None = None, refusals: Refusals | None = None) -> None:
         self.app = app
-        self.watch = watch or IngressWatch(refreshing=False)  # knowing nothing, it lets every request pass
+        # Knowing nothing, it lets every request pass (the proxy's own 404 in its first minute excepted).
+        self.watch = watch or IngressWatch(refreshing=False)
         self.refusals = refusals or Refusals()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -273,8 +285,8 @@ class ProxyGuard:
                 started = True
                 headers = message.get("headers", [])
                 plain = any(k.lower() == b"content-type" and v.startswith(b"text/plain") for k, v in headers)
-                if message["status"] == 404 and plain:  # the proxy knows no route for the path
-                    refusal = {"status": 404, "headers": [], "text": b""}
+                if message["status"] == 404 and plain:  # the proxy's own, if its words say so: held to see
+                    refusal = {"status": 404, "headers": headers, "text": b"", "start": message}
                     return
                 if message["status"] in PROXY_REFUSALS and plain:
                     if message["status"] != 408 and not any(k.lower() == b"retry-after" for k, _ in headers):
@@ -287,7 +299,9 @@ class ProxyGuard:
                 if not message.get("more_body", False):
                     status = refusal["status"]
                     text = refusal["text"].decode(errors="replace").strip()
-                    if status == 404:
+                    if status == 404 and not SERVE_NOT_FOUND.fullmatch(text):  # an application's: as it was
+                        answer = [refusal["start"], {"type": "http.response.body", "body": refusal["text"]}]
+                    elif status == 404:
                         answer = not_found_messages(self.watch, scope["path"], text)
                         if answer[0]["status"] == 503:
                             self.refusals.count(self.watch.app_for(scope["path"]), "no_ingress")

@@ -115,6 +115,14 @@ def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
 
+def sent_as_text(name: str) -> InvalidParameterError:
+    """For a file sent as a text field: curl -F image=<photo.jpg (without the @), or a form that sent a name."""
+    return InvalidParameterError(
+        f"field {name!r} came as text, not as a file: send the file itself, as a file part with a filename "
+        f"(curl -F {name}=@photo.jpg, with the @)"
+    )
+
+
 async def _multipart_image(request: Request) -> Upload:
     try:
         form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=MAX_TEXT_FIELD_BYTES)
@@ -127,18 +135,18 @@ async def _multipart_image(request: Request) -> Upload:
         raise MalformedRequestError(f"malformed multipart body: {exc.detail}") from None
     try:
         background = form.get(BACKGROUND_FIELD)
-        background_bytes = await background.read() if isinstance(background, UploadFile) else None
+        if isinstance(background, str):
+            raise sent_as_text(BACKGROUND_FIELD)
+        # A form's file input left empty still sends its part, with no bytes: no background was chosen.
+        background_bytes = (await background.read() or None) if isinstance(background, UploadFile) else None
         for name in UPLOAD_FIELDS:
             upload = form.get(name)
             if isinstance(upload, UploadFile):
                 texts = {key: value for key, value in form.multi_items() if isinstance(value, str)}
                 return Upload(await upload.read(), background_bytes, texts)
         as_text = [name for name in UPLOAD_FIELDS if isinstance(form.get(name), str)]
-        if as_text:  # curl -F image=<photo.jpg (or a form that sent the file's name) sends a text field
-            raise InvalidParameterError(
-                f"field {as_text[0]!r} came as text, not as a file: send the file itself, as a file part with a "
-                f"filename (curl -F {as_text[0]}=@photo.jpg, with the @)"
-            )
+        if as_text:
+            raise sent_as_text(as_text[0])
         # A part cut off before its closing boundary is not read at all, so "none" may mean a truncated body.
         fields = ", ".join(sorted(form.keys())) or "none complete: is the closing boundary missing?"
         names = " or ".join(repr(name) for name in UPLOAD_FIELDS)

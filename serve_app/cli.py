@@ -153,7 +153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--retries",
         type=at_least(0),
         default=DEFAULT_RETRIES,
-        help="for 503/504 answers and lost connections (the default rides out a service restart)",
+        help="for 502/503/504 answers and lost connections (the default rides out a service restart)",
     )
     args = parser.parse_args(argv)
     if args.color is not None and args.effect != "color":
@@ -166,13 +166,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def at_least(least: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+    def number(text: str) -> int:  # argparse names it in its message: "invalid number value: 'abc'"
         value = int(text)
         if value < least:
             raise argparse.ArgumentTypeError(f"{value} is under {least}")
         return value
 
-    return parse
+    return number
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     # photo whose own name only looks like one (product_rgba.png, no product.* among the inputs) is.
     targets = {output_path(relative, args.out, args.effect, args.format).resolve() for _, relative in inputs}
     skipped = earlier_outputs(inputs, args.inputs, args.out)
+    if skipped:
+        print(f"{len(skipped)} files under {args.out} not taken as inputs: earlier outputs", file=sys.stderr)
     inputs = [
         (image, relative) for image, relative in inputs if image.resolve() not in targets and image not in skipped
     ]

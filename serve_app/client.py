@@ -10,8 +10,9 @@ Ray and no torch, so scripts and other services can use it on their own.
 
 An image is a path, bytes, a PIL image or an HxWx3 (or HxW) uint8 NumPy array. Errors come back as
 ``RemoveError`` with the service's ``status``, ``code`` and ``message``. Answers that say "try again" (503 with
-``Retry-After``: overloaded, a tier starting, a lost ingress; 504 deadline_exceeded) and dropped connections are
-retried up to ``retries`` times, waiting what ``Retry-After`` says (else ``backoff_s``, doubling).
+``Retry-After``: overloaded, a tier starting, a lost ingress; 504 deadline_exceeded; a reverse proxy's 502) and
+refused or dropped connections are retried up to ``retries`` times, waiting what ``Retry-After`` says (else
+``backoff_s``, doubling, at most 10 s).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
-RETRIED_STATUSES = frozenset({503, 504})
+RETRIED_STATUSES = frozenset({502, 503, 504})  # 502: a reverse proxy in front while the service restarts
 DEFAULT_URL = "http://localhost:8000"
 
 
@@ -156,7 +157,7 @@ def as_failure(exc: Exception) -> RemoveError:
 
 # Transport errors another try may not meet: no connection, a timeout, a connection dropped mid-answer. The others
 # (a URL without http://, a request httpx cannot send) fail the same way every time.
-TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
 
 
 def unreachable(exc: httpx.TransportError) -> RemoveError:
@@ -166,12 +167,27 @@ def unreachable(exc: httpx.TransportError) -> RemoveError:
 
 def checked_url(url: str) -> str:
     """The service's URL, refused at once if it is no http(s) URL (``localhost:8000`` failed every request)."""
-    if httpx.URL(url).scheme not in ("http", "https"):
-        raise ValueError(f"the service's URL needs http:// or https:// (got {url!r})")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"the service's URL {url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"the service's URL needs http:// or https:// and a host (got {url!r})")
     return url
 
 
 FAILURES = (RemoveError, OSError, TypeError, ValueError, httpx.HTTPError)
+
+
+def listed(response: httpx.Response) -> list[dict[str, Any]]:
+    """A 200's JSON list (``/v1/tiers``); something else at that URL (a proxy's page) is a ``RemoveError``."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, list):
+        raise RemoveError(response.status_code, "http_error", f"not a JSON list: {response.text[:200]!r}")
+    return body
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -244,7 +260,7 @@ class Client(_Retrying):
 
     def tiers(self) -> list[dict[str, Any]]:
         """``GET /v1/tiers``, retried as ``remove`` is. Raises ``RemoveError``."""
-        return list(self.call("GET", "/v1/tiers")[0].json())
+        return listed(self.call("GET", "/v1/tiers")[0])
 
     def remove(
         self,
@@ -319,7 +335,7 @@ class AsyncClient(_Retrying):
             await asyncio.sleep(self.wait_s(attempt, error))
 
     async def tiers(self) -> list[dict[str, Any]]:
-        return list((await self.call("GET", "/v1/tiers"))[0].json())
+        return listed((await self.call("GET", "/v1/tiers"))[0])
 
     async def remove(
         self,

@@ -19,10 +19,20 @@ from serve_app.codec import (
     encode_image,
     zip_files,
 )
-from serve_app.effects import EMPTY_BOX, GREEN, WHITE, Box, apply_effect, crop_box, finalize_alpha, foreground_box
+from serve_app.effects import (
+    EMPTY_BOX,
+    GREEN,
+    WHITE,
+    Box,
+    apply_effect,
+    cover,
+    crop_box,
+    finalize_alpha,
+    foreground_box,
+)
 from serve_app.errors import InvalidParameterError, ServiceError
 from serve_app.resize import ResizePolicy, to_model_input, upsample_mask
-from serve_app.schemas import RGB, MaskResult, Refine, RemoveParams
+from serve_app.schemas import RGB, Effect, MaskResult, Refine, RemoveParams
 
 
 class Stopwatch:
@@ -101,6 +111,10 @@ def decode_background(
         raise type(exc)(f"background image: {exc.message}") from None
 
 
+# The effects that add colours of their own, which a photo's profile would show otherwise.
+COLOURED = frozenset({Effect.COLOR, Effect.GREEN, Effect.WHITE, Effect.OVERLAY})
+
+
 def in_colour_space(colours: list[RGB], profile: bytes | None) -> list[RGB]:
     """sRGB colours as ``profile``'s pixels (None: sRGB) show them."""
     pixels = converted(np.array([colours], np.uint8), None, profile)[0]
@@ -122,9 +136,6 @@ def postprocess(
     has them), transparent-background's green and the background image (in ``background_profile``'s, else
     sRGB) are converted into it, or a wide-gamut photo's profile showed them as other colours."""
     watch = Stopwatch()
-    color, green, white = in_colour_space([params.rgba[:3], GREEN, WHITE], icc_profile)
-    if background is not None:
-        background = converted(background, background_profile, icc_profile)
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
     foreground = foreground_box(alpha)
@@ -137,6 +148,11 @@ def postprocess(
     requested = params.requested
     files = {spec.filename: b"" for spec in requested}  # in request order
     effects = list(dict.fromkeys(spec.effect for spec in requested))  # in request order, each once
+    color, green, white = params.rgba[:3], GREEN, WHITE
+    if icc_profile is not None and COLOURED.intersection(effects):
+        color, green, white = in_colour_space([color, green, white], icc_profile)
+    if background is not None:  # at the image's size first: a 50 MP background is not converted whole
+        background = converted(cover(background, *image.shape[:2]), background_profile, icc_profile)
     for effect in effects:
         output = apply_effect(
             image, alpha, effect, (*color, params.rgba[3]), refine, params.blur_sigma, background, green, white

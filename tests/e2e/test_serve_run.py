@@ -43,6 +43,7 @@ def test_requests_while_it_starts_are_told_to_come_again(served: str) -> None:
     the client and CLI, which retry 503s, gave up on those. Every answer while starting is a JSON 503 (or the
     image's 200, once its tier is up)."""
     assert STARTING_ANSWERS, "no request was answered while the service started"
+    assert 503 in {status for status, _ in STARTING_ANSWERS}, STARTING_ANSWERS  # it was asked while starting
     assert {status for status, _ in STARTING_ANSWERS} <= {503, 200}, STARTING_ANSWERS
     assert all(kind == "application/json" for status, kind in STARTING_ANSWERS if status == 503), STARTING_ANSWERS
 

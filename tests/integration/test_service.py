@@ -259,6 +259,17 @@ def test_a_background_image_replaces_the_background(client: httpx.Client) -> Non
     files["background"] = ("b.png", png_bytes(backdrop), "image/png")
     unused = client.post("/v1/remove", params={"tier": "fast", "effect": "rgba"}, files=files)  # was dropped, a 200
     assert unused.status_code == 422 and "effect=background" in unused.json()["error"]["message"], unused.text
+    # A browser form's file input left empty sends its part with no file name and no bytes: no background chosen.
+    empty_part = b'--X\r\nContent-Disposition: form-data; name="background"; filename=""\r\n\r\n\r\n'
+    image_part = b'--X\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+    body = image_part + png_bytes(scene.image) + b"\r\n" + empty_part + b"--X--\r\n"
+    form = client.post(
+        "/v1/remove",
+        params={"tier": "fast"},
+        content=body,
+        headers={"content-type": "multipart/form-data; boundary=X"},
+    )
+    assert form.status_code == 200, form.text
 
 
 def test_rembgs_api_answers_as_rembg_does(client: httpx.Client) -> None:
@@ -651,6 +662,9 @@ def test_an_image_sent_as_text_and_rembgs_field_are_named_in_the_422(client: htt
     other_file = {"notes": ("notes.txt", b"x", "text/plain")}  # httpx sends multipart only with a file part
     as_text = client.post("/v1/remove", data={"image": "not a file part"}, files=other_file)
     assert as_text.status_code == 422 and "image=@photo.jpg" in as_text.json()["error"]["message"], as_text.text
+    image = {"image": ("a.png", png_bytes(scenes.make_scenes(seed=9, count=1, height=32, width=32)[0].image))}
+    as_text = client.post("/v1/remove", params={"effect": "background"}, data={"background": "x"}, files=image)
+    assert as_text.status_code == 422 and "background=@photo.jpg" in as_text.text, as_text.text
     no_file = client.post("/api/remove", data={"model": "u2netp"}, files=other_file)
     assert no_file.status_code == 422 and "'file'" in no_file.json()["error"]["message"], no_file.text
 

@@ -167,3 +167,33 @@ def test_an_original_the_browser_cannot_show_leaves_the_result_shown(page: Any, 
     assert page.is_hidden("#before") and page.is_hidden("#slider")
     box = page.locator(".compare").bounding_box()
     assert box["height"] > 200 and page.evaluate("document.querySelector('#after').naturalWidth") == 160, box
+
+
+def test_a_starting_tier_is_looked_at_again_without_clearing_a_requests_error(page: Any, tmp_path: Path) -> None:
+    """The tier list said "(starting)" until the page was reloaded. Now it looks again every 5 s while a tier
+    starts; those looks must not clear the error a request showed (the first version did, within 5 s). The
+    service's real /v1/tiers answer is passed on with quality marked as starting, until the test lets it be."""
+    starting = [True]
+
+    def tiers(route: Any) -> None:
+        answer = route.fetch()
+        listed = answer.json()
+        for tier in listed:
+            tier["ready"] = tier["ready"] and not (starting[0] and tier["tier"] == "quality")
+        route.fulfill(response=answer, json=listed)
+
+    page.route("**/v1/tiers", tiers)
+    page.reload()
+    page.wait_for_function("[...document.querySelectorAll('#tier option')].some(o => o.text.includes('starting'))")
+    fake = tmp_path / "holiday.png"
+    fake.write_text("these are words, not pixels")
+    page.set_input_files("#file", str(fake))
+    page.click("#go")
+    page.wait_for_selector("#error", state="visible", timeout=30_000)
+    page.wait_for_timeout(6_000)  # a look at the tiers came and went
+    assert "invalid_image" in page.inner_text("#error")
+    starting[0] = False
+    page.wait_for_function(
+        "[...document.querySelectorAll('#tier option')].every(o => !o.text.includes('starting'))", timeout=15_000
+    )
+    assert "invalid_image" in page.inner_text("#error")

@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.client import AsyncClient, Client, RemoveError, image_bytes, request_parts
+from serve_app.client import AsyncClient, Client, RemoveError, image_bytes, listed, request_parts
 from serve_app.codec import decode_image
 from tests.unit.test_codec import asymmetric, with_orientation
 
@@ -96,11 +97,13 @@ def test_an_unreachable_service_is_a_remove_error() -> None:
     assert raised.value.code == "unreachable"
 
 
-def test_a_url_without_its_scheme_is_refused_at_once() -> None:
-    with pytest.raises(ValueError, match="http://"):
-        Client("localhost:8000")
-    with pytest.raises(ValueError, match="http://"):
-        AsyncClient("gpu-box:8000")
+@pytest.mark.parametrize("url", ["localhost:8000", "gpu-box:8000", "http://", "http://localhost:abc"])
+def test_a_url_that_cannot_work_is_refused_at_once(url: str) -> None:
+    """Each such URL failed every image after its retries (a port that is no number crashed the CLI)."""
+    with pytest.raises(ValueError, match="URL"):
+        Client(url)
+    with pytest.raises(ValueError, match="URL"):
+        AsyncClient(url)
 
 
 def test_lists_are_sent_as_comma_lists_and_float_arrays_are_refused_clearly() -> None:
@@ -118,3 +121,9 @@ def test_the_wait_doubles_up_to_a_bound_unless_the_service_says() -> None:
     silent = RemoveError(0, "unreachable", "ConnectError")
     assert [client.wait_s(attempt, silent) for attempt in (1, 2, 3, 4, 5, 12)] == [1, 2, 4, 8, 10, 10]
     assert client.wait_s(12, RemoveError(503, "overloaded", "", retry_after=5.0)) == 5.0
+
+
+def test_a_tier_list_that_is_not_json_is_a_remove_error() -> None:
+    with pytest.raises(RemoveError, match="not a JSON list"):
+        listed(httpx.Response(200, text="<html>a proxy's page</html>"))
+    assert listed(httpx.Response(200, json=[{"tier": "fast"}])) == [{"tier": "fast"}]

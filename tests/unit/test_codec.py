@@ -380,6 +380,20 @@ def test_colours_asked_for_show_as_asked_on_a_wide_gamut_photo(profile: bytes) -
         assert error <= (3 if params.format == "jpeg" else 1), (params, error)
 
 
+def test_a_large_background_is_converted_at_the_photos_size() -> None:
+    """Converted whole, a 50 MP wide-gamut background behind a small photo cost seconds and ~14 bytes a pixel
+    beyond the pixel budget; it is covered to the photo's size first."""
+    backdrop = np.full((2000, 3000, 3), (40, 160, 60), np.uint8)  # 18 MB
+    params = RemoveParams(effect="background")
+    tracemalloc.start()
+    try:
+        postprocess(asymmetric(16, 16), np.zeros((16, 16), np.float32), params, backdrop, None, display_p3())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak
+
+
 def test_a_background_image_shows_its_own_colours_whatever_the_photos_space() -> None:
     """A background in another colour space than the photo's: its pixels were pasted as they were, so the result
     showed them as the photo's space has them."""

@@ -130,7 +130,7 @@ def test_the_proxys_404_is_a_503_while_the_application_may_still_come() -> None:
     yet): the client and the CLI, which retry only 503/504, gave up on 25 of 40 images across a restart."""
 
     async def proxy_without_the_route(scope: Scope, receive: Receive, send: Send) -> None:
-        text = f"Path '{scope['path']}' not found. Ping http://127.0.0.1:8000/-/routes for available routes."
+        text = f"Path '{scope['path']}' not found. Ping http://.../-/routes for available routes."  # Serve's words
         await PlainTextResponse(text, 404)(scope, receive, send)
 
     for watch in (IngressWatch(refreshing=False), watch_seeing({"applications": {}})):  # nothing seen, none known
@@ -144,8 +144,38 @@ def test_the_proxys_404_is_a_503_while_the_application_may_still_come() -> None:
     assert status == 404 and headers[b"content-type"] == b"application/json"
     assert json.loads(body)["error"] == {
         "code": "not_found",
-        "message": "Path '/other' not found. Ping http://127.0.0.1:8000/-/routes for available routes.",
+        "message": "Path '/other' not found. Ping http://.../-/routes for available routes.",
     }
+
+
+def test_the_proxys_404_is_a_404_once_no_application_is_coming() -> None:
+    """Past the proxy's first minute, no application known (all deleted) or no fresh view (the controller stopped
+    answering) is no reason to send a request again: a 503 would have had clients retry for ever."""
+
+    async def proxy_without_the_route(scope: Scope, receive: Receive, send: Send) -> None:
+        text = f"Path '{scope['path']}' not found. Ping http://.../-/routes for available routes."
+        await PlainTextResponse(text, 404)(scope, receive, send)
+
+    none_deployed = watch_seeing({"applications": {}})
+    none_deployed.created_at -= proxy_guard.PROXY_STARTUP_S
+    assert status_and_body(drive(proxy_without_the_route, watch=none_deployed))[0] == 404
+    stale = watch_seeing(serve_details(["RUNNING"], route="/bg"))
+    stale.created_at -= proxy_guard.PROXY_STARTUP_S
+    stale.taken_at -= 60
+    assert status_and_body(drive(proxy_without_the_route, watch=stale, path="/bg/v1/remove"))[0] == 404
+
+
+def test_an_applications_own_plain_text_404_passes_as_it_is() -> None:
+    """Only Serve's own words mark the proxy's 404: another application's plain-text 404 under a known route was
+    turned into a 503 "send it again" for a path that will never exist."""
+
+    async def app_without_the_page(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("Not Found", 404)(scope, receive, send)
+
+    status, headers, body = status_and_body(
+        drive(app_without_the_page, watch=watch_seeing(serve_details(["RUNNING"])), path="/nope")
+    )
+    assert (status, body) == (404, b"Not Found") and headers[b"content-type"].startswith(b"text/plain")
 
 
 def test_our_own_answers_pass_untouched() -> None:
