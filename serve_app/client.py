@@ -173,6 +173,8 @@ def checked_url(url: str) -> str:
         raise ValueError(f"the service's URL {url!r} is not a URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"the service's URL needs http:// or https:// and a host (got {url!r})")
+    if "%" in parsed.host or not 0 < (parsed.port or 80) < 65536:  # a space in the host; port 99999
+        raise ValueError(f"the service's URL {url!r} has no usable host and port")
     return url
 
 

@@ -97,13 +97,21 @@ def test_an_unreachable_service_is_a_remove_error() -> None:
     assert raised.value.code == "unreachable"
 
 
-@pytest.mark.parametrize("url", ["localhost:8000", "gpu-box:8000", "http://", "http://localhost:abc"])
+@pytest.mark.parametrize(
+    "url",
+    ["localhost:8000", "gpu-box:8000", "http://", "http://localhost:abc", "http://localhost:99999", "http://a b:80"],
+)
 def test_a_url_that_cannot_work_is_refused_at_once(url: str) -> None:
     """Each such URL failed every image after its retries (a port that is no number crashed the CLI)."""
     with pytest.raises(ValueError, match="URL"):
         Client(url)
     with pytest.raises(ValueError, match="URL"):
         AsyncClient(url)
+
+
+def test_usable_urls_pass() -> None:
+    for url in ("http://localhost:8000", "https://gpu-box.example", "http://[::1]:8000/prefix", "http://10.0.0.2"):
+        Client(url).close()
 
 
 def test_lists_are_sent_as_comma_lists_and_float_arrays_are_refused_clearly() -> None:
