@@ -15,9 +15,9 @@ things Serve's options cannot:
 3. The proxy's own refusals (503 when the ingress's queue is full, 408 past ``request_timeout_s``) get the
    service's JSON error body instead of plain text, keeping their status and headers. Its plain-text 404 for a
    path no application serves is a JSON 404 too, unless the application is only not there yet: in the proxy's
-   first minute with no application seen, or for a path under a known application's route that the proxy has not
-   learned yet, it is a 503 with ``Retry-After``, as for an ingress that is starting. (An application's own
-   plain-text 404 passes as it is.)
+   first minute with no application seen, while an application is being built (it has no route until then), or
+   for a path under a known application's route that the proxy has not learned yet, it is a 503 with
+   ``Retry-After``, as for an ingress that is starting. (An application's own plain-text 404 passes as it is.)
 4. When an application has no ingress replica that can take a request (its node was lost, or it is starting), the
    proxy would hold each request until a replica appears or ``request_timeout_s`` passes. Here the request gets a
    503 with ``Retry-After`` at once, and requests already waiting get it as soon as that is known
@@ -58,8 +58,10 @@ NO_INGRESS_RETRY_AFTER_S = "5"  # a lost node's replicas come back when a node h
 # How Serve's proxy words its own 404 (no application has the path's route); an application's plain-text 404 is
 # its own answer, passed as it is.
 SERVE_NOT_FOUND = re.compile(r"Path '.*' not found\. Ping http://\.\.\./-/routes for available routes\.", re.S)
+BUILDING = frozenset({"NOT_STARTED", "DEPLOYING"})  # an application's statuses before it has a route
 PROXY_STARTUP_S = 60.0  # a proxy that has seen no application this long after it started is not starting any more
 WATCH_REFRESH_S = 1.0
+BLIND_LOOK_S = 2.0
 WATCH_STALE_S = 10.0  # an older view (the controller stopped answering) is not acted on: requests pass as in Serve
 WAITING_CHECK_S = 0.5  # how often a request the proxy holds looks whether its application lost its ingress
 # Replica states that hold a loaded model and take requests: RUNNING, and UPDATING (a live user_config change,
@@ -134,6 +136,7 @@ class IngressWatch:
         self.refresh_s = refresh_s
         self.apps: dict[str, str] = {}  # route prefix -> application
         self.unserved: dict[str, Unserved] = {}
+        self.building = False  # an application is deploying and has no route yet
         self.taken_at = float("-inf")
         self.created_at = time.monotonic()  # with the proxy: Serve makes the guard as it starts the proxy
         self._started = False
@@ -154,7 +157,13 @@ class IngressWatch:
             for name, app in details.get("applications", {}).items()
             if app.get("route_prefix") is not None
         }
-        self.apps, self.unserved, self.taken_at = apps, unserved_routes(details), time.monotonic()
+        # Serve gives a config's application its route only once its build task is done, which may take minutes.
+        building = any(
+            app.get("route_prefix") is None and str(getattr(app.get("status"), "value", app.get("status"))) in BUILDING
+            for app in details.get("applications", {}).values()
+        )
+        self.apps, self.building = apps, building
+        self.unserved, self.taken_at = unserved_routes(details), time.monotonic()
 
     def _refresh_forever(self) -> None:
         while True:
@@ -171,14 +180,26 @@ class IngressWatch:
         route = route_of(path, self.apps)
         return self.unserved.get(route) if route is not None else None
 
+    async def look_if_blind(self) -> None:
+        """Take a first view now if there is none (the refresh thread starts on the first request), waiting at most
+        ``BLIND_LOOK_S``: a proxy's 404 is answered by what Serve says, not by a view not yet taken."""
+        if self.taken_at != float("-inf"):
+            return
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.refresh), BLIND_LOOK_S)
+        except Exception as exc:  # a controller that does not answer: decided without a view
+            logger.debug("the proxy guard could not read Serve's status: %s", exc)
+
     def may_come(self, path: str) -> bool:
         """Whether an application may soon serve ``path``: in the proxy's first ``PROXY_STARTUP_S``, none is known
-        or seen yet (Serve is starting or deploying it); or, by a fresh view, the path is under a known
-        application's route that the proxy has not learned yet."""
-        fresh = time.monotonic() - self.taken_at <= WATCH_STALE_S
-        if not fresh or not self.apps:
-            return time.monotonic() - self.created_at < PROXY_STARTUP_S
-        return route_of(path, self.apps) is not None
+        or seen yet (Serve is starting); or, by a fresh view, an application is still being built (it has no route
+        yet), or the path is under a known application's route that the proxy has not learned yet."""
+        starting = time.monotonic() - self.created_at < PROXY_STARTUP_S
+        if time.monotonic() - self.taken_at > WATCH_STALE_S:  # no view, or an old one
+            return starting
+        if route_of(path, self.apps) is not None or self.building:
+            return True
+        return starting and not self.apps
 
     def app_for(self, path: str) -> str:
         """The application Serve routes ``path`` to, as last seen ("" if none is known)."""
@@ -302,6 +323,7 @@ class ProxyGuard:
                     if status == 404 and not SERVE_NOT_FOUND.fullmatch(text):  # an application's: as it was
                         answer = [refusal["start"], {"type": "http.response.body", "body": refusal["text"]}]
                     elif status == 404:
+                        await self.watch.look_if_blind()
                         answer = not_found_messages(self.watch, scope["path"], text)
                         if answer[0]["status"] == 503:
                             self.refusals.count(self.watch.app_for(scope["path"]), "no_ingress")

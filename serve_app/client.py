@@ -156,8 +156,9 @@ def as_failure(exc: Exception) -> RemoveError:
 
 
 # Transport errors another try may not meet: no connection, a timeout, a connection dropped mid-answer. The others
-# (a URL without http://, a request httpx cannot send) fail the same way every time.
-TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
+# (a URL without http://, a request httpx cannot send, a forward proxy's refusal such as its 407) fail the same way
+# every time.
+TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
 def unreachable(exc: httpx.TransportError) -> RemoveError:
@@ -173,7 +174,7 @@ def checked_url(url: str) -> str:
         raise ValueError(f"the service's URL {url!r} is not a URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"the service's URL needs http:// or https:// and a host (got {url!r})")
-    if "%" in parsed.host or not 0 < (parsed.port or 80) < 65536:  # a space in the host; port 99999
+    if "%" in parsed.host or (parsed.port is not None and not 0 < parsed.port < 65536):  # "a b"; port 0 or 99999
         raise ValueError(f"the service's URL {url!r} has no usable host and port")
     return url
 

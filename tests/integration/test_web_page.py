@@ -192,6 +192,19 @@ def test_a_starting_tier_is_looked_at_again_without_clearing_a_requests_error(pa
     page.wait_for_selector("#error", state="visible", timeout=30_000)
     page.wait_for_timeout(6_000)  # a look at the tiers came and went
     assert "invalid_image" in page.inner_text("#error")
+    unreachable = [True]  # a look that fails (the service out of reach) does not write over it either
+
+    def tiers_or_nothing(route: Any) -> None:
+        if unreachable[0]:
+            route.abort()
+        else:
+            tiers(route)
+
+    page.unroute("**/v1/tiers")
+    page.route("**/v1/tiers", tiers_or_nothing)
+    page.wait_for_timeout(6_000)
+    assert "invalid_image" in page.inner_text("#error")
+    unreachable[0] = False
     starting[0] = False
     page.wait_for_function(
         "[...document.querySelectorAll('#tier option')].every(o => !o.text.includes('starting'))", timeout=15_000

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.client import AsyncClient, Client, RemoveError, image_bytes, listed, request_parts
+from serve_app.client import AsyncClient, Client, RemoveError, image_bytes, listed, request_parts, unreachable
 from serve_app.codec import decode_image
 from tests.unit.test_codec import asymmetric, with_orientation
 
@@ -99,7 +99,15 @@ def test_an_unreachable_service_is_a_remove_error() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["localhost:8000", "gpu-box:8000", "http://", "http://localhost:abc", "http://localhost:99999", "http://a b:80"],
+    [
+        "localhost:8000",
+        "gpu-box:8000",
+        "http://",
+        "http://localhost:abc",
+        "http://localhost:0",
+        "http://localhost:99999",
+        "http://a b:80",
+    ],
 )
 def test_a_url_that_cannot_work_is_refused_at_once(url: str) -> None:
     """Each such URL failed every image after its retries (a port that is no number crashed the CLI)."""
@@ -135,3 +143,14 @@ def test_a_tier_list_that_is_not_json_is_a_remove_error() -> None:
     with pytest.raises(RemoveError, match="not a JSON list"):
         listed(httpx.Response(200, text="<html>a proxy's page</html>"))
     assert listed(httpx.Response(200, json=[{"tier": "fast"}])) == [{"tier": "fast"}]
+
+
+def test_only_transport_errors_that_may_pass_are_retried() -> None:
+    """A refused or dropped connection or a timeout may not happen again; a forward proxy's 407 or a URL httpx
+    cannot send will, and each cost ~95 s of retries per image."""
+    client = Client(retries=3)
+    for passing in (httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("cut")):
+        assert client.retriable(unreachable(passing), 1), passing
+    for lasting in (httpx.ProxyError("407 Proxy Authentication Required"), httpx.UnsupportedProtocol("ftp")):
+        assert not client.retriable(unreachable(lasting), 1), lasting
+    assert client.retriable(RemoveError(502, "http_error", "Bad Gateway"), 1)  # a reverse proxy's, mid-restart

@@ -165,6 +165,28 @@ def test_the_proxys_404_is_a_404_once_no_application_is_coming() -> None:
     assert status_and_body(drive(proxy_without_the_route, watch=stale, path="/bg/v1/remove"))[0] == 404
 
 
+def test_an_application_still_building_may_come_and_a_first_404_looks_before_deciding() -> None:
+    """Serve gives a config's application its route only when its build is done, which may take longer than the
+    proxy's first minute: a 404 then is a 503 to send again. A proxy's first 404 after that minute came before
+    any view was taken (the watch starts on the first request): it now looks first."""
+
+    async def proxy_without_the_route(scope: Scope, receive: Receive, send: Send) -> None:
+        text = f"Path '{scope['path']}' not found. Ping http://.../-/routes for available routes."
+        await PlainTextResponse(text, 404)(scope, receive, send)
+
+    building = {"applications": {"bgserve": {"route_prefix": None, "status": "DEPLOYING", "deployments": {}}}}
+    watch = watch_seeing(building)
+    watch.created_at -= proxy_guard.PROXY_STARTUP_S
+    assert status_and_body(drive(proxy_without_the_route, watch=watch))[0] == 503
+    built = serve_details(["RUNNING"], route="/bg")
+    blind = IngressWatch(read=lambda: built, refreshing=False)  # no view taken when the 404 comes
+    blind.created_at -= proxy_guard.PROXY_STARTUP_S
+    assert status_and_body(drive(proxy_without_the_route, watch=blind, path="/other"))[0] == 404
+    blind = IngressWatch(read=lambda: built, refreshing=False)
+    blind.created_at -= proxy_guard.PROXY_STARTUP_S
+    assert status_and_body(drive(proxy_without_the_route, watch=blind, path="/bg/v1/remove"))[0] == 503
+
+
 def test_an_applications_own_plain_text_404_passes_as_it_is() -> None:
     """Only Serve's own words mark the proxy's 404: another application's plain-text 404 under a known route was
     turned into a 503 "send it again" for a path that will never exist."""
