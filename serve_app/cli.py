@@ -70,6 +70,11 @@ class Summary:
             print(f"  failed: {image}: {reason}", file=stream)
 
 
+def glob_base(pattern: Path) -> Path:
+    """A glob's part before its first wildcard: the folder it searches, which its matches are relative to."""
+    return Path(*itertools.takewhile(lambda part: not glob.has_magic(part), pattern.parts))
+
+
 def find_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
     """(image, its path relative to what was named) for each file, folder (recursively) or glob, sorted. A folder
     keeps only image suffixes; a file named on its own is always taken (the service says if it is no image)."""
@@ -83,7 +88,7 @@ def find_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
         elif path.is_file():
             found.setdefault(path, Path(path.name))
         else:  # a glob: paths kept relative to its part before the first wildcard
-            base = Path(*[part for part in itertools.takewhile(lambda p: not glob.has_magic(p), path.parts)])
+            base = glob_base(path)
             for match in sorted(glob.glob(pattern, recursive=True)):
                 if Path(match).is_file():
                     found.setdefault(Path(match), Path(match).relative_to(base))
@@ -98,7 +103,7 @@ def named_folders(patterns: list[str]) -> list[Path]:
         if path.is_dir():
             folders.append(path.resolve())
         elif not path.is_file():
-            folders.append(Path(*itertools.takewhile(lambda p: not glob.has_magic(p), path.parts)).resolve())
+            folders.append(glob_base(path).resolve())
     return folders
 
 

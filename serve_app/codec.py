@@ -46,14 +46,14 @@ MAX_JPEG_MARKERS = 10_000  # real files have tens: the walk below stays short wh
 # some hundreds. Not re-written by littlecms: a hostile profile's tags sharing one blob came out 88 times larger.
 MAX_CARRIED_PROFILE_BYTES = 1 << 20
 ICC_HEADER_BYTES = 128
-# Markers between segments and inside a scan's entropy-coded data, where FF00 is a stuffed byte, FFD0-FFD7 restart
-# markers and FFFF fill: those are skipped by the pattern itself.
 # An RGB profile is told to be sRGB by what it does, not by its name ("Linear sRGB" is not; a renamed one is): it
 # shows these colours within this many levels of what sRGB shows for them.
 _PROBE_LEVELS = (0, 8, 32, 64, 128, 192, 255)
 _PROBE = np.array(np.meshgrid(*[_PROBE_LEVELS] * 3, indexing="ij"), np.uint8).reshape(3, -1).T[None]
 SRGB_TOLERANCE = 2
 CACHED_PROFILE_BYTES = 64 * 1024
+# Markers between segments and inside a scan's entropy-coded data, where FF00 is a stuffed byte, FFD0-FFD7 restart
+# markers and FFFF fill: those are skipped by the pattern itself.
 _JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 _MARKERS_WITHOUT_LENGTH = {0x01, 0xD8, 0xD9}
 _START_OF_SCAN, _END_OF_IMAGE = 0xDA, 0xD9

@@ -205,8 +205,10 @@ def overlay(image: np.ndarray, alpha: np.ndarray, green: RGB = GREEN) -> np.ndar
 def cover(background: np.ndarray, height: int, width: int) -> np.ndarray:
     """``background`` scaled to cover ``height`` x ``width`` (keeping its aspect ratio) and centre-cropped to it.
     Cropped first, at its own size: scaled first, a 1-pixel-wide background behind a wide photo asked for
-    gigabytes."""
+    gigabytes. One already at that size is returned as it is (postprocess covers it before converting colours)."""
     bh, bw = background.shape[:2]
+    if (bh, bw) == (height, width):
+        return background
     if bw * height > width * bh:  # wider than the target: keep its full height
         ch, cw = bh, max(1, min(bw, round(bh * width / height)))
     else:

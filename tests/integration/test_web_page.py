@@ -137,14 +137,19 @@ def test_only_the_latest_asks_answer_is_shown(page: Any, tmp_path: Path) -> None
     assert "tier fast" in page.inner_text("#facts") and page.is_enabled("#go")
 
 
-def test_a_cut_outs_transparency_shows_beside_the_original(page: Any, tmp_path: Path) -> None:
-    """The original lay whole under the result, so a cut-out's transparent parts showed the photo again: at either
-    end of the slider the picture was the same (1.1 levels apart on average)."""
-    photo = tmp_path / "scene.png"
-    Image.fromarray(scenes.make_scene(np.random.default_rng(79), 128, 160).image).save(photo)
+def ask_for_a_scene(page: Any, photo: Path, seed: int) -> None:
+    """Save a 160x128 scene the test weights segment as ``photo`` (its suffix says the format) and ask the fast
+    tier for its cut-out."""
+    Image.fromarray(scenes.make_scene(np.random.default_rng(seed), 128, 160).image).save(photo)
     page.select_option("#tier", "fast")
     page.set_input_files("#file", str(photo))
     page.click("#go")
+
+
+def test_a_cut_outs_transparency_shows_beside_the_original(page: Any, tmp_path: Path) -> None:
+    """The original lay whole under the result, so a cut-out's transparent parts showed the photo again: at either
+    end of the slider the picture was the same (1.1 levels apart on average)."""
+    ask_for_a_scene(page, tmp_path / "scene.png", seed=79)
     page.wait_for_selector("#result", state="visible", timeout=60_000)
     page.wait_for_function("document.querySelector('#after').complete && document.querySelector('#before').complete")
     shots = []
@@ -158,11 +163,7 @@ def test_a_cut_outs_transparency_shows_beside_the_original(page: Any, tmp_path: 
 def test_an_original_the_browser_cannot_show_leaves_the_result_shown(page: Any, tmp_path: Path) -> None:
     """A TIFF (or TGA, PNM) is an image the service reads and no browser shows: the original sized the view, so the
     result collapsed to a 10 px strip."""
-    photo = tmp_path / "scene.tiff"
-    Image.fromarray(scenes.make_scene(np.random.default_rng(80), 128, 160).image).save(photo)
-    page.select_option("#tier", "fast")
-    page.set_input_files("#file", str(photo))
-    page.click("#go")
+    ask_for_a_scene(page, tmp_path / "scene.tiff", seed=80)
     page.wait_for_selector("#no-before", state="visible", timeout=60_000)
     assert page.is_hidden("#before") and page.is_hidden("#slider")
     box = page.locator(".compare").bounding_box()
