@@ -305,13 +305,24 @@ class GpuMetrics:
         return sampler
 
     def _run(self) -> None:
+        failing = False
         while True:
-            try:
-                self.memory.set(float(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used))
-                self.utilization.set(float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
-            except Exception as exc:
-                logger.warning("GPU metrics: %s", exc)
+            failing = self.sample(failing)
             time.sleep(self.period_s)
+
+    def sample(self, failing: bool) -> bool:
+        """One sample; whether it failed. A failure is logged once per outage (a lost GPU logged every second,
+        86,400 lines a day), and its end too."""
+        try:
+            self.memory.set(float(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used))
+            self.utilization.set(float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
+        except Exception as exc:
+            if not failing:
+                logger.warning("GPU metrics: %s (said once until they come back)", exc)
+            return True
+        if failing:
+            logger.info("GPU metrics are back")
+        return False
 
 
 def _uuid(properties: Any) -> str:

@@ -47,6 +47,15 @@ def _value(enum_or_str: Any) -> str:
     return str(getattr(enum_or_str, "value", enum_or_str))
 
 
+def ago(seconds: float | None) -> str:
+    """ " 6 h ago", " 12 min ago", " 40 s ago": how old a report is, in the unit a reader takes in at a glance."""
+    if seconds is None:
+        return ""
+    if seconds >= 7200:
+        return f" {seconds / 3600:.0f} h ago"
+    return f" {seconds / 60:.0f} min ago" if seconds >= 120 else f" {seconds:.0f} s ago"
+
+
 def settled(snapshot: ServeSnapshot) -> bool:
     """Every deployment healthy with only running replicas (a replica still starting shows as STARTING; the
     start-up board is not consulted, as it keeps the entries of replicas long gone)."""
@@ -153,7 +162,7 @@ class TierReadiness:
         message = summary(message)  # Serve's may hold a whole traceback: that is for `serve status`, not clients
         if serving == 0 and startup is not None and startup.phase != READY:
             doing = (
-                "start-up failed:"
+                f"start-up failed{ago(startup.seconds_ago)}:"
                 if startup.phase == FAILED
                 else f"starting, {startup.seconds:.0f} s in: {startup.phase}"
             )

@@ -26,15 +26,18 @@ logger = logging.getLogger(SERVE_LOGGER)
 NAMESPACE = "serve"
 # In the board's name: a detached board outlives a code update on a running cluster, and get_if_exists would hand
 # the new code the old board (v1 did not age its reports). Raise it when the board's behaviour changes.
-BOARD_VERSION = "v2"
+BOARD_VERSION = "v3"
 
 
 def aged(report: dict[str, Any], seconds_since_published: float) -> dict[str, Any]:
     """A report as of now: a replica reports when its phase changes, so while a phase lasts (a conversion, a
-    download between its progress lines) its ``seconds`` would stand still; they go on counting until it ends."""
+    download between its progress lines) its ``seconds`` would stand still; they go on counting until it ends.
+    Every report says how old it is: a failure from hours ago, kept while its replacement waits to be placed,
+    must not read as today's."""
+    age = {"seconds_ago": round(seconds_since_published, 1)}
     if report.get("phase") in (READY, FAILED):
-        return report
-    return {**report, "seconds": round(report["seconds"] + seconds_since_published, 1)}
+        return {**report, **age}
+    return {**report, **age, "seconds": round(report["seconds"] + seconds_since_published, 1)}
 
 
 @ray.remote(num_cpus=0)
@@ -103,5 +106,9 @@ class BoardReader:
     def read(self, timeout_s: float = 1.0) -> dict[str, StartupProgress]:
         if self.handle is None:
             self.handle = board(self.app_name)
-        reports = ray.get(self.handle.read.remote(), timeout=timeout_s)
+        try:
+            reports = ray.get(self.handle.read.remote(), timeout=timeout_s)
+        except Exception:
+            self.handle = None  # a board that died is made again by the next replica: look it up afresh next time
+            raise
         return {tier: StartupProgress.model_validate(report) for tier, report in reports.items()}

@@ -4,35 +4,56 @@ and the constant-time check. The file is read again whenever it changes, so keys
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+UTF8_BOM = b"\xef\xbb\xbf"  # Windows editors start a UTF-8 file with it
+
+
+def keys_in(text: bytes) -> list[bytes]:
+    """The keys of a key file: one a line, blank lines and # comments skipped, a leading BOM dropped."""
+    stripped = (line.strip() for line in text.removeprefix(UTF8_BOM).splitlines())
+    return [line for line in stripped if line and not line.startswith(b"#")]
 
 
 class ApiKeys:
     def __init__(self, env_var: str | None = None, file: Path | None = None) -> None:
         self.env_var = env_var
         self.file = file
-        self._file_state: tuple[float, int] | None = None
+        self._file_state: tuple[int, int, int] | None = None
         self._file_keys: list[bytes] = []
+        self._failed_state: object = None
 
     @property
     def enabled(self) -> bool:
         return self.env_var is not None or self.file is not None
 
     def keys(self) -> list[bytes]:
-        """The keys in force now: the variable's (comma-separated) and the file's (one a line; # comments)."""
-        found = [k.strip().encode() for k in os.environ.get(self.env_var or "", "").split(",") if k.strip()]
+        """The keys in force now: the variable's (comma-separated) and the file's (one a line; # comments).
+
+        Both are taken as bytes, as they are: a key that is not valid UTF-8 is compared as sent, never a 500."""
+        found = [k.strip() for k in os.environb.get(os.fsencode(self.env_var or ""), b"").split(b",") if k.strip()]
         if self.file is not None:
             try:
                 stat = self.file.stat()
-                state = (stat.st_mtime, stat.st_size)
+                # The inode too: a rotation by rename (cp -p, rsync -t) may keep the size and the time.
+                state = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
                 if state != self._file_state:
-                    lines = self.file.read_text().splitlines()
-                    stripped = (ln.strip() for ln in lines)
-                    self._file_keys = [ln.encode() for ln in stripped if ln and not ln.startswith("#")]
+                    self._file_keys = keys_in(self.file.read_bytes())
                     self._file_state = state
-            except OSError:  # a file being replaced: keep the last keys read rather than lock everyone out
-                pass
+            except OSError as exc:  # a file being replaced: keep the last keys read rather than lock everyone out
+                if self._failed_state != (type(exc), exc.errno):
+                    logger.warning(
+                        "API key file %s unreadable (%s); keeping the %d keys last read from it",
+                        self.file,
+                        exc,
+                        len(self._file_keys),
+                    )
+                    self._failed_state = (type(exc), exc.errno)
+            else:
+                self._failed_state = None
             found += self._file_keys
         return found
 

@@ -50,9 +50,10 @@ def _is_color(value: str) -> bool:
 
 
 class RembgParams(BaseModel):
-    """rembg's options, with its names and defaults; unknown names are refused, as our API refuses them."""
+    """rembg's options, with its names and defaults. Other names are ignored, as rembg's server ignores them (a
+    script's cache-busting query parameter, a client's own form field): /v1/remove refuses them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(
         None, description="A rembg model name: the small ones run the fast tier, the high-resolution ones quality."

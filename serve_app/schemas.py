@@ -637,6 +637,7 @@ class StartupProgress(BaseModel):
         description="Seconds since the replica began starting, counting on while it starts; once ready or failed, "
         "how long its start-up took."
     )
+    seconds_ago: float | None = Field(None, description="Seconds since the replica sent this report.")
 
 
 class TierInfo(BaseModel):

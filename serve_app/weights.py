@@ -8,11 +8,14 @@ looks complete. A checkpoint without a published checksum (the nightly one) gets
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import http.client
 import logging
 import os
-import tempfile
+import secrets
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -34,6 +37,12 @@ DEFAULT_WEIGHTS_DIR = Path("~/.cache/bgserve/weights")
 AUTO = "auto"  # cache directory, then download
 UNTRAINED = "untrained"  # a seeded random model: smoke runs and benchmarks only
 _CHUNK = 1 << 20
+# A download's temporary file is written every chunk; one untouched this long was left by a killed process.
+STALE_PART_S = 600
+# How a PyTorch checkpoint starts: a zip archive (torch.save since 1.6) or a pickle (the legacy format). A
+# checkpoint without a published checksum is recorded as it came, so this keeps a proxy's login page or a cut
+# copy from being recorded as the real thing.
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 @dataclass(frozen=True)
@@ -62,17 +71,48 @@ def _sha256_record(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _new_file(beside: Path, suffix: str = "") -> tuple[int, Path]:
+    """A new hidden file beside ``beside`` (O_EXCL: no link followed), with the mode a plain file gets (0o666 less
+    the umask): mkstemp's 0o600 left a checkpoint placed by root unreadable to the service's own user."""
+    while True:
+        path = beside.with_name(f".{beside.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), path
+        except FileExistsError:
+            continue
+
+
 def _write_record(record: Path, sha256: str) -> None:
     """Write the sha256 record atomically, so a replica starting beside another never reads half of it."""
-    handle, tmp = tempfile.mkstemp(dir=record.parent, prefix=f".{record.name}.")  # a new file: no link followed
+    handle, tmp = _new_file(record)
     with os.fdopen(handle, "w") as out:
         out.write(sha256 + "\n")
     os.replace(tmp, record)
 
 
+def _check_looks_like_a_checkpoint(path: Path, what: str, then: str) -> None:
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if not head.startswith(CHECKPOINT_MAGIC):
+        raise ChecksumMismatchError(
+            f"{what} is not a PyTorch checkpoint (it starts with {head!r}): a proxy's page, or a cut copy? {then}"
+        )
+
+
+def _cannot_write(directory: Path, exc: OSError) -> WeightsUnavailableError:
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}.get(exc.errno or 0, str(exc))
+    return WeightsUnavailableError(
+        f"could not write a checkpoint in {directory}: {why}. Free some space or make it writable, or choose another "
+        f"weights directory (BGSERVE_WEIGHTS_DIR, or weights_dir in the config)."
+    )
+
+
 def verify(checkpoint: Checkpoint, path: Path) -> None:
     """Check a cached checkpoint against its published md5, or against the sha256 recorded when it arrived."""
-    md5, sha256 = file_digests(path)
+    try:
+        md5, sha256 = file_digests(path)
+    except OSError as exc:
+        raise WeightsUnavailableError(f"cannot read {path}: {exc}") from exc
     if checkpoint.md5 is not None:
         if md5 != checkpoint.md5:
             raise ChecksumMismatchError(
@@ -83,7 +123,21 @@ def verify(checkpoint: Checkpoint, path: Path) -> None:
         return
     record = _sha256_record(path)
     if not record.exists():
-        _write_record(record, sha256)
+        _check_looks_like_a_checkpoint(
+            path, str(path), "Delete it and run `bgserve-weights fetch` again (nothing was recorded)."
+        )
+        try:
+            _write_record(record, sha256)
+        except OSError as exc:  # a read-only mount of the weights: check what can be checked, record nothing
+            logger.warning(
+                "%s has no published checksum and its sha256 %s could not be recorded in %s (%s): it is loaded "
+                "unchecked; record it once where the directory is writable (`bgserve-weights verify`)",
+                checkpoint.filename,
+                sha256,
+                record,
+                exc,
+            )
+            return
         logger.warning(
             "%s has no published checksum; recorded its sha256 %s in %s and will check it from now on",
             checkpoint.filename,
@@ -107,7 +161,10 @@ def _copy_with_progress(
     transfer = TransferProgress(report, total)
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as progress:
         while chunk := source.read(_CHUNK):
-            target.write(chunk)
+            try:
+                target.write(chunk)
+            except OSError as exc:  # this machine's disk, not the transfer: said so, not as "offline"
+                raise _LocalWriteError() from exc
             copied += len(chunk)
             progress.update(len(chunk))
             transfer.add(len(chunk))
@@ -115,22 +172,49 @@ def _copy_with_progress(
         raise OSError(f"transfer ended after {copied} of {total} bytes")
 
 
+class _LocalWriteError(Exception):
+    """Writing the temporary file failed (its cause says why): not the network's fault."""
+
+
+def _sweep_stale_parts(destination: Path) -> None:
+    """Remove the temporary files that killed downloads left (a replica OOM-killed in a loop would otherwise fill the
+    disk with hidden copies of a checkpoint); a live download writes its file every chunk, so it is never stale."""
+    for part in destination.parent.glob(f".{glob.escape(destination.name)}.*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+                logger.info("removed %s, left by a download that did not finish", part)
+        except OSError:
+            continue
+
+
 def _install(
     checkpoint: Checkpoint, write: Callable[[BinaryIO], None], destination: Path, report: Progress = no_progress
 ) -> Path:
     """Write through ``write(handle)`` into a temporary file beside ``destination``, verify, rename into place."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_parts(destination)
+        fd, tmp = _new_file(destination, suffix=".part")
+    except OSError as exc:
+        raise _cannot_write(destination.parent, exc) from exc
+    try:
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+        except _LocalWriteError as exc:
+            assert isinstance(exc.__cause__, OSError)
+            raise _cannot_write(destination.parent, exc.__cause__) from exc.__cause__
         report(VERIFYING, checkpoint.filename, None)
         md5, sha256 = file_digests(tmp)
         if checkpoint.md5 is not None and md5 != checkpoint.md5:
             raise ChecksumMismatchError(
                 f"{checkpoint.filename}: got md5 {md5}, expected {checkpoint.md5}; nothing was installed at "
                 f"{destination}."
+            )
+        if checkpoint.md5 is None:
+            _check_looks_like_a_checkpoint(
+                tmp, f"{checkpoint.filename} as received", f"Nothing was installed at {destination}."
             )
         os.replace(tmp, destination)
         if checkpoint.md5 is None:

@@ -55,7 +55,15 @@ def tier_of_file(path: Path) -> Tier:
 
 def app_config(path: Path) -> AppConfig:
     """The bgserve application's args in a Serve config file, validated."""
-    for application in yaml.safe_load(path.read_text()).get("applications", []):
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("applications", []), list):
+        raise ConfigurationError(f"{path} is not a Serve config (a mapping with a list of applications)")
+    for application in config.get("applications", []):
+        if not isinstance(application, dict):
+            continue
         if application.get("import_path") == "deployments.app:build_app":
             try:
                 return AppConfig.model_validate(application.get("args") or {})
@@ -106,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             print(_act(args.command, tier, weights_dir), flush=True)
         except ConfigurationError as exc:
             print(f"{tier.value}: error: {exc.message}", file=sys.stderr, flush=True)
+            failed = True
+        except OSError as exc:  # the next tier is still checked
+            print(f"{tier.value}: error: {exc}", file=sys.stderr, flush=True)
             failed = True
     return 1 if failed else 0
 

@@ -1,4 +1,7 @@
 import hmac
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +46,54 @@ def test_a_rewritten_file_takes_effect_without_a_restart(tmp_path: Path) -> None
     assert keys.accepts("new-key-after-rotation") and not keys.accepts("old-key")
     file.unlink()  # mid-rotation: the last keys read stay in force
     assert keys.accepts("new-key-after-rotation")
+
+
+def test_a_key_file_in_another_encoding_never_locks_out_the_valid_keys(tmp_path: Path) -> None:
+    """A Latin-1 byte in the file made every request a 500 (UnicodeDecodeError), valid keys included."""
+    file = tmp_path / "keys"
+    file.write_bytes("good-key\nclé-latin1\n".encode("latin-1"))
+    keys = ApiKeys(file=file)
+    assert keys.accepts("good-key")
+    # The file's bytes are the key: a client sending those same bytes (Starlette decodes them as Latin-1) matches.
+    assert keys.accepts(presented_key(Headers(raw=[(b"x-api-key", "clé-latin1".encode("latin-1"))])))
+
+
+def test_a_key_variable_with_bytes_that_are_not_utf8_is_compared_as_given() -> None:
+    script = (
+        "from serve_app.auth import ApiKeys; k = ApiKeys(env_var='BGSERVE_TEST_KEYS'); "
+        "print(k.accepts('good'), k.accepts('cl\\xe9'))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    env_bytes = {os.fsencode(k): os.fsencode(v) for k, v in env.items()} | {b"BGSERVE_TEST_KEYS": b"good,cl\xe9"}
+    out = subprocess.run([sys.executable, "-c", script], env=env_bytes, capture_output=True, check=True)  # type: ignore[arg-type]
+    assert out.stdout.split() == [b"True", b"True"]
+
+
+def test_a_key_file_saved_with_a_bom_keeps_its_first_key(tmp_path: Path) -> None:
+    file = tmp_path / "keys"
+    file.write_bytes("\ufeffkey-one\r\nkey-two\r\n".encode())
+    assert ApiKeys(file=file).keys() == [b"key-one", b"key-two"]
+
+
+def test_a_rotation_that_keeps_the_size_and_the_time_is_seen(tmp_path: Path) -> None:
+    """cp -p, rsync -t or tar x keep the time; a generated key keeps the length: only the inode tells."""
+    file = tmp_path / "keys"
+    file.write_text("A" * 16 + "\n")
+    keys = ApiKeys(file=file)
+    assert keys.accepts("A" * 16)
+    stat = file.stat()
+    staged = tmp_path / "keys.new"
+    staged.write_text("B" * 16 + "\n")
+    os.utime(staged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(staged, file)
+    assert keys.accepts("B" * 16) and not keys.accepts("A" * 16)
+
+
+def test_an_unreadable_key_file_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys = ApiKeys(file=tmp_path / "missing")
+    for _ in range(3):
+        assert not keys.accepts("any")
+    assert [r.levelname for r in caplog.records if "API key file" in r.getMessage()] == ["WARNING"]
 
 
 def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:

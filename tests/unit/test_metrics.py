@@ -111,3 +111,30 @@ def test_a_rembg_request_refused_before_its_options_were_understood_is_counted_u
     understood = {"labels": {"tier": "quality"}, "rembg_options": {"model": "foo"}}
     assert metrics.record("rembg", {}, 200, "", 0.01, understood)["tier"] == "quality"
     assert metrics.record("v1", {"model": "foo"}, 422, "invalid_parameter", 0.01, {})["tier"] == "balanced"
+
+
+def test_a_lost_gpu_is_logged_once_per_outage_not_every_second(caplog: pytest.LogCaptureFixture) -> None:
+    """NVML stand-in (no GPU here): it fails three samples, then answers."""
+    from types import SimpleNamespace
+
+    from deployments.metrics import GpuMetrics
+
+    answers = iter([RuntimeError("NVML_ERROR_GPU_IS_LOST")] * 3 + [None])
+
+    def memory(handle: object) -> SimpleNamespace:
+        error = next(answers)
+        if error is not None:
+            raise error
+        return SimpleNamespace(used=1024)
+
+    nvml = SimpleNamespace(
+        nvmlDeviceGetMemoryInfo=memory, nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=7)
+    )
+    sampler = GpuMetrics(handle=None, nvml=nvml, period_s=1.0)
+    failing = False
+    with caplog.at_level(logging.INFO, logger=SERVE_LOGGER):
+        for _ in range(4):
+            failing = sampler.sample(failing)
+    assert not failing
+    said = [r.getMessage() for r in caplog.records if "GPU metrics" in r.getMessage()]
+    assert len(said) == 2 and "GPU_IS_LOST" in said[0] and said[1] == "GPU metrics are back"

@@ -100,6 +100,36 @@ def test_a_tier_that_failed_to_start_says_why_in_one_line(tmp_path: Path) -> Non
     assert "\x1b" not in message and "File " not in message and "failed failed" not in message
 
 
+def test_an_old_failure_kept_on_the_board_says_how_old_it_is(tmp_path: Path) -> None:
+    """The board keeps a tier's last report across redeploys: while the new replica waits to be placed, a failure
+    from six hours ago read as the reason now."""
+    from deployments.startup_board import aged
+
+    old = aged({"phase": "failed", "detail": "WeightsUnavailableError: gone", "fraction": None, "seconds": 2.0}, 21600)
+    board = {"fast": StartupProgress.model_validate(old)}
+    readiness = Fixed(snapshot(board, fast=deployment(DeploymentStatus.UPDATING, STARTING=1)))
+    tier = ServedTier(tier=Tier.FAST, config=TierConfig(), weights_dir=tmp_path)
+    assert readiness.tier_info(tier).message.startswith("start-up failed 6 h ago: WeightsUnavailableError: gone")
+    assert readiness.tier_info(tier).startup.seconds_ago == 21600  # type: ignore[union-attr]
+
+
+def test_the_ingress_looks_the_board_up_again_after_it_died() -> None:
+    """The handle was looked up once: a board that died (its node lost) was read in vain for good, while the next
+    replica made a new one."""
+    import ray
+
+    from deployments.startup_board import BoardReader
+
+    def dead() -> object:
+        raise ray.exceptions.RayActorError()
+
+    reader = BoardReader("app")
+    reader.handle = SimpleNamespace(read=SimpleNamespace(remote=dead))  # a handle whose actor is gone
+    with pytest.raises(ray.exceptions.RayActorError):
+        reader.read()
+    assert reader.handle is None  # the next read looks it up (and finds the new board)
+
+
 def test_a_starting_replicas_seconds_count_on_between_its_reports() -> None:
     """A replica reports when its phase changes: 24 s into one long conversion, /v1/tiers said "0 s in" throughout.
     The board ages each report by the time since it came; a finished start-up keeps how long it took."""

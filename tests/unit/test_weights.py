@@ -1,6 +1,10 @@
+import errno
 import hashlib
 import http.server
+import os
+import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -8,23 +12,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app import weights_cli
+from serve_app import weights, weights_cli
 from serve_app.catalogue import CATALOGUE, Checkpoint, Tier
 from serve_app.errors import ChecksumMismatchError, WeightsUnavailableError
 from serve_app.weights import AUTO, UNTRAINED, place, resolve, verify
 
-PAYLOAD = b"pretend checkpoint " * 5000
+PAYLOAD = b"PK\x03\x04 pretend checkpoint " * 5000  # starts as torch.save's zip does
+PROXY_PAGE = b"<html><body>Please log in to the corporate proxy</body></html>"
 
 
 class Server:
-    """A local HTTP server: /good (the payload), /wrong (other bytes), /cut (stops halfway)."""
+    """A local HTTP server: /good (the payload), /wrong (other bytes), /cut (stops halfway), /login (a proxy's page)."""
 
     def __init__(self) -> None:
         payload = PAYLOAD
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = {"/good": payload, "/wrong": payload[::-1], "/cut": payload}.get(self.path)
+                body = {"/good": payload, "/wrong": payload[::-1], "/cut": payload, "/login": PROXY_PAGE}.get(self.path)
                 if body is None:
                     self.send_error(404)
                     return
@@ -128,6 +133,93 @@ def test_an_empty_checksum_record_is_a_mismatch_not_a_crash(tmp_path: Path) -> N
     with pytest.raises(ChecksumMismatchError, match=r"recorded \(nothing\)"):
         resolve(checkpoint("http://127.0.0.1:9/x", md5=None), AUTO, tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_a_proxy_page_is_not_recorded_as_the_unpublished_checkpoint(server: Server, tmp_path: Path) -> None:
+    """With no published checksum, the first file that arrived was trusted for good: a proxy's login page too."""
+    with pytest.raises(ChecksumMismatchError, match="not a PyTorch checkpoint") as caught:
+        resolve(checkpoint(f"{server.url}/login", md5=None), AUTO, tmp_path)
+    assert "Nothing was installed" in caught.value.message
+    assert leftovers(tmp_path) == []
+    (tmp_path / "ckpt_test.pth").write_bytes(PAYLOAD[:10_000].replace(b"PK", b"<h", 1))  # placed by hand, cut
+    with pytest.raises(ChecksumMismatchError, match="not a PyTorch checkpoint"):
+        resolve(checkpoint("http://127.0.0.1:9/x", md5=None), AUTO, tmp_path)
+    assert leftovers(tmp_path) == ["ckpt_test.pth"]  # no record of it
+
+
+def test_installed_files_are_readable_by_other_users_as_the_umask_says(server: Server, tmp_path: Path) -> None:
+    """mkstemp made them 0600: a checkpoint fetched by root was unreadable to the service's own user."""
+    old = os.umask(0o022)
+    try:
+        resolve(checkpoint(f"{server.url}/good", md5=None), AUTO, tmp_path)
+        source = tmp_path / "have.pth"
+        source.write_bytes(PAYLOAD)
+        placed = place(checkpoint("http://127.0.0.1:9/x"), source, tmp_path / "cache")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "ckpt_test.pth", tmp_path / "ckpt_test.pth.sha256", placed):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_temporary_files_left_by_killed_downloads_are_swept(server: Server, tmp_path: Path) -> None:
+    stale, live = tmp_path / ".ckpt_test.pth.dead0001.part", tmp_path / ".ckpt_test.pth.live0002.part"
+    for part in (stale, live):
+        part.write_bytes(b"half a checkpoint")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    resolve(checkpoint(f"{server.url}/good"), AUTO, tmp_path)
+    assert leftovers(tmp_path) == [live.name, "ckpt_test.pth"]  # another process's transfer in progress stays
+
+
+def test_a_full_disk_is_said_so_not_taken_for_being_offline(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    part = tmp_path / ".ckpt_test.pth.full.part"
+    part.touch()
+    monkeypatch.setattr(weights, "_new_file", lambda beside, suffix="": (os.open("/dev/full", os.O_WRONLY), part))
+    with pytest.raises(WeightsUnavailableError, match="the disk is full") as caught:
+        resolve(checkpoint(f"{server.url}/good"), AUTO, tmp_path)
+    assert "could not be downloaded" not in caught.value.message and str(tmp_path) in caught.value.message
+
+
+def test_a_read_only_weights_directory_loads_an_unpublished_checkpoint_unrecorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only mount of the weights is common; recording the sha256 raised OSError and the tier never started."""
+    (tmp_path / "ckpt_test.pth").write_bytes(PAYLOAD)
+
+    def read_only(record: Path, sha256: str) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(record.parent))
+
+    monkeypatch.setattr(weights, "_write_record", read_only)
+    resolved = resolve(checkpoint("http://127.0.0.1:9/x", md5=None), AUTO, tmp_path)
+    assert resolved.path == tmp_path / "ckpt_test.pth"
+    assert "could not be recorded" in caplog.text and hashlib.sha256(PAYLOAD).hexdigest() in caplog.text
+
+
+def test_the_cli_reports_a_bad_config_and_checks_every_tier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for text in (None, "", "- a list\n", "applications: 3\n", "a: [unclosed\n"):
+        config = tmp_path / "serve.yaml"
+        config.unlink(missing_ok=True)
+        if text is not None:
+            config.write_text(text)
+        assert weights_cli.main(["fetch", "--config", str(config)]) == 1, text
+        assert capsys.readouterr().err.startswith("error: "), text
+    for tier in (Tier.FAST, Tier.BALANCED):
+        (tmp_path / CATALOGUE[tier].checkpoint.filename).write_bytes(PAYLOAD)
+    real_verify = weights.verify
+
+    def unreadable_fast(checkpoint: Checkpoint, path: Path) -> None:
+        if path.name == CATALOGUE[Tier.FAST].checkpoint.filename:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real_verify(checkpoint, path)
+
+    monkeypatch.setattr(weights_cli, "verify", unreadable_fast)
+    assert weights_cli.main(["verify", "--tier", "fast", "--tier", "balanced", "--dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "fast: error: [Errno 13] Permission denied" in err and "balanced: error: /" in err  # both checked
 
 
 def test_configured_path_wins_and_skips_the_checksum(tmp_path: Path) -> None:

@@ -1,0 +1,47 @@
+"""The upload reader on Starlette's own request and multipart parser (no Ray, no server)."""
+
+import asyncio
+
+import pytest
+from starlette.requests import Request
+
+from deployments.uploads import listed, read_upload
+from serve_app.errors import InvalidParameterError
+
+
+def multipart(fields: dict[str, str]) -> tuple[bytes, str]:
+    boundary = "x-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()]
+    return ("".join(parts) + f"--{boundary}--\r\n").encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def read(body: bytes, content_type: str) -> object:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    delivered = False
+
+    async def receive() -> dict[str, object]:
+        nonlocal delivered
+        if delivered:
+            return {"type": "http.disconnect"}
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""}
+    return asyncio.run(read_upload(Request(scope, receive)))
+
+
+def test_a_body_with_no_file_field_names_what_was_sent_briefly() -> None:
+    """Each name and the list are bounded: 32 text fields with 4 KB names made a 128 KB 422."""
+    with pytest.raises(InvalidParameterError) as refused:
+        read(*multipart({"tier": "fast", "effect": "mask"}))
+    assert refused.value.message.endswith("(fields sent: effect, tier)")
+    body, content_type = multipart({f"{i:02d}" + "n" * 4000: "v" for i in range(32)})
+    with pytest.raises(InvalidParameterError) as refused:
+        read(body, content_type)
+    assert len(refused.value.message) < 800 and refused.value.message.endswith("and 22 more)")
+
+
+def test_listed_shortens_long_names_and_counts_the_rest() -> None:
+    assert listed(["b", "a"]) == "a, b"
+    assert listed(["x" * 50]) == "x" * 39 + "…"
+    assert listed([str(i) for i in range(12)], most=3) == "0, 1, 10 and 9 more"
