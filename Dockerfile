@@ -1,7 +1,10 @@
 # bgserve on the official Ray image: Ray 2.60 with CUDA, Python 3.11. Build from the repository root:
 #   docker build -t bgserve:0.1.0 .                              # weights mounted at /models when it runs
 #   docker build -t bgserve:0.1.0 --build-arg BAKE_WEIGHTS=1 .   # weights fetched and verified into the image
-# Run one container (a GPU box):   docker run --gpus all -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.1.0
+# Run one container (a GPU box):
+#   docker run --gpus all --shm-size=8g -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.1.0
+#   (--shm-size: Ray's object store, which carries the images between replicas, lives in /dev/shm, 64 MB by default)
+# `docker stop -t 60` lets the requests in flight finish: STOPSIGNAL below is serve run's Ctrl-C.
 #   (the dashboard on 8265 asks for the token: docker exec <container> ray get-auth-token)
 # On Kubernetes: deploy/kuberay/rayservice.yaml runs this image on every Ray pod (tag each build anew: the
 # manifest's image name is what makes KubeRay roll a new one out).
@@ -15,7 +18,12 @@ COPY --chown=ray:users configs configs
 COPY --chown=ray:users serve_config.yaml ./
 # The gpu extra: onnxruntime-gpu and nvidia-ml-py (GPU metrics); ray[serve] is pinned to the image's version,
 # torch to the version the tests run (scripts/setup.sh), so a rebuild does not pick up a newer CUDA build.
-RUN pip install --no-cache-dir "torch==2.14.1" "torchvision==0.29.1" ".[gpu]"
+# transparent-background's opencv-python (needs libGL, which the image lacks) and our opencv-python-headless write
+# the same cv2/ files: keep the headless one, as scripts/setup.sh does.
+RUN pip install --no-cache-dir "torch==2.14.1" "torchvision==0.29.1" ".[gpu]" \
+    && headless="$(python -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')" \
+    && pip uninstall -y opencv-python \
+    && pip install --no-cache-dir --no-deps --force-reinstall "opencv-python-headless==$headless"
 # The image runs as user ray (uid 1000, group users, gid 100): the weights folder must be its own (a download or
 # the bake below writes there). A host folder mounted there keeps its host owner: chown 1000:100 it.
 USER root
@@ -32,4 +40,7 @@ RUN if [ "$BAKE_WEIGHTS" = 1 ]; then bgserve-weights fetch --config serve_config
 EXPOSE 8000 8265 8080
 # Token authentication on: `ray start` alone leaves it off on a fresh machine, and the dashboard on 8265 would take
 # jobs (code) from anyone who reaches it. The token is generated once, inside the container.
-CMD ["bash", "-c", "export RAY_AUTH_MODE=token && ray get-auth-token --generate >/dev/null && ray start --head --metrics-export-port=8080 --dashboard-host=0.0.0.0 && serve run serve_config.yaml"]
+# serve run takes the shell's place (exec), so the stop signal reaches it: SIGINT, which it handles by shutting Serve
+# down gracefully (a process 1 ignores a SIGTERM it has no handler for, and docker stop would kill it after 10 s).
+STOPSIGNAL SIGINT
+CMD ["bash", "-c", "export RAY_AUTH_MODE=token && ray get-auth-token --generate >/dev/null && ray start --head --metrics-export-port=8080 --dashboard-host=0.0.0.0 && exec serve run serve_config.yaml"]

@@ -135,7 +135,11 @@ def rayservice(image: str = IMAGE) -> dict[str, Any]:
 
 
 class _BlockStrings(yaml.SafeDumper):
-    """Multi-line strings (serveConfigV2) as YAML literal blocks, readable as the config they are."""
+    """Multi-line strings (serveConfigV2) as YAML literal blocks, readable as the config they are; every value
+    written out where it is (no &id001 anchors: a hand edit of one group's env would change the other's too)."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
 
 
 _BlockStrings.add_representer(

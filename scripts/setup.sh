@@ -31,6 +31,14 @@ if [ -n "$other" ] && python -m pip show -q "$other" >/dev/null 2>&1; then
   python -m pip uninstall -q -y onnxruntime onnxruntime-gpu
 fi
 python -m pip install -q -e ".[${extras}]"
+# transparent-background requires opencv-python, the desktop build, which needs libGL and GLib; we require the
+# headless build. Both write the same cv2/ files, and whichever pip installs last wins: a server without libGL then
+# fails at `import cv2`. Keep the headless one (pip check will name opencv-python as missing: nothing imports it).
+if python -m pip show -q opencv-python >/dev/null 2>&1; then
+  headless="$(python -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')"
+  python -m pip uninstall -q -y opencv-python
+  python -m pip install -q --no-deps --force-reinstall "opencv-python-headless==$headless"
+fi
 { grep -s "^$sha " "$stamp" | grep -Ev " ($unstamp)\$" || true; for extra in $installed; do echo "$sha $extra"; done; } \
   | sort -u > "$stamp.new"
 mv "$stamp.new" "$stamp"

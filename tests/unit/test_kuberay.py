@@ -12,6 +12,7 @@ def test_the_checked_in_rayservice_is_generated_from_serve_config() -> None:
     """deploy/kuberay/rayservice.yaml is `python -m deployments.kuberay`'s output: edit serve_config.yaml (or the
     builder) and regenerate; a manifest that drifts fails here."""
     assert (ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text() == manifest()
+    assert not re.search(r"[&*]id\d", manifest())  # anchors: a hand edit of one pod group's would change the other's
 
 
 def test_the_rayservice_serves_serve_config_with_no_replica_on_the_head() -> None:
@@ -85,6 +86,10 @@ def test_the_dockerfile_matches_the_ray_we_test_and_loads_the_proxy_guard() -> N
     assert len(pins) == 2 and all(f'"{pin}"' in dockerfile for pin in pins)
     command = next(line for line in lines if line.startswith("CMD"))
     assert "export RAY_AUTH_MODE=token && ray get-auth-token --generate >/dev/null && ray start --head" in command
+    # docker stop reaches serve run itself (exec: process 1), with the signal it shuts Serve down gracefully on.
+    assert command.endswith('&& exec serve run serve_config.yaml"]') and "STOPSIGNAL SIGINT" in lines
+    # The headless OpenCV, as scripts/setup.sh keeps it: the image has no libGL for opencv-python's cv2.
+    assert "pip uninstall -y opencv-python" in dockerfile and '"opencv-python-headless==$headless"' in dockerfile
     copied = {line.split()[-1] for line in dockerfile.splitlines() if line.startswith("COPY")}
     assert {"serve_app", "deployments", "configs", "./"} <= copied  # the packages the replicas import
 
@@ -104,3 +109,5 @@ def test_the_podmonitor_scrapes_this_services_pods_only() -> None:
     for spec in (cluster["headGroupSpec"], cluster["workerGroupSpecs"][0]):
         assert not set(spec["template"]["metadata"]["labels"]) & {"app.kubernetes.io/name", "ray.io/cluster"}
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # jobLabel names a pod label whose value becomes the job; one no pod carries leaves the job "<namespace>/<name>".
+    assert monitor["spec"]["jobLabel"] in wanted
