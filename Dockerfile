@@ -4,7 +4,7 @@
 # Run one container (a GPU box):
 #   docker run --gpus all --shm-size=8g -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.1.0
 #   (--shm-size: Ray's object store, which carries the images between replicas, lives in /dev/shm, 64 MB by default)
-# `docker stop -t 60` lets the requests in flight finish: STOPSIGNAL below is serve run's Ctrl-C.
+# `docker stop` sends serve run its Ctrl-C (STOPSIGNAL below): Serve shuts down at once, as in a terminal.
 #   (the dashboard on 8265 asks for the token: docker exec <container> ray get-auth-token)
 # On Kubernetes: deploy/kuberay/rayservice.yaml runs this image on every Ray pod (tag each build anew: the
 # manifest's image name is what makes KubeRay roll a new one out).
@@ -41,6 +41,6 @@ EXPOSE 8000 8265 8080
 # Token authentication on: `ray start` alone leaves it off on a fresh machine, and the dashboard on 8265 would take
 # jobs (code) from anyone who reaches it. The token is generated once, inside the container.
 # serve run takes the shell's place (exec), so the stop signal reaches it: SIGINT, which it handles by shutting Serve
-# down gracefully (a process 1 ignores a SIGTERM it has no handler for, and docker stop would kill it after 10 s).
+# down (a process 1 ignores a SIGTERM it has no handler for, and docker stop would kill it after 10 s).
 STOPSIGNAL SIGINT
 CMD ["bash", "-c", "export RAY_AUTH_MODE=token && ray get-auth-token --generate >/dev/null && ray start --head --metrics-export-port=8080 --dashboard-host=0.0.0.0 && exec serve run serve_config.yaml"]

@@ -295,6 +295,7 @@ class Ingress:
         request.state.step_seconds = steps
         request.state.megapixels = prepared.image.shape[0] * prepared.image.shape[1] / 1e6
         request.state.served = {
+            "upload_bytes": len(upload.image),
             "input": f"{prepared.image.shape[1]}x{prepared.image.shape[0]}",
             "model_input": headers["X-Model-Input"],
             "batch_size": result.batch_size,

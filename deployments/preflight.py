@@ -90,13 +90,37 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             continue
         # Serve applies the `deployments:` list over what the builder made; a name it did not make fails the deploy.
         built = {ingress.name, *(deployment.name for deployment in tiers.values())}
-        for entry in app.get("deployments") or []:
-            if entry.get("name") not in built:
-                problems.append(
-                    f"applications[{index}] deployments: {entry.get('name')!r} is not one of this application's "
-                    f"deployments ({', '.join(sorted(built))})"
-                )
+        overrides = {entry.get("name"): entry for entry in app.get("deployments") or []}
+        for name in overrides.keys() - built:
+            problems.append(
+                f"applications[{index}] deployments: {name!r} is not one of this application's deployments "
+                f"({', '.join(sorted(built))})"
+            )
+        for deployment in tiers.values():
+            problems += batching_problems(f"applications[{index}] tier {deployment.name}", deployment, overrides)
     return problems
+
+
+def batching_problems(where: str, deployment: Any, overrides: dict[str, Any]) -> list[str]:
+    """A tier's batching as it will run: its ``user_config`` and ``max_ongoing_requests`` from the config file's
+    ``deployments:`` entry where it has them (Serve applies them over the builder's), else from ``args``."""
+    from pydantic import ValidationError
+
+    from deployments.http_errors import validation_message
+    from serve_app.schemas import BatchingConfig
+
+    entry = overrides.get(deployment.name) or {}
+    try:
+        batching = BatchingConfig.model_validate(entry.get("user_config", deployment.user_config))
+    except ValidationError as exc:  # the replica would fail in reconfigure, at every start
+        return [f"{where}: user_config: {validation_message(exc)}"]
+    ongoing = entry.get("max_ongoing_requests", deployment.max_ongoing_requests)
+    if ongoing < batching.max_batch_size:
+        return [
+            f"{where}: max_ongoing_requests ({ongoing}) < max_batch_size ({batching.max_batch_size}): Serve would "
+            f"never send a full batch, and each batch would wait out batch_wait_timeout_s"
+        ]
+    return []
 
 
 def url(config: dict[str, Any]) -> str:

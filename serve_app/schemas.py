@@ -405,11 +405,8 @@ class TierConfig(_DeploymentOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> TierConfig:
-        if self.max_ongoing_requests < self.batching.max_batch_size:
-            raise ValueError(
-                f"max_ongoing_requests ({self.max_ongoing_requests}) < batching.max_batch_size "
-                f"({self.batching.max_batch_size}): Serve would never send a full batch"
-            )
+        # Batch size against max_ongoing_requests is checked by deployments/preflight.py, on the values in force: a
+        # config file's `deployments:` list may override either one, and the builder never sees that list.
         if self.device == Device.CUDA and self.num_gpus == 0:
             raise ValueError(
                 "device: cuda needs a GPU share (deployment: {ray_actor_options: {num_gpus: ...}}): Ray hides GPUs "

@@ -173,6 +173,7 @@ def test_one_json_access_line_per_request_with_its_request_id(cluster: Cluster, 
     access = served["access"]
     assert access["tier"] == "fast" and access["effect"] == "mask" and access["status"] == "200" and not access["code"]
     assert access["input"] == "128x96" and access["model_input"] == "128x128" and access["batch_size"] >= 1
+    assert access["upload_bytes"] == len(image)  # the README promises the upload's size
     assert set(access["steps_ms"]) == {"decode", "resize", "queue", "model", "upsample", "effect", "encode"}
     # Serve's text encoding shows only the message: it carries the same details.
     assert "input=128x96 model_input=128x128 batch_size=" in served["message"], served["message"]

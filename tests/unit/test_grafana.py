@@ -32,3 +32,18 @@ def test_metric_tags_come_from_closed_sets() -> None:
     assert _error_code(b'{"error": {"code": "invalid_image", "message": "m"}}') == "invalid_image"
     assert _error_code(b'{"error": {"code": "x y z"}}') == OTHER
     assert _error_code(b"plain text") == OTHER
+
+
+def test_errors_are_4xx_and_5xx_and_latency_is_of_answered_images() -> None:
+    """A 304 (If-None-Match, a success) showed on the errors panel, and the latency quantiles mixed in refusals
+    answered in milliseconds."""
+    import re
+
+    panels = {panel["title"]: [t["expr"] for t in panel["targets"]] for panel in dashboard()["panels"]}
+    (excluded,) = re.findall(r'status!~"([^"]+)"', panels["Errors per second by code"][0])
+    for status in ("200", "206", "304"):
+        assert re.fullmatch(excluded, status), status  # PromQL regexes match the whole value
+    for status in ("400", "413", "499", "503", "504"):
+        assert not re.fullmatch(excluded, status), status
+    latency = next(exprs for title, exprs in panels.items() if title.startswith("End-to-end latency"))
+    assert all('status_class="2xx"' in expr for expr in latency)

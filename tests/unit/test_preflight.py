@@ -55,6 +55,29 @@ def test_a_mistake_is_named_by_its_config_path(mistake: Callable[[dict[str, Any]
     assert expected in problem, problem
 
 
+def tier_overrides(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (entry,) = [e for e in config["applications"][0]["deployments"] if e["name"] == name]
+    return entry  # type: ignore[no-any-return]
+
+
+def test_batching_is_checked_on_the_values_in_force() -> None:
+    """The check read `args` only: a config whose `deployments:` entry set a batch of 2 beside max_ongoing_requests 2
+    was refused for the args' default 4, and a batch of 8 beside max_ongoing_requests 4 passed."""
+    config = copy.deepcopy(CPU)
+    args(config)["tiers"]["fast"]["deployment"]["max_ongoing_requests"] = 2
+    tier_overrides(config, "fast")["user_config"] = {"max_batch_size": 2, "batch_wait_timeout_s": 0.5}
+    assert config_problems(config) == []
+    tier_overrides(config, "fast")["user_config"]["max_batch_size"] = 8
+    tier_overrides(config, "fast")["max_ongoing_requests"] = 4  # Serve's option, overridden in the list too
+    (problem,) = config_problems(config)
+    assert "tier fast: max_ongoing_requests (4) < max_batch_size (8)" in problem, problem
+    del tier_overrides(config, "fast")["user_config"]  # then args' batching (4) is in force: fits 4
+    assert config_problems(config) == []
+    tier_overrides(config, "fast")["user_config"] = {"max_batch_size": 0}
+    (problem,) = config_problems(config)
+    assert "tier fast: user_config: max_batch_size" in problem, problem
+
+
 def test_the_command_prints_where_the_service_answers_or_what_is_wrong(tmp_path: Path) -> None:
     def preflight(path: Path) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "deployments.preflight", "--config-only", str(path)]

@@ -11,7 +11,6 @@ from serve_app.schemas import (
     TIER_DEPLOYMENT_DEFAULTS,
     UPLOAD_HEADROOM,
     AppConfig,
-    BatchingConfig,
     IngressConfig,
     RemoveParams,
     ServedTier,
@@ -61,12 +60,6 @@ def test_request_defaults_and_bounds() -> None:
 
 def gpus(share: float) -> dict:  # type: ignore[type-arg]
     return {"ray_actor_options": {"num_gpus": share}}
-
-
-def test_full_batches_must_fit_max_ongoing_requests() -> None:
-    with pytest.raises(ValidationError, match="never send a full batch"):
-        TierConfig(deployment={"max_ongoing_requests": 4}, batching=BatchingConfig(max_batch_size=8))
-    assert TierConfig(deployment={"max_ongoing_requests": 8}, batching=BatchingConfig(max_batch_size=8))
 
 
 def test_gpu_share_selects_cuda() -> None:
