@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments import SERVE_LOGGER
 from serve_app.errors import InvalidParameterError, ServiceError, error_body
@@ -73,6 +74,33 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse: 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error while serving a request")
     return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); see the ingress log")
+
+
+class UnexpectedErrors:
+    """The JSON 500 for an unexpected exception, answered where this middleware sits: inside CORS. Starlette answers
+    it from its outermost layer, past the CORS middleware, so a page on an allowed origin could not read it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:  # too late for an answer of our own: Starlette's outer layer logs it
+                raise
+            response = await _unexpected(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

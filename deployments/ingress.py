@@ -28,12 +28,12 @@ from ray.serve.handle import DeploymentHandle
 from deployments import INGRESS_DEPLOYMENT, SERVE_LOGGER, route_core_logs_to_serve
 from deployments.access import ApiKeyCheck
 from deployments.admission import Admission, to_the_end
-from deployments.http_errors import install_error_handlers, validation_message
+from deployments.http_errors import UnexpectedErrors, install_error_handlers, validation_message
 from deployments.metrics import IngressMetrics, RecordRequests, request_labels
 from deployments.model_client import ModelClient
 from deployments.openapi import READY_RESPONSES, REMBG_REQUEST, REMOVE_REQUEST_BODY, REMOVE_RESPONSES
 from deployments.readiness import TierReadiness
-from deployments.uploads import Upload, UploadLimits, is_multipart, read_upload
+from deployments.uploads import Upload, UploadLimits, is_multipart, listed, read_upload
 from serve_app.auth import ApiKeys
 from serve_app.catalogue import Tier
 from serve_app.effects import warm_up_matting
@@ -72,6 +72,51 @@ def options_from(model: type[Options], options: Mapping[str, str]) -> Options:
         return model(**options)
     except ValidationError as exc:
         raise InvalidParameterError(validation_message(exc)) from None
+
+
+def add_middleware(app: FastAPI, config: AppConfig) -> None:
+    """The ingress's middleware. Runs outermost last-added first: metrics (sees every answer), CORS (answers a
+    browser's preflight, and marks every answer for an allowed origin), the JSON 500 for the unexpected (inside
+    CORS, so a page can read it), API keys, body limit."""
+    app.add_middleware(
+        UploadLimits,
+        max_bytes=config.max_upload_bytes,
+        stall_s=config.upload_stall_s,
+        min_bytes_per_s=config.upload_min_bytes_per_s,
+    )
+    access = config.access
+    keys = ApiKeys(access.api_keys_env, access.api_keys_file)
+    if keys.enabled:
+        app.add_middleware(ApiKeyCheck, keys=keys)
+    app.add_middleware(UnexpectedErrors)
+    if access.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=access.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[  # what a page's script sends: the key, the cache's headers, a request id
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "If-None-Match",
+                "Cache-Control",
+                "X-Request-ID",
+            ],
+            expose_headers=[
+                "X-Tier",
+                "X-Weights",
+                "X-Batch-Size",
+                "X-Runtime",
+                "X-Model-Input",
+                "Server-Timing",
+                "X-Cache",
+                "ETag",
+                "Retry-After",  # what a page's retry waits on a 503
+                "X-Request-ID",
+                *(f"X-Foreground-{side}" for side in ("Top", "Left", "Width", "Height")),
+            ],
+        )
+    app.add_middleware(RecordRequests, metrics=IngressMetrics(config.default_tier.value))
 
 
 @serve.deployment(name=INGRESS_DEPLOYMENT)
@@ -116,47 +161,7 @@ class Ingress:
             "or an effect. Three quality tiers: fast (384 px), balanced (1024 px), quality (the photo's own size).",
         )
         install_error_handlers(app)
-        # Middleware runs outermost last-added first: metrics (sees every answer), CORS (answers a browser's
-        # preflight), API keys, body limit.
-        config = self.config
-        app.add_middleware(
-            UploadLimits,
-            max_bytes=config.max_upload_bytes,
-            stall_s=config.upload_stall_s,
-            min_bytes_per_s=config.upload_min_bytes_per_s,
-        )
-        access = config.access
-        keys = ApiKeys(access.api_keys_env, access.api_keys_file)
-        if keys.enabled:
-            app.add_middleware(ApiKeyCheck, keys=keys)
-        if access.cors_origins:
-            app.add_middleware(
-                CORSMiddleware,
-                allow_origins=access.cors_origins,
-                allow_methods=["GET", "POST"],
-                allow_headers=[  # what a page's script sends: the key, the cache's headers, a request id
-                    "Authorization",
-                    "X-API-Key",
-                    "Content-Type",
-                    "If-None-Match",
-                    "Cache-Control",
-                    "X-Request-ID",
-                ],
-                expose_headers=[
-                    "X-Tier",
-                    "X-Weights",
-                    "X-Batch-Size",
-                    "X-Runtime",
-                    "X-Model-Input",
-                    "Server-Timing",
-                    "X-Cache",
-                    "ETag",
-                    "Retry-After",  # what a page's retry waits on a 503
-                    "X-Request-ID",
-                    *(f"X-Foreground-{side}" for side in ("Top", "Left", "Width", "Height")),
-                ],
-            )
-        app.add_middleware(RecordRequests, metrics=IngressMetrics(config.default_tier.value))
+        add_middleware(app, self.config)
         app.add_api_route("/", self.root, include_in_schema=False)
         app.add_api_route("/healthz", self.healthz, summary="Liveness: answers while the service is up")
         app.add_api_route(
@@ -228,11 +233,17 @@ class Ingress:
 
     async def remove(self, request: Request, params: Annotated[RemoveParams, Query()]) -> Response:
         # A tier that cannot serve is refused before the upload is read, unless a multipart body may still name
-        # another one in its fields: then once it is read.
-        if params.tier is not None or not is_multipart(request):
+        # another one in its fields (a field wins over the query's): then once it is read.
+        if not is_multipart(request):
             self.readiness.raise_if_unavailable(self.served_tier(params.tier or self.config.default_tier))
         with self.admission.slot():
             upload = await read_upload(request)
+            if upload.other_files:  # a misspelt `backgroud`, or an option sent as a file: never dropped silently
+                names = listed([repr(name) for name in upload.other_files])
+                raise InvalidParameterError(
+                    f"unknown file field(s) {names}: the image goes as 'image' (or 'file'), a background as "
+                    f"'background', and options as text fields"
+                )
             if upload.fields:  # options sent as multipart text fields too
                 params = options_from(RemoveParams, sent_options(request, upload))
             tier = self.served_tier(params.tier or self.config.default_tier)
@@ -259,8 +270,10 @@ class Ingress:
         """Decode, run the tier's model, apply the effects and encode: one image request, once admitted."""
         request.state.labels = request_labels(tier.tier.value, params)  # for RecordRequests, whatever the answer
         caller = getattr(request.state, "caller", "")  # set by the API-key check, when keys are on
-        key = MaskKey(content_hash(upload.image), tier.tier.value, tier.config.runtime, tier.weights_label, caller)
-        tag = etag(key, params, upload.background, self.served_as[tier.tier])
+        # Hashing a 32 MB upload takes ~20 ms: on the pool, not the event loop every request shares.
+        content = await self.on_cpu(content_hash, upload.image)
+        key = MaskKey(content, tier.tier.value, tier.config.runtime, tier.weights_identity(), caller)
+        tag = await self.on_cpu(etag, key, params, upload.background, self.served_as[tier.tier])
         if matches(request.headers.get("if-none-match"), tag):  # the client has these bytes: nothing to do
             return Response(status_code=304, headers={"ETag": tag})
         pixels = self.config.max_image_pixels

@@ -92,6 +92,7 @@ class Upload:
     image: bytes
     background: bytes | None = None  # multipart field `background`, for effect=background
     fields: dict[str, str] = field(default_factory=dict)  # the multipart body's text fields (rembg's options)
+    other_files: list[str] = field(default_factory=list)  # names of file parts that are none of the above
 
 
 async def read_upload(request: Request) -> Upload:
@@ -149,7 +150,9 @@ async def _multipart_image(request: Request) -> Upload:
             upload = form.get(name)
             if isinstance(upload, UploadFile):
                 texts = {key: value for key, value in form.multi_items() if isinstance(value, str)}
-                return Upload(await upload.read(), background_bytes, texts)
+                known = (*UPLOAD_FIELDS, BACKGROUND_FIELD)
+                others = sorted({k for k, v in form.multi_items() if isinstance(v, UploadFile) and k not in known})
+                return Upload(await upload.read(), background_bytes, texts, others)
         as_text = [name for name in UPLOAD_FIELDS if isinstance(form.get(name), str)]
         if as_text:
             raise sent_as_text(as_text[0])

@@ -29,7 +29,7 @@ from serve_app.resize import DynamicResize, ResizePolicy, StaticResize
 from serve_app.runtimes import RuntimeSettings, runtime_choices
 from serve_app.runtimes.onnx_artifacts import EXPORT_DIR, export_command
 from serve_app.runtimes.openvino import CONVERTED_DIR
-from serve_app.weights import ResolvedWeights, weights_label
+from serve_app.weights import ResolvedWeights, weights_identity, weights_label
 
 
 class Effect(str, Enum):
@@ -586,6 +586,11 @@ class ServedTier(BaseModel):
     def weights_label(self) -> str:
         """What X-Weights and /v1/tiers report: the one source of it."""
         return weights_label(self.spec.checkpoint, self.config.weights)
+
+    def weights_identity(self) -> str:
+        """What cached masks and ETags are keyed by (``serve_app/weights.py``): read when asked, as a file of the
+        user's own may be replaced while the service runs."""
+        return weights_identity(self.spec.checkpoint, self.config.weights, self.weights_dir)
 
     @property
     def input_size(self) -> str:

@@ -280,6 +280,21 @@ def weights_label(checkpoint: Checkpoint, choice: str) -> str:
     return "".join(c if " " <= c <= "~" else quote(c) for c in name)
 
 
+def weights_identity(checkpoint: Checkpoint, choice: str, weights_dir: Path) -> str:
+    """What the masks' cache key and the ETags take the weights to be. A published checkpoint is its name (its
+    checksum is checked); one of the user's own is its path, and its size and time where this process can see the
+    file: by name alone, two checkpoints called model.pth, or one retrained in place, shared cached masks and ETags.
+    """
+    if choice in (AUTO, UNTRAINED):
+        return weights_label(checkpoint, choice)
+    path = configured_path(choice, weights_dir)
+    try:
+        stat = path.stat()
+    except OSError:  # on another node than the tier's replica, say: the path alone
+        return str(path)
+    return f"{path} {stat.st_size} {stat.st_mtime_ns}"
+
+
 def resolve(
     checkpoint: Checkpoint,
     choice: str,

@@ -199,6 +199,13 @@ def test_gpu_config_without_gpu_explains_itself(service: str, cluster: Cluster) 
 
 def test_missing_weights_offline_explain_what_to_do(service: str, cluster: Cluster, tmp_path: Path) -> None:
     args = {"weights_dir": str(tmp_path), **fast_tier_app(weights="auto", allow_download=False)}
+    # A second tier that starts: a request's form field may pick it over the query's failed one.
+    args["tiers"]["balanced"] = {
+        **args["tiers"]["fast"],
+        "weights": "untrained",
+        "allow_download": True,
+        "base_size": 64,
+    }
     cluster.deploy(cluster.with_extra_app("offline-check", "/offline", args))
     try:
         with httpx.Client(base_url=f"{service}/offline", timeout=30) as client:
@@ -208,9 +215,14 @@ def test_missing_weights_offline_explain_what_to_do(service: str, cluster: Clust
             assert until(lambda: (client.get("/v1/tiers").json()[0]["startup"] or {}).get("phase") == "failed", 30)
             startup = client.get("/v1/tiers").json()[0]["startup"]
             assert "WeightsUnavailableError" in startup["detail"] and "start-up failed" in tier_message(client)
-            response = client.post("/v1/remove", content=png_bytes(scenes.make_scenes(1, 1, 64, 64)[0].image))
+            image = png_bytes(scenes.make_scenes(1, 1, 64, 64)[0].image)
+            response = client.post("/v1/remove", content=image)
             assert response.status_code == 503
             assert "ckpt_fast.pth" in response.json()["error"]["message"]
+            # "A field wins over the same query parameter": the query's failed tier refused this before.
+            assert until(lambda: {t["tier"]: t["ready"] for t in client.get("/v1/tiers").json()}["balanced"], 120)
+            picked = client.post("/v1/remove?tier=fast", files={"image": ("i.png", image)}, data={"tier": "balanced"})
+            assert picked.status_code == 200 and picked.headers["x-tier"] == "balanced", picked.text
     finally:
         cluster.deploy(cluster.test_config())
 

@@ -667,6 +667,12 @@ def test_an_image_sent_as_text_and_rembgs_field_are_named_in_the_422(client: htt
     assert as_text.status_code == 422 and "background=@photo.jpg" in as_text.text, as_text.text
     no_file = client.post("/api/remove", data={"model": "u2netp"}, files=other_file)
     assert no_file.status_code == 422 and "'file'" in no_file.json()["error"]["message"], no_file.text
+    # A misspelt background was dropped silently (an rgba came back): now a 422 that names it. rembg's route
+    # ignores what rembg ignores.
+    misspelt = client.post("/v1/remove", params={"effect": "mask"}, files={**image, "backgroud": ("b.png", b"x")})
+    assert misspelt.status_code == 422 and "'backgroud'" in misspelt.json()["error"]["message"], misspelt.text
+    rembg = client.post("/api/remove", files={"file": image["image"], "extra": ("x.txt", b"x")}, data={"om": "true"})
+    assert rembg.status_code == 200, rembg.text
 
 
 def slow_upload(

@@ -394,3 +394,19 @@ def test_the_bf16_refusal_names_the_runtime_and_what_to_use_instead() -> None:
         ConfigurationError, match=r"^openvino_bf16: cuda has no bf16 arithmetic.*emulated.*openvino \(fp32\)"
     ):
         require_native_bf16(torch.device("cuda"), "openvino_bf16", "openvino (fp32)")
+
+
+def test_pinned_staging_holds_one_buffer_the_size_of_the_largest_batch() -> None:
+    """One page-locked buffer per batch shape grew without bound on the quality tier (its size follows each photo).
+    No GPU here: pinning is stood in for by the identity; what is tested is what the buffer holds and hands over."""
+    from serve_app.runtimes.inspyrenet import PinnedStaging
+
+    staging = PinnedStaging(pin=lambda tensor: tensor)
+    rng = np.random.default_rng(0)
+    largest = 0
+    for height, width, batch in [(1088, 1920, 1), (1280, 736, 2), (640, 960, 1), (1280, 2272, 1), (96, 64, 4)]:
+        images = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+        largest = max(largest, images.nbytes)
+        sent = staging.to_device(images, torch.device("cpu"))
+        assert sent.shape == images.shape and np.array_equal(sent.numpy(), images)
+        assert staging.held_bytes == largest

@@ -45,3 +45,16 @@ def test_listed_shortens_long_names_and_counts_the_rest() -> None:
     assert listed(["b", "a"]) == "a, b"
     assert listed(["x" * 50]) == "x" * 39 + "…"
     assert listed([str(i) for i in range(12)], most=3) == "0, 1, 10 and 9 more"
+
+
+def test_file_parts_of_other_names_are_reported_not_dropped() -> None:
+    boundary = "x-boundary"
+
+    def part(name: str, body: str, filename: str | None = None) -> str:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        return f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n{body}\r\n"
+
+    body = part("image", "PNG...", "a.png") + part("backgroud", "PNG...", "b.png") + part("effect", "mask", "e.txt")
+    upload = read((body + f"--{boundary}--\r\n").encode(), f"multipart/form-data; boundary={boundary}")
+    assert upload.image == b"PNG..." and upload.background is None  # type: ignore[attr-defined]
+    assert upload.other_files == ["backgroud", "effect"]  # type: ignore[attr-defined]

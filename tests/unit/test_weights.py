@@ -222,6 +222,26 @@ def test_the_cli_reports_a_bad_config_and_checks_every_tier(
     assert "fast: error: [Errno 13] Permission denied" in err and "balanced: error: /" in err  # both checked
 
 
+def test_own_checkpoints_are_told_apart_by_path_and_by_content_changes(tmp_path: Path) -> None:
+    """Cached masks and ETags were keyed by the file's name: two model.pth in two folders, or one retrained in
+    place, shared them (a client got 304 for bytes that had changed)."""
+    from serve_app.weights import weights_identity
+
+    published = checkpoint("http://127.0.0.1:9/x")
+    first, second = tmp_path / "2024-01" / "model.pth", tmp_path / "2024-06" / "model.pth"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(PAYLOAD)
+    os.utime(second, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns))  # same size, same time
+    assert weights_identity(published, str(first), tmp_path) != weights_identity(published, str(second), tmp_path)
+    before = weights_identity(published, "2024-01/model.pth", tmp_path)  # relative to weights_dir: the same file
+    assert before == weights_identity(published, str(first), tmp_path)
+    first.write_bytes(PAYLOAD + b"retrained")
+    assert weights_identity(published, str(first), tmp_path) != before
+    assert weights_identity(published, AUTO, tmp_path) == "ckpt_test.pth"  # published: its name (md5-checked)
+    assert weights_identity(published, str(tmp_path / "gone.pth"), tmp_path) == str(tmp_path / "gone.pth")
+
+
 def test_configured_path_wins_and_skips_the_checksum(tmp_path: Path) -> None:
     own = tmp_path / "mine.pth"
     own.write_bytes(b"my fine-tuned weights")
