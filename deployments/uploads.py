@@ -8,6 +8,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from ray.exceptions import TaskCancelledError
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -15,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.http_errors import service_error_response
 from serve_app.errors import (
+    ClientClosedError,
     InvalidParameterError,
     MalformedRequestError,
     PayloadTooLargeError,
@@ -70,6 +72,10 @@ class UploadLimits:
                 raise UploadTooSlowError(
                     f"the upload paused for more than {self.stall_s:g} s after {received} bytes"
                 ) from None
+            except TaskCancelledError:  # Serve's proxy cancelled the request: its client left
+                raise ClientClosedError(f"the client left after {received} bytes of its upload") from None
+            if message["type"] == "http.disconnect":
+                raise ClientClosedError(f"the client left after {received} bytes of its upload")
             if message["type"] != "http.request":
                 return message
             received += len(message.get("body", b""))

@@ -98,6 +98,14 @@ class PayloadTooLargeError(ServiceError):
 
 
 # --- the service cannot serve it now (5xx) ----------------------------------------------------------------------
+class ClientClosedError(ServiceError):
+    """The client went away while its upload was being read. Nobody receives this answer: it is what the access
+    line and the metrics say (nginx's 499), rather than a 500 with a traceback that any client could cause."""
+
+    status = 499
+    code = "client_closed"
+
+
 class TierUnavailableError(ServiceError):
     """The tier's model deployment is not running (still loading, failed, or cannot be scheduled)."""
 

@@ -447,6 +447,60 @@ def test_a_jpeg_of_tiny_segments_is_refused_without_a_long_walk() -> None:
         decode_image(padded, BIG)
 
 
+def floods() -> dict[str, bytes]:
+    """Headers padded with empty structure, one past each bound: JPEG segments, PNG chunks, GIF comment blocks, a
+    PNM comment. Pillow walks such padding in Python (32 MB of it took 11-16 s)."""
+    import struct
+    import zlib
+
+    def encoded(fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(asymmetric()).save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    def chunk(kind: bytes, body: bytes = b"") -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    jpeg, png, gif = encoded("JPEG"), encoded("PNG"), encoded("GIF")
+    table = 3 << ((gif[10] & 7) + 1) if gif[10] & 0x80 else 0
+    comment = b"\x21\xfe" + b"\x01x" * (codec.MAX_GIF_EXTENSION_BLOCKS + 1) + b"\x00"
+    return {
+        "jpeg": jpeg[:2] + b"\xff\xe1\x00\x02" * (MAX_JPEG_MARKERS + 1) + jpeg[2:],
+        "png": png[:33] + chunk(b"abCd") * (codec.MAX_PNG_ANCILLARY_CHUNKS + 1) + png[33:],
+        "png-idat": png[:33] + chunk(b"IDAT") * (codec.MAX_PNG_CHUNKS + 1) + png[33:],
+        "gif": gif[: 13 + table] + comment + gif[13 + table :],
+        "pnm": b"P6\n#" + b"a" * codec.MAX_PNM_HEADER_BYTES + b"\n4 4 255\n" + bytes(48),
+    }
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png", "png-idat", "gif", "pnm"])
+def test_a_header_flooded_with_empty_structure_is_refused_before_pillow_reads_it(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = floods()[kind]
+    opened: list[object] = []
+    real_open = codec.Image.open
+    monkeypatch.setattr(codec.Image, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    with pytest.raises(InvalidImageError, match=r"over|not within"):
+        decode_image(data, BIG)
+    assert codec.declared_pixels(data) == 0
+    assert opened == []  # refused from the bytes: Pillow never walked them
+
+
+def test_headers_within_the_bounds_still_decode() -> None:
+    """One under each bound, and a PNM whose comments are long but end within its first 64 kB."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(asymmetric()).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    empty = struct.pack(">I", 0) + b"abCd" + struct.pack(">I", zlib.crc32(b"abCd"))
+    assert decode_image(png[:33] + empty * 100 + png[33:], BIG).shape == asymmetric().shape
+    pnm = b"P6\n" + b"# a comment\n" * 4000 + b"4 4 255\n" + bytes(48) + bytes(70_000)  # >64 kB in all
+    assert decode_image(pnm, BIG).shape == (4, 4, 3)
+
+
 def test_a_broken_avif_container_is_a_bad_image_not_a_server_error() -> None:
     if "AVIF" not in INPUT_FORMATS:
         pytest.skip("this Pillow reads no AVIF")

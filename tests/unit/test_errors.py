@@ -16,6 +16,7 @@ EXPECTED = {
     errors.PayloadTooLargeError: (413, "payload_too_large"),
     errors.UnauthorizedError: (401, "unauthorized"),
     errors.UploadTooSlowError: (408, "upload_too_slow"),
+    errors.ClientClosedError: (499, "client_closed"),
     errors.TierUnavailableError: (503, "tier_unavailable"),
     errors.OverloadedError: (503, "overloaded"),
     errors.DeadlineExceededError: (504, "deadline_exceeded"),

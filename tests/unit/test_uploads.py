@@ -58,3 +58,38 @@ def test_file_parts_of_other_names_are_reported_not_dropped() -> None:
     upload = read((body + f"--{boundary}--\r\n").encode(), f"multipart/form-data; boundary={boundary}")
     assert upload.image == b"PNG..." and upload.background is None  # type: ignore[attr-defined]
     assert upload.other_files == ["backgroud", "effect"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("leaves", ["disconnect", "cancelled"])
+def test_a_client_that_leaves_mid_upload_is_client_closed_not_a_500(leaves: str) -> None:
+    """Starlette's ClientDisconnect (or Ray's TaskCancelledError, when Serve's proxy cancels the request) escaped as a
+    500 with a traceback: any client could fill the 500 rate and the log so."""
+    from ray.exceptions import TaskCancelledError
+
+    from deployments.uploads import UploadLimits
+    from serve_app.errors import ClientClosedError
+
+    async def receive() -> dict[str, object]:
+        if not sent:
+            sent.append(True)
+            return {"type": "http.request", "body": b"x" * 100, "more_body": True}
+        if leaves == "cancelled":
+            raise TaskCancelledError()
+        return {"type": "http.disconnect"}
+
+    async def route(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        try:
+            await read_upload(Request(scope, receive))  # type: ignore[arg-type]
+        except Exception as exc:
+            caught.append(exc)
+
+    async def send(message: object) -> None:
+        pass
+
+    sent: list[bool] = []
+    caught: list[Exception] = []
+    headers = [(b"content-type", b"image/png")]
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""}
+    asyncio.run(UploadLimits(route, max_bytes=10**6, stall_s=5, min_bytes_per_s=1)(scope, receive, send))  # type: ignore[arg-type]
+    (error,) = caught
+    assert isinstance(error, ClientClosedError) and error.status == 499, repr(error)
