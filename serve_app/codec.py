@@ -66,14 +66,25 @@ MAX_PNG_ANCILLARY_CHUNKS = 10_000  # any chunk but IDAT, Pillow's loop for each
 MAX_PNG_CHUNKS = 100_000  # IDAT included: 32 MB at libpng's 8 kB a chunk is ~4,000
 MAX_GIF_EXTENSION_BLOCKS = 10_000  # sub-blocks of the extensions before the first frame (XMP's trailer is 257)
 MAX_PNM_HEADER_BYTES = 64 * 1024  # magic, sizes and comments; GIMP's comment is one line
+MAX_JPEG_GAP_BYTES = 64 * 1024  # fill (FF) or junk between a JPEG's segments before its image: Pillow reads it bytewise
 
 
 def structure_problem(data: bytes) -> str | None:
     """Why the upload's header is not one to hand to Pillow (a flood of empty segments, chunks or comments), else
     None. Each walk stops at its bound, so it costs milliseconds whatever the bytes."""
     if data.startswith(b"\xff\xd8"):
-        markers, position = 0, 2
-        while (found := _JPEG_MARKER.search(data, position)) is not None and found.group()[1] != _START_OF_SCAN:
+        markers, position, gaps = 0, 2, 0
+        too_much_gap = f"the JPEG has over {MAX_JPEG_GAP_BYTES // 1024} kB of fill or junk between its segments"
+        while True:
+            end = min(len(data), position + MAX_JPEG_GAP_BYTES - gaps + 2)  # the search stops where the bound would
+            found = _JPEG_MARKER.search(data, position, end)
+            if found is None:
+                return too_much_gap if end < len(data) else None
+            gaps += found.start() - position
+            if gaps > MAX_JPEG_GAP_BYTES:
+                return too_much_gap
+            if found.group()[1] == _START_OF_SCAN:
+                break
             markers += 1
             if markers > MAX_JPEG_MARKERS:
                 return f"the JPEG has over {MAX_JPEG_MARKERS} segments before its image"

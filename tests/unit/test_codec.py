@@ -466,6 +466,8 @@ def floods() -> dict[str, bytes]:
     comment = b"\x21\xfe" + b"\x01x" * (codec.MAX_GIF_EXTENSION_BLOCKS + 1) + b"\x00"
     return {
         "jpeg": jpeg[:2] + b"\xff\xe1\x00\x02" * (MAX_JPEG_MARKERS + 1) + jpeg[2:],
+        "jpeg-fill": jpeg[:2] + b"\xff" * (codec.MAX_JPEG_GAP_BYTES + 1) + jpeg[2:],  # fill bytes, read one by one
+        "jpeg-junk": jpeg[:2] + b"\xff\x00" + bytes(codec.MAX_JPEG_GAP_BYTES) + jpeg[2:],
         "png": png[:33] + chunk(b"abCd") * (codec.MAX_PNG_ANCILLARY_CHUNKS + 1) + png[33:],
         "png-idat": png[:33] + chunk(b"IDAT") * (codec.MAX_PNG_CHUNKS + 1) + png[33:],
         "gif": gif[: 13 + table] + comment + gif[13 + table :],
@@ -473,7 +475,7 @@ def floods() -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("kind", ["jpeg", "png", "png-idat", "gif", "pnm"])
+@pytest.mark.parametrize("kind", ["jpeg", "jpeg-fill", "jpeg-junk", "png", "png-idat", "gif", "pnm"])
 def test_a_header_flooded_with_empty_structure_is_refused_before_pillow_reads_it(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
