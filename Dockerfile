@@ -2,7 +2,8 @@
 #   docker build -t bgserve:0.1.0 .                              # weights mounted at /models when it runs
 #   docker build -t bgserve:0.1.0 --build-arg BAKE_WEIGHTS=1 .   # weights fetched and verified into the image
 # Run one container (a GPU box):
-#   docker run --gpus all --shm-size=8g -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.1.0
+#   docker run --gpus all --init --shm-size=8g -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.1.0
+#   (--init: an init as process 1 reaps the Ray daemons that `ray start` leaves behind, which serve run would not)
 #   (--shm-size: Ray's object store, which carries the images between replicas, lives in /dev/shm, 64 MB by default)
 # `docker stop` sends serve run its Ctrl-C (STOPSIGNAL below): Serve shuts down at once, as in a terminal.
 #   (the dashboard on 8265 asks for the token: docker exec <container> ray get-auth-token)

@@ -238,6 +238,7 @@ class Ingress:
             self.readiness.raise_if_unavailable(self.served_tier(params.tier or self.config.default_tier))
         with self.admission.slot():
             upload = await read_upload(request)
+            request.state.served = {"upload_bytes": len(upload.image)}  # the access line's, whatever the answer
             if upload.other_files:  # a misspelt `backgroud`, or an option sent as a file: never dropped silently
                 names = listed([repr(name) for name in upload.other_files])
                 raise InvalidParameterError(
@@ -254,6 +255,7 @@ class Ingress:
         """rembg's ``POST /api/remove`` (serve_app/rembg_api.py): its options as form fields or query parameters."""
         with self.admission.slot():
             upload = await read_upload(request)
+            request.state.served = {"upload_bytes": len(upload.image)}  # the access line's, whatever the answer
             request.state.rembg_options = sent_options(request, upload)  # for the metrics, if refused
             params = options_from(RembgParams, request.state.rembg_options).to_remove_params()
             tier = self.served_tier(params.tier or self.config.default_tier)

@@ -12,10 +12,16 @@ logger = logging.getLogger(__name__)
 UTF8_BOM = b"\xef\xbb\xbf"  # Windows editors start a UTF-8 file with it
 
 
+def stripped(key: bytes) -> bytes:
+    """A key without the whitespace around it, Unicode's too (a no-break space pasted from a web page), whatever
+    its bytes: ones that are not UTF-8 are kept as they are."""
+    return key.decode("utf-8", "surrogateescape").strip().encode("utf-8", "surrogateescape")
+
+
 def keys_in(text: bytes) -> list[bytes]:
     """The keys of a key file: one a line, blank lines and # comments skipped, a leading BOM dropped."""
-    stripped = (line.strip() for line in text.removeprefix(UTF8_BOM).splitlines())
-    return [line for line in stripped if line and not line.startswith(b"#")]
+    lines = (stripped(line) for line in text.removeprefix(UTF8_BOM).splitlines())
+    return [line for line in lines if line and not line.startswith(b"#")]
 
 
 class ApiKeys:
@@ -34,7 +40,8 @@ class ApiKeys:
         """The keys in force now: the variable's (comma-separated) and the file's (one a line; # comments).
 
         Both are taken as bytes, as they are: a key that is not valid UTF-8 is compared as sent, never a 500."""
-        found = [k.strip() for k in os.environb.get(os.fsencode(self.env_var or ""), b"").split(b",") if k.strip()]
+        variable = os.environb.get(os.fsencode(self.env_var or ""), b"")
+        found = [key for key in map(stripped, variable.split(b",")) if key]
         if self.file is not None:
             try:
                 stat = self.file.stat()
@@ -60,7 +67,8 @@ class ApiKeys:
     def accepts(self, presented: str) -> bool:
         """Compared with every key in constant time (no early exit): how long it takes says nothing of how
         close a guess came, or which key matched. ``presented`` is the header value as Starlette decodes it (Latin-1),
-        so the bytes the client sent are compared with the key's UTF-8 bytes: a non-ASCII key matches too."""
+        so the bytes the client sent are compared with the key's bytes as the file or variable holds them: a
+        non-ASCII key matches too."""
         candidate = presented.encode("latin-1", "replace")
         matched = False
         for key in self.keys():

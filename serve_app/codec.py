@@ -56,7 +56,7 @@ CACHED_PROFILE_BYTES = 64 * 1024
 # markers and FFFF fill: those are skipped by the pattern itself.
 _JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 _MARKERS_WITHOUT_LENGTH = {0x01, 0xD8, 0xD9}
-_START_OF_SCAN, _END_OF_IMAGE = 0xDA, 0xD9
+_START_OF_SCAN, _END_OF_IMAGE, _APP1 = 0xDA, 0xD9, 0xE1
 
 
 # Pillow reads a header's structure in Python, one segment, chunk or comment byte at a time: 32 MB of empty ones
@@ -67,13 +67,17 @@ MAX_PNG_CHUNKS = 100_000  # IDAT included: 32 MB at libpng's 8 kB a chunk is ~4,
 MAX_GIF_EXTENSION_BLOCKS = 10_000  # sub-blocks of the extensions before the first frame (XMP's trailer is 257)
 MAX_PNM_HEADER_BYTES = 64 * 1024  # magic, sizes and comments; GIMP's comment is one line
 MAX_JPEG_GAP_BYTES = 64 * 1024  # fill (FF) or junk between a JPEG's segments before its image: Pillow reads it bytewise
+# Pillow joins Exif segments by concatenation (quadratic: 32 MB of them took 6.5 s); a camera writes one, of 64 kB
+# at most.
+MAX_JPEG_EXIF_BYTES = 1 << 20
+MAX_PNM_COMMENTS = 1000
 
 
 def structure_problem(data: bytes) -> str | None:
     """Why the upload's header is not one to hand to Pillow (a flood of empty segments, chunks or comments), else
     None. Each walk stops at its bound, so it costs milliseconds whatever the bytes."""
     if data.startswith(b"\xff\xd8"):
-        markers, position, gaps = 0, 2, 0
+        markers, position, gaps, exif = 0, 2, 0, 0
         too_much_gap = f"the JPEG has over {MAX_JPEG_GAP_BYTES // 1024} kB of fill or junk between its segments"
         while True:
             end = min(len(data), position + MAX_JPEG_GAP_BYTES - gaps + 2)  # the search stops where the bound would
@@ -90,15 +94,20 @@ def structure_problem(data: bytes) -> str | None:
                 return f"the JPEG has over {MAX_JPEG_MARKERS} segments before its image"
             start, marker = found.start(), found.group()[1]
             length = 0 if marker in _MARKERS_WITHOUT_LENGTH else int.from_bytes(data[start + 2 : start + 4], "big")
+            if marker == _APP1 and data.startswith(b"Exif\0\0", start + 4):
+                exif += length
+                if exif > MAX_JPEG_EXIF_BYTES:
+                    return f"the JPEG has over {MAX_JPEG_EXIF_BYTES >> 20} MB of Exif segments"
             position = start + 2 + length
     elif data.startswith(b"\x89PNG\r\n\x1a\n"):
-        position, chunks, ancillary = 8, 0, 0
+        position, chunks, ancillary, image_seen = 8, 0, 0, False
         while position + 8 <= len(data) and chunks <= MAX_PNG_CHUNKS and ancillary <= MAX_PNG_ANCILLARY_CHUNKS:
             kind = data[position + 4 : position + 8]
-            chunks += 1
-            ancillary += kind != b"IDAT"
-            if kind == b"IEND":
+            if kind == b"IEND" or (kind == b"fcTL" and image_seen):  # an APNG's next frame: Pillow stops there
                 break
+            image_seen = image_seen or kind == b"IDAT"
+            chunks += 1
+            ancillary += kind not in (b"IDAT", b"fdAT")
             position += 12 + int.from_bytes(data[position : position + 4], "big")
         if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS:
             return (
@@ -109,6 +118,9 @@ def structure_problem(data: bytes) -> str | None:
         blocks = 0
         while position + 1 < len(data) and data[position] == 0x21:  # an extension, before the first frame
             position += 2  # its introducer and label, then sub-blocks until an empty one
+            blocks += 1  # an empty extension counts too: 16 MB of them took Pillow 3 s
+            if blocks > MAX_GIF_EXTENSION_BLOCKS:
+                return f"the GIF has over {MAX_GIF_EXTENSION_BLOCKS} extension blocks before its first frame"
             while position < len(data) and data[position] != 0:
                 blocks += 1
                 if blocks > MAX_GIF_EXTENSION_BLOCKS:
@@ -120,6 +132,9 @@ def structure_problem(data: bytes) -> str | None:
         header = rb"P[1-6](?:(?:\s|#[^\r\n]*[\r\n])+\d+){%d}\s" % numbers
         if re.match(header, data[:MAX_PNM_HEADER_BYTES]) is None and len(data) > MAX_PNM_HEADER_BYTES:
             return f"the PNM header is not within its first {MAX_PNM_HEADER_BYTES // 1024} kB (a long comment?)"
+        # Pillow cuts each comment out of a plain (text) raster with a copy of the rest: 1 MB of them took 6 s.
+        if data[1:2] in b"123" and data.count(b"#") > MAX_PNM_COMMENTS:
+            return f"the plain PNM has over {MAX_PNM_COMMENTS} comments"
     return None
 
 

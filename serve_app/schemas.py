@@ -588,8 +588,7 @@ class ServedTier(BaseModel):
         return weights_label(self.spec.checkpoint, self.config.weights)
 
     def weights_identity(self) -> str:
-        """What cached masks and ETags are keyed by (``serve_app/weights.py``): read when asked, as a file of the
-        user's own may be replaced while the service runs."""
+        """What cached masks and ETags are keyed by (``serve_app/weights.py``)."""
         return weights_identity(self.spec.checkpoint, self.config.weights, self.weights_dir)
 
     @property

@@ -199,12 +199,17 @@ def _install(
     except OSError as exc:
         raise _cannot_write(destination.parent, exc) from exc
     try:
+        handle = os.fdopen(fd, "wb")
         try:
-            with os.fdopen(fd, "wb") as handle:
-                write(handle)
+            write(handle)
         except _LocalWriteError as exc:
             assert isinstance(exc.__cause__, OSError)
             raise _cannot_write(destination.parent, exc.__cause__) from exc.__cause__
+        finally:
+            try:  # the last buffered bytes are written here: a full disk may first say so now
+                handle.close()
+            except OSError as exc:
+                raise _cannot_write(destination.parent, exc) from exc
         report(VERIFYING, checkpoint.filename, None)
         md5, sha256 = file_digests(tmp)
         if checkpoint.md5 is not None and md5 != checkpoint.md5:
@@ -218,7 +223,12 @@ def _install(
             )
         os.replace(tmp, destination)
         if checkpoint.md5 is None:
-            _write_record(_sha256_record(destination), sha256)
+            try:
+                _write_record(_sha256_record(destination), sha256)
+            except OSError as exc:  # installed and checked; the record comes at the next start that can write it
+                logger.warning(
+                    "could not record the sha256 of %s (%s): it is recorded at a later start", destination, exc
+                )
         return destination
     finally:
         tmp.unlink(missing_ok=True)
@@ -281,18 +291,14 @@ def weights_label(checkpoint: Checkpoint, choice: str) -> str:
 
 
 def weights_identity(checkpoint: Checkpoint, choice: str, weights_dir: Path) -> str:
-    """What the masks' cache key and the ETags take the weights to be. A published checkpoint is its name (its
-    checksum is checked); one of the user's own is its path, and its size and time where this process can see the
-    file: by name alone, two checkpoints called model.pth, or one retrained in place, shared cached masks and ETags.
-    """
+    """What the masks' cache key and the ETags take the weights to be: a published checkpoint's name (its checksum
+    is checked), or the whole path of one of the user's own (by its name alone, two checkpoints called model.pth in
+    two folders shared cached masks and ETags). Not the file's size or time: the ingress would see a file
+    retrained in place before the tier replicas load it, and key the old model's masks by the new file. Retrained
+    weights go under a new name (README, Weights). Any bytes of a path come out printable."""
     if choice in (AUTO, UNTRAINED):
         return weights_label(checkpoint, choice)
-    path = configured_path(choice, weights_dir)
-    try:
-        stat = path.stat()
-    except OSError:  # on another node than the tier's replica, say: the path alone
-        return str(path)
-    return f"{path} {stat.st_size} {stat.st_mtime_ns}"
+    return os.fsencode(configured_path(choice, weights_dir)).decode("utf-8", "backslashreplace")
 
 
 def resolve(
@@ -316,6 +322,7 @@ def resolve(
             raise WeightsUnavailableError(f"weights file {path} (configured for {checkpoint.filename}) does not exist")
         return ResolvedWeights(path=path, label=label)
     path = weights_dir / checkpoint.filename
+    _sweep_stale_parts(path)  # also when the checkpoint is there: a transfer killed after another one finished
     if path.is_file():
         report(VERIFYING, checkpoint.filename, None)
         verify(checkpoint, path)

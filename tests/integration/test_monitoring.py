@@ -181,6 +181,7 @@ def test_one_json_access_line_per_request_with_its_request_id(cluster: Cluster, 
     assert 0 < access["ms"] < 60_000 and len(json.dumps(served)) < 4000  # sizes and timings, never image bytes
     (refused,) = access_lines("trace-bad-4242")
     assert refused["access"]["status"] == "400" and refused["access"]["code"] == "invalid_image"
+    assert refused["access"]["upload_bytes"] == len(b"nope")  # a refused upload's size is logged too
 
 
 def test_refusals_by_the_proxy_guard_are_counted(scraped: Prometheus, cluster: Cluster, service: str) -> None:

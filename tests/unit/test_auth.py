@@ -69,6 +69,14 @@ def test_a_key_variable_with_bytes_that_are_not_utf8_is_compared_as_given() -> N
     assert out.stdout.split() == [b"True", b"True"]
 
 
+def test_unicode_whitespace_around_a_key_is_not_part_of_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A no-break space pasted after a key was stripped before keys were read as bytes; then it was not."""
+    file = tmp_path / "keys"
+    file.write_text("key-one\u00a0\n")
+    monkeypatch.setenv("BGSERVE_TEST_KEYS", "key-two\u2003, key-three")
+    assert ApiKeys(env_var="BGSERVE_TEST_KEYS", file=file).keys() == [b"key-two", b"key-three", b"key-one"]
+
+
 def test_a_key_file_saved_with_a_bom_keeps_its_first_key(tmp_path: Path) -> None:
     file = tmp_path / "keys"
     file.write_bytes("\ufeffkey-one\r\nkey-two\r\n".encode())

@@ -464,6 +464,7 @@ def floods() -> dict[str, bytes]:
     jpeg, png, gif = encoded("JPEG"), encoded("PNG"), encoded("GIF")
     table = 3 << ((gif[10] & 7) + 1) if gif[10] & 0x80 else 0
     comment = b"\x21\xfe" + b"\x01x" * (codec.MAX_GIF_EXTENSION_BLOCKS + 1) + b"\x00"
+    exif_segment = b"\xff\xe1" + (65533).to_bytes(2, "big") + b"Exif\0\0" + bytes(65533 - 8)  # a camera's largest
     return {
         "jpeg": jpeg[:2] + b"\xff\xe1\x00\x02" * (MAX_JPEG_MARKERS + 1) + jpeg[2:],
         "jpeg-fill": jpeg[:2] + b"\xff" * (codec.MAX_JPEG_GAP_BYTES + 1) + jpeg[2:],  # fill bytes, read one by one
@@ -472,10 +473,16 @@ def floods() -> dict[str, bytes]:
         "png-idat": png[:33] + chunk(b"IDAT") * (codec.MAX_PNG_CHUNKS + 1) + png[33:],
         "gif": gif[: 13 + table] + comment + gif[13 + table :],
         "pnm": b"P6\n#" + b"a" * codec.MAX_PNM_HEADER_BYTES + b"\n4 4 255\n" + bytes(48),
+        # Found by a review of the first version of these walks:
+        "gif-empty": gif[: 13 + table] + b"\x21\xfe\x00" * (codec.MAX_GIF_EXTENSION_BLOCKS + 1) + gif[13 + table :],
+        "pnm-plain": b"P2\n1 1\n255\n" + b"#\n" * (codec.MAX_PNM_COMMENTS + 1) + b"7\n",
+        "jpeg-exif": jpeg[:2] + exif_segment * (codec.MAX_JPEG_EXIF_BYTES // len(exif_segment) + 1) + jpeg[2:],
     }
 
 
-@pytest.mark.parametrize("kind", ["jpeg", "jpeg-fill", "jpeg-junk", "png", "png-idat", "gif", "pnm"])
+@pytest.mark.parametrize(
+    "kind", ["jpeg", "jpeg-fill", "jpeg-junk", "jpeg-exif", "png", "png-idat", "gif", "gif-empty", "pnm", "pnm-plain"]
+)
 def test_a_header_flooded_with_empty_structure_is_refused_before_pillow_reads_it(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -490,7 +497,8 @@ def test_a_header_flooded_with_empty_structure_is_refused_before_pillow_reads_it
 
 
 def test_headers_within_the_bounds_still_decode() -> None:
-    """One under each bound, and a PNM whose comments are long but end within its first 64 kB."""
+    """What real files hold stays readable: a hundred empty chunks in a PNG, a PNM whose comments are long but end
+    within its first 64 kB, an APNG of 6,000 frames. (Each bound's exact edge: the flood cases are one past it.)"""
     import struct
     import zlib
 
@@ -501,6 +509,11 @@ def test_headers_within_the_bounds_still_decode() -> None:
     assert decode_image(png[:33] + empty * 100 + png[33:], BIG).shape == asymmetric().shape
     pnm = b"P6\n" + b"# a comment\n" * 4000 + b"4 4 255\n" + bytes(48) + bytes(70_000)  # >64 kB in all
     assert decode_image(pnm, BIG).shape == (4, 4, 3)
+    # An APNG's frames after the first are not walked: 6,000 frames (12,000 chunks) decoded before and do now.
+    frames = [Image.new("RGB", (8, 8), (i % 256, 0, 0)) for i in range(6000)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])
+    assert decode_image(buffer.getvalue(), BIG).shape == (8, 8, 3)
 
 
 def test_a_broken_avif_container_is_a_bad_image_not_a_server_error() -> None:
