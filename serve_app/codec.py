@@ -8,6 +8,7 @@ import logging
 import re
 import warnings
 import zipfile
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -71,6 +72,10 @@ MAX_JPEG_GAP_BYTES = 64 * 1024  # fill (FF) or junk between a JPEG's segments be
 # at most.
 MAX_JPEG_EXIF_BYTES = 1 << 20
 MAX_PNM_COMMENTS = 1000
+# Pillow handles a TIFF's strip and tile offsets in Python (100,000 one-row strips took 0.7 s, in a 1.2 MB file): an
+# image of the largest size this service takes, in one-row strips, has ~20,000.
+MAX_TIFF_STRIPS = 65_536
+_TIFF_STRIP_TAGS = {273, 279, 324, 325}  # StripOffsets, StripByteCounts, TileOffsets, TileByteCounts
 
 
 def structure_problem(data: bytes) -> str | None:
@@ -127,6 +132,17 @@ def structure_problem(data: bytes) -> str | None:
                     return f"the GIF has over {MAX_GIF_EXTENSION_BLOCKS} extension blocks before its first frame"
                 position += data[position] + 1
             position += 1
+    elif data[:4] in (b"II*\0", b"MM\0*"):  # classic TIFF: the first image's directory, entries of 12 bytes
+        order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
+        directory = int.from_bytes(data[4:8], order)
+        for entry in range(
+            directory + 2, directory + 2 + 12 * int.from_bytes(data[directory : directory + 2], order), 12
+        ):
+            if entry + 8 > len(data):
+                break
+            tag, count = data[entry : entry + 2], data[entry + 4 : entry + 8]
+            if int.from_bytes(tag, order) in _TIFF_STRIP_TAGS and int.from_bytes(count, order) > MAX_TIFF_STRIPS:
+                return f"the TIFF has over {MAX_TIFF_STRIPS} strips or tiles"
     elif data[:1] == b"P" and data[1:2] in b"123456" and len(data) > 2:
         numbers = 2 if data[1:2] in b"14" else 3  # bitmaps have no maximum value
         header = rb"P[1-6](?:(?:\s|#[^\r\n]*[\r\n])+\d+){%d}\s" % numbers

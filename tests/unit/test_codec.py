@@ -447,6 +447,27 @@ def test_a_jpeg_of_tiny_segments_is_refused_without_a_long_walk() -> None:
         decode_image(padded, BIG)
 
 
+def tiff_of_strips(rows: int) -> bytes:
+    """A 1 x ``rows`` grey TIFF with one strip per row (little-endian, uncompressed), written field by field."""
+    import struct
+
+    entries, directory = 9, 8
+    offsets_at = directory + 2 + 12 * entries + 4
+    counts_at = offsets_at + 4 * rows
+    pixels_at = counts_at + 4 * rows
+    tags = [(256, 3, 1, 1), (257, 4, 1, rows), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1)]
+    tags += [(273, 4, rows, offsets_at), (277, 3, 1, 1), (278, 4, 1, 1), (279, 4, rows, counts_at)]
+    out = b"II*\0" + struct.pack("<IH", directory, entries)
+    for tag, kind, count, value in tags:  # SHORT values sit in the first two bytes of the value field
+        out += (
+            struct.pack("<HHII", tag, kind, count, value)
+            if kind == 4
+            else struct.pack("<HHIHH", tag, kind, count, value, 0)
+        )
+    out += struct.pack("<I", 0) + struct.pack(f"<{rows}I", *range(pixels_at, pixels_at + rows))
+    return out + struct.pack(f"<{rows}I", *[1] * rows) + bytes(rows)
+
+
 def floods() -> dict[str, bytes]:
     """Headers padded with empty structure, one past each bound: JPEG segments, PNG chunks, GIF comment blocks, a
     PNM comment. Pillow walks such padding in Python (32 MB of it took 11-16 s)."""
@@ -477,11 +498,13 @@ def floods() -> dict[str, bytes]:
         "gif-empty": gif[: 13 + table] + b"\x21\xfe\x00" * (codec.MAX_GIF_EXTENSION_BLOCKS + 1) + gif[13 + table :],
         "pnm-plain": b"P2\n1 1\n255\n" + b"#\n" * (codec.MAX_PNM_COMMENTS + 1) + b"7\n",
         "jpeg-exif": jpeg[:2] + exif_segment * (codec.MAX_JPEG_EXIF_BYTES // len(exif_segment) + 1) + jpeg[2:],
+        "tiff": tiff_of_strips(codec.MAX_TIFF_STRIPS + 1),  # Pillow reads the offsets in Python
     }
 
 
 @pytest.mark.parametrize(
-    "kind", ["jpeg", "jpeg-fill", "jpeg-junk", "jpeg-exif", "png", "png-idat", "gif", "gif-empty", "pnm", "pnm-plain"]
+    "kind",
+    ["jpeg", "jpeg-fill", "jpeg-junk", "jpeg-exif", "png", "png-idat", "gif", "gif-empty", "pnm", "pnm-plain", "tiff"],
 )
 def test_a_header_flooded_with_empty_structure_is_refused_before_pillow_reads_it(
     kind: str, monkeypatch: pytest.MonkeyPatch
@@ -514,6 +537,7 @@ def test_headers_within_the_bounds_still_decode() -> None:
     buffer = io.BytesIO()
     frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])
     assert decode_image(buffer.getvalue(), BIG).shape == (8, 8, 3)
+    assert decode_image(tiff_of_strips(2000), BIG).shape == (2000, 1, 3)
 
 
 def test_a_broken_avif_container_is_a_bad_image_not_a_server_error() -> None:
