@@ -11,6 +11,7 @@ state stands; with none known, requests are let through (and Serve's own errors 
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,11 +41,23 @@ class ServeSnapshot:
     deployments: dict[str, Any] | None = None  # deployment name → Serve's DeploymentStatusInfo; None: never read
     cluster_gpus: float = 0.0
     startup: dict[str, StartupProgress] = field(default_factory=dict)  # tier → its replicas' latest report
+    startup_read_at: float = field(default_factory=time.monotonic)  # when the board gave them
     unlisted: str = ""  # why Serve lists none of the app's deployments (then ``deployments`` are the last seen)
 
 
 def _value(enum_or_str: Any) -> str:
     return str(getattr(enum_or_str, "value", enum_or_str))
+
+
+def older(report: StartupProgress | None, seconds: float) -> StartupProgress | None:
+    """A report as the board gave it, aged by the ``seconds`` since: a snapshot serves for up to 5 s (the helper's
+    re-trial saw `seconds_ago` stand still between reads, then jump)."""
+    if report is None or seconds <= 0:
+        return report
+    update = {} if report.seconds_ago is None else {"seconds_ago": round(report.seconds_ago + seconds, 1)}
+    if report.phase not in (READY, FAILED):  # still counting, as the board counts it
+        update["seconds"] = round(report.seconds + seconds, 1)
+    return report.model_copy(update=update)
 
 
 def ago(seconds: float | None) -> str:
@@ -108,14 +121,15 @@ class TierReadiness:
             )
         self._warned_about = kept_because
         try:
-            startup = self.board.read()
+            startup, read_at = self.board.read(), time.monotonic()
         except Exception as exc:  # progress is a nicety: Serve's status stands without it
             logger.debug("start-up board not readable: %s", exc)
-            startup = self.snapshot.startup
+            startup, read_at = self.snapshot.startup, self.snapshot.startup_read_at
         return ServeSnapshot(
             deployments=deployments,
             cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)),
             startup=startup,
+            startup_read_at=read_at,
             unlisted=kept_because,
         )
 
@@ -158,7 +172,8 @@ class TierReadiness:
     def tier_info(self, tier: ServedTier) -> TierInfo:
         config, name = tier.config, tier.tier.value
         serving, status, message = self._state(name)
-        startup = self.snapshot.startup.get(name)
+        snapshot = self.snapshot
+        startup = older(snapshot.startup.get(name), time.monotonic() - snapshot.startup_read_at)
         message = summary(message)  # Serve's may hold a whole traceback: that is for `serve status`, not clients
         if serving == 0 and startup is not None and startup.phase != READY:
             doing = (

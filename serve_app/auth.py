@@ -10,6 +10,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 UTF8_BOM = b"\xef\xbb\xbf"  # Windows editors start a UTF-8 file with it
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def stripped(key: bytes) -> bytes:
@@ -19,7 +20,10 @@ def stripped(key: bytes) -> bytes:
 
 
 def keys_in(text: bytes) -> list[bytes]:
-    """The keys of a key file: one a line, blank lines and # comments skipped, a leading BOM dropped."""
+    """The keys of a key file: one a line, blank lines and # comments skipped, a leading BOM dropped. A file saved
+    as UTF-16 (Notepad's "Unicode", told by its BOM) is read as the text it holds, its keys in UTF-8 as sent."""
+    if text.startswith(UTF16_BOMS):
+        text = text.decode("utf-16", "surrogatepass").encode("utf-8", "surrogateescape")
     lines = (stripped(line) for line in text.removeprefix(UTF8_BOM).splitlines())
     return [line for line in lines if line and not line.startswith(b"#")]
 

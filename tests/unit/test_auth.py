@@ -81,6 +81,10 @@ def test_a_key_file_saved_with_a_bom_keeps_its_first_key(tmp_path: Path) -> None
     file = tmp_path / "keys"
     file.write_bytes("\ufeffkey-one\r\nkey-two\r\n".encode())
     assert ApiKeys(file=file).keys() == [b"key-one", b"key-two"]
+    # Notepad's "Unicode": UTF-16 with a BOM, either way round (Python writes the little-endian one's itself).
+    for text in ("key-one\r\nclé\r\n".encode("utf-16"), "\ufeffkey-one\r\nclé\r\n".encode("utf-16-be")):
+        file.write_bytes(text)
+        assert ApiKeys(file=file).keys() == [b"key-one", "clé".encode()], text[:2]
 
 
 def test_a_rotation_that_keeps_the_size_and_the_time_is_seen(tmp_path: Path) -> None:

@@ -113,6 +113,18 @@ def test_an_old_failure_kept_on_the_board_says_how_old_it_is(tmp_path: Path) -> 
     assert readiness.tier_info(tier).startup.seconds_ago == 21600  # type: ignore[union-attr]
 
 
+def test_reports_keep_aging_between_two_reads_of_the_board(tmp_path: Path) -> None:
+    """A snapshot serves for up to 5 s: `seconds_ago` (and a phase's running `seconds`) stood still in between."""
+    import time
+
+    loading = StartupProgress(phase="loading", seconds=4.0, seconds_ago=1.0)
+    starting = {"fast": deployment(DeploymentStatus.UPDATING, STARTING=1)}
+    read = ServeSnapshot(deployments=starting, startup={"fast": loading}, startup_read_at=time.monotonic() - 30)
+    info = Fixed(read).tier_info(ServedTier(tier=Tier.FAST, config=TierConfig(), weights_dir=tmp_path))
+    assert info.startup is not None and 31 <= info.startup.seconds_ago < 33 and 34 <= info.startup.seconds < 36  # type: ignore[operator]
+    assert "starting, 34 s in" in info.message or "starting, 35 s in" in info.message, info.message
+
+
 def test_the_ingress_looks_the_board_up_again_after_it_died() -> None:
     """The handle was looked up once: a board that died (its node lost) was read in vain for good, while the next
     replica made a new one."""
