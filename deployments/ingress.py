@@ -119,6 +119,13 @@ def add_middleware(app: FastAPI, config: AppConfig) -> None:
     app.add_middleware(RecordRequests, metrics=IngressMetrics(config.default_tier.value))
 
 
+async def read_and_record(request: Request) -> Upload:
+    """The request's upload, its size kept for the access line (RecordRequests), whatever the answer."""
+    upload = await read_upload(request)
+    request.state.served = {"upload_bytes": len(upload.image)}
+    return upload
+
+
 @serve.deployment(name=INGRESS_DEPLOYMENT)
 @serve.ingress()  # the app is built per replica by __serve_build_asgi_app__, from this app's config
 class Ingress:
@@ -237,8 +244,7 @@ class Ingress:
         if not is_multipart(request):
             self.readiness.raise_if_unavailable(self.served_tier(params.tier or self.config.default_tier))
         with self.admission.slot():
-            upload = await read_upload(request)
-            request.state.served = {"upload_bytes": len(upload.image)}  # the access line's, whatever the answer
+            upload = await read_and_record(request)
             if upload.other_files:  # a misspelt `backgroud`, or an option sent as a file: never dropped silently
                 names = listed([repr(name) for name in upload.other_files])
                 raise InvalidParameterError(
@@ -254,8 +260,7 @@ class Ingress:
     async def rembg_remove(self, request: Request) -> Response:
         """rembg's ``POST /api/remove`` (serve_app/rembg_api.py): its options as form fields or query parameters."""
         with self.admission.slot():
-            upload = await read_upload(request)
-            request.state.served = {"upload_bytes": len(upload.image)}  # the access line's, whatever the answer
+            upload = await read_and_record(request)
             request.state.rembg_options = sent_options(request, upload)  # for the metrics, if refused
             params = options_from(RembgParams, request.state.rembg_options).to_remove_params()
             tier = self.served_tier(params.tier or self.config.default_tier)
@@ -309,12 +314,11 @@ class Ingress:
         # For RecordRequests (deployments/metrics.py): the metrics and the access line.
         request.state.step_seconds = steps
         request.state.megapixels = prepared.image.shape[0] * prepared.image.shape[1] / 1e6
-        request.state.served = {
-            "upload_bytes": len(upload.image),
-            "input": f"{prepared.image.shape[1]}x{prepared.image.shape[0]}",
-            "model_input": headers["X-Model-Input"],
-            "batch_size": result.batch_size,
-        }
+        request.state.served.update(
+            input=f"{prepared.image.shape[1]}x{prepared.image.shape[0]}",
+            model_input=headers["X-Model-Input"],
+            batch_size=result.batch_size,
+        )
         return Response(content=rendered.body, media_type=rendered.media_type, headers=headers)
 
     # --- helpers ------------------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from deployments import SERVE_LOGGER
+from serve_app.errors import ConfigurationError
+from serve_app.weights_cli import read_serve_config
 
 SERVE_DEFAULT_HOST, SERVE_DEFAULT_PORT = "127.0.0.1", 8000
 
@@ -68,7 +68,6 @@ def config_problems(config: dict[str, Any]) -> list[str]:
 
     from deployments.app import configured_deployments
     from deployments.http_errors import validation_message
-    from serve_app.errors import ConfigurationError
     from serve_app.schemas import AppConfig
 
     try:
@@ -137,7 +136,11 @@ def main() -> int:
         return 2
     logging.getLogger(SERVE_LOGGER).setLevel(logging.WARNING)  # not the builder's option lines: only problems
     path = Path(paths[0])
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = read_serve_config(path)
+    except ConfigurationError as exc:  # no file there, not YAML, or no Serve config
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
     problems = config_problems(config)
     if not config_only and not problems:
         problems = [p for p in [check(path, config)] if p]

@@ -20,7 +20,7 @@ from ray import serve
 
 from deployments import SERVE_LOGGER
 from deployments.proxy_guard import SERVING_STATES
-from deployments.startup_board import BoardReader
+from deployments.startup_board import BoardReader, aged
 from serve_app.errors import TierUnavailableError, summary
 from serve_app.schemas import ServedTier, StartupProgress, TierInfo, gpu_missing_message
 from serve_app.startup import FAILED, READY
@@ -47,17 +47,6 @@ class ServeSnapshot:
 
 def _value(enum_or_str: Any) -> str:
     return str(getattr(enum_or_str, "value", enum_or_str))
-
-
-def older(report: StartupProgress | None, seconds: float) -> StartupProgress | None:
-    """A report as the board gave it, aged by the ``seconds`` since: a snapshot serves for up to 5 s (the helper's
-    re-trial saw `seconds_ago` stand still between reads, then jump)."""
-    if report is None or seconds <= 0:
-        return report
-    update = {} if report.seconds_ago is None else {"seconds_ago": round(report.seconds_ago + seconds, 1)}
-    if report.phase not in (READY, FAILED):  # still counting, as the board counts it
-        update["seconds"] = round(report.seconds + seconds, 1)
-    return report.model_copy(update=update)
 
 
 def ago(seconds: float | None) -> str:
@@ -173,7 +162,11 @@ class TierReadiness:
         config, name = tier.config, tier.tier.value
         serving, status, message = self._state(name)
         snapshot = self.snapshot
-        startup = older(snapshot.startup.get(name), time.monotonic() - snapshot.startup_read_at)
+        startup = snapshot.startup.get(name)
+        if startup is not None and startup.seconds_ago is not None:  # the board's, as of now: a view serves up to 5 s
+            startup = StartupProgress.model_validate(
+                aged(startup.model_dump(), time.monotonic() - snapshot.startup_read_at)
+            )
         message = summary(message)  # Serve's may hold a whole traceback: that is for `serve status`, not clients
         if serving == 0 and startup is not None and startup.phase != READY:
             doing = (

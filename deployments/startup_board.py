@@ -29,15 +29,16 @@ NAMESPACE = "serve"
 BOARD_VERSION = "v3"
 
 
-def aged(report: dict[str, Any], seconds_since_published: float) -> dict[str, Any]:
-    """A report as of now: a replica reports when its phase changes, so while a phase lasts (a conversion, a
+def aged(report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """A report ``seconds`` later: a replica reports when its phase changes, so while a phase lasts (a conversion, a
     download between its progress lines) its ``seconds`` would stand still; they go on counting until it ends.
-    Every report says how old it is: a failure from hours ago, kept while its replacement waits to be placed,
-    must not read as today's."""
-    age = {"seconds_ago": round(seconds_since_published, 1)}
+    Every report says how old it is (``seconds_ago``, from 0 as published): a failure from hours ago, kept while
+    its replacement waits to be placed, must not read as today's. The board ages a report when it is read, the
+    ingress again until it answers (a view of the board serves for seconds)."""
+    age = {"seconds_ago": round((report.get("seconds_ago") or 0.0) + seconds, 1)}
     if report.get("phase") in (READY, FAILED):
         return {**report, **age}
-    return {**report, **age, "seconds": round(report["seconds"] + seconds_since_published, 1)}
+    return {**report, **age, "seconds": round(report["seconds"] + seconds, 1)}
 
 
 @ray.remote(num_cpus=0)

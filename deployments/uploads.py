@@ -73,7 +73,7 @@ class UploadLimits:
                     f"the upload paused for more than {self.stall_s:g} s after {received} bytes"
                 ) from None
             except TaskCancelledError:  # Serve's proxy cancelled the request: its client left
-                raise ClientClosedError(f"the client left after {received} bytes of its upload") from None
+                message = {"type": "http.disconnect"}
             if message["type"] == "http.disconnect":
                 raise ClientClosedError(f"the client left after {received} bytes of its upload")
             if message["type"] != "http.request":

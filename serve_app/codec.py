@@ -82,75 +82,100 @@ def structure_problem(data: bytes) -> str | None:
     """Why the upload's header is not one to hand to Pillow (a flood of empty segments, chunks or comments), else
     None. Each walk stops at its bound, so it costs milliseconds whatever the bytes."""
     if data.startswith(b"\xff\xd8"):
-        markers, position, gaps, exif = 0, 2, 0, 0
-        too_much_gap = f"the JPEG has over {MAX_JPEG_GAP_BYTES // 1024} kB of fill or junk between its segments"
-        while True:
-            end = min(len(data), position + MAX_JPEG_GAP_BYTES - gaps + 2)  # the search stops where the bound would
-            found = _JPEG_MARKER.search(data, position, end)
-            if found is None:
-                return too_much_gap if end < len(data) else None
-            gaps += found.start() - position
-            if gaps > MAX_JPEG_GAP_BYTES:
-                return too_much_gap
-            if found.group()[1] == _START_OF_SCAN:
-                break
-            markers += 1
-            if markers > MAX_JPEG_MARKERS:
-                return f"the JPEG has over {MAX_JPEG_MARKERS} segments before its image"
-            start, marker = found.start(), found.group()[1]
-            length = 0 if marker in _MARKERS_WITHOUT_LENGTH else int.from_bytes(data[start + 2 : start + 4], "big")
-            if marker == _APP1 and data.startswith(b"Exif\0\0", start + 4):
-                exif += length
-                if exif > MAX_JPEG_EXIF_BYTES:
-                    return f"the JPEG has over {MAX_JPEG_EXIF_BYTES >> 20} MB of Exif segments"
-            position = start + 2 + length
-    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
-        position, chunks, ancillary, image_seen = 8, 0, 0, False
-        while position + 8 <= len(data) and chunks <= MAX_PNG_CHUNKS and ancillary <= MAX_PNG_ANCILLARY_CHUNKS:
-            kind = data[position + 4 : position + 8]
-            if kind == b"IEND" or (kind == b"fcTL" and image_seen):  # an APNG's next frame: Pillow stops there
-                break
-            image_seen = image_seen or kind == b"IDAT"
-            chunks += 1
-            ancillary += kind not in (b"IDAT", b"fdAT")
-            position += 12 + int.from_bytes(data[position : position + 4], "big")
-        if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS:
-            return (
-                f"the PNG has over {MAX_PNG_ANCILLARY_CHUNKS} chunks besides its image data, or {MAX_PNG_CHUNKS} in all"
-            )
-    elif data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 13:
-        position = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the global colour table
-        blocks = 0
-        while position + 1 < len(data) and data[position] == 0x21:  # an extension, before the first frame
-            position += 2  # its introducer and label, then sub-blocks until an empty one
-            blocks += 1  # an empty extension counts too: 16 MB of them took Pillow 3 s
+        return _jpeg_problem(data)
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_problem(data)
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 13:
+        return _gif_problem(data)
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        return _tiff_problem(data)
+    if data[:1] == b"P" and data[1:2] in b"123456" and len(data) > 2:
+        return _pnm_problem(data)
+    return None
+
+
+def _segment_end(data: bytes, start: int, marker: int) -> int:
+    """Where the JPEG segment whose marker is at ``start`` ends: its length counts its own two bytes, not the
+    marker's; a marker without a length is two bytes."""
+    length = 0 if marker in _MARKERS_WITHOUT_LENGTH else int.from_bytes(data[start + 2 : start + 4], "big")
+    return start + 2 + length
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    markers, position, gaps, exif = 0, 2, 0, 0
+    too_much_gap = f"the JPEG has over {MAX_JPEG_GAP_BYTES // 1024} kB of fill or junk between its segments"
+    while True:
+        end = min(len(data), position + MAX_JPEG_GAP_BYTES - gaps + 2)  # the search stops where the bound would
+        found = _JPEG_MARKER.search(data, position, end)
+        if found is None:
+            return too_much_gap if end < len(data) else None
+        gaps += found.start() - position
+        if gaps > MAX_JPEG_GAP_BYTES:
+            return too_much_gap
+        start, marker = found.start(), found.group()[1]
+        if marker == _START_OF_SCAN:
+            return None
+        markers += 1
+        if markers > MAX_JPEG_MARKERS:
+            return f"the JPEG has over {MAX_JPEG_MARKERS} segments before its image"
+        position = _segment_end(data, start, marker)
+        if marker == _APP1 and data.startswith(b"Exif\0\0", start + 4):
+            exif += position - start - 2
+            if exif > MAX_JPEG_EXIF_BYTES:
+                return f"the JPEG has over {MAX_JPEG_EXIF_BYTES >> 20} MB of Exif segments"
+
+
+def _png_problem(data: bytes) -> str | None:
+    position, chunks, ancillary, image_seen = 8, 0, 0, False
+    while position + 8 <= len(data) and chunks <= MAX_PNG_CHUNKS and ancillary <= MAX_PNG_ANCILLARY_CHUNKS:
+        kind = data[position + 4 : position + 8]
+        if kind == b"IEND" or (kind == b"fcTL" and image_seen):  # an APNG's next frame: Pillow stops there
+            break
+        image_seen = image_seen or kind == b"IDAT"
+        chunks += 1
+        ancillary += kind not in (b"IDAT", b"fdAT")
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
+    if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS:
+        return f"the PNG has over {MAX_PNG_ANCILLARY_CHUNKS} chunks besides its image data, or {MAX_PNG_CHUNKS} in all"
+    return None
+
+
+def _gif_problem(data: bytes) -> str | None:
+    position = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the global colour table
+    blocks = 0
+    while position + 1 < len(data) and data[position] == 0x21:  # an extension, before the first frame
+        position += 2  # its introducer and label, then sub-blocks until an empty one, which counts too (16 MB of
+        while True:  # empty extensions took Pillow 3 s)
+            blocks += 1
             if blocks > MAX_GIF_EXTENSION_BLOCKS:
                 return f"the GIF has over {MAX_GIF_EXTENSION_BLOCKS} extension blocks before its first frame"
-            while position < len(data) and data[position] != 0:
-                blocks += 1
-                if blocks > MAX_GIF_EXTENSION_BLOCKS:
-                    return f"the GIF has over {MAX_GIF_EXTENSION_BLOCKS} extension blocks before its first frame"
-                position += data[position] + 1
-            position += 1
-    elif data[:4] in (b"II*\0", b"MM\0*"):  # classic TIFF: the first image's directory, entries of 12 bytes
-        order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
-        directory = int.from_bytes(data[4:8], order)
-        for entry in range(
-            directory + 2, directory + 2 + 12 * int.from_bytes(data[directory : directory + 2], order), 12
-        ):
-            if entry + 8 > len(data):
+            if position >= len(data) or data[position] == 0:
                 break
-            tag, count = data[entry : entry + 2], data[entry + 4 : entry + 8]
-            if int.from_bytes(tag, order) in _TIFF_STRIP_TAGS and int.from_bytes(count, order) > MAX_TIFF_STRIPS:
-                return f"the TIFF has over {MAX_TIFF_STRIPS} strips or tiles"
-    elif data[:1] == b"P" and data[1:2] in b"123456" and len(data) > 2:
-        numbers = 2 if data[1:2] in b"14" else 3  # bitmaps have no maximum value
-        header = rb"P[1-6](?:(?:\s|#[^\r\n]*[\r\n])+\d+){%d}\s" % numbers
-        if re.match(header, data[:MAX_PNM_HEADER_BYTES]) is None and len(data) > MAX_PNM_HEADER_BYTES:
-            return f"the PNM header is not within its first {MAX_PNM_HEADER_BYTES // 1024} kB (a long comment?)"
-        # Pillow cuts each comment out of a plain (text) raster with a copy of the rest: 1 MB of them took 6 s.
-        if data[1:2] in b"123" and data.count(b"#") > MAX_PNM_COMMENTS:
-            return f"the plain PNM has over {MAX_PNM_COMMENTS} comments"
+            position += data[position] + 1
+        position += 1
+    return None
+
+
+def _tiff_problem(data: bytes) -> str | None:
+    """Classic TIFF: the first image's directory, entries of 12 bytes."""
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
+    directory = int.from_bytes(data[4:8], order)
+    entries = int.from_bytes(data[directory : directory + 2], order)
+    for entry in range(directory + 2, min(len(data) - 7, directory + 2 + 12 * entries), 12):
+        tag, count = data[entry : entry + 2], data[entry + 4 : entry + 8]
+        if int.from_bytes(tag, order) in _TIFF_STRIP_TAGS and int.from_bytes(count, order) > MAX_TIFF_STRIPS:
+            return f"the TIFF has over {MAX_TIFF_STRIPS} strips or tiles"
+    return None
+
+
+def _pnm_problem(data: bytes) -> str | None:
+    numbers = 2 if data[1:2] in b"14" else 3  # bitmaps have no maximum value
+    header = rb"P[1-6](?:(?:\s|#[^\r\n]*[\r\n])+\d+){%d}\s" % numbers
+    if re.match(header, data[:MAX_PNM_HEADER_BYTES]) is None and len(data) > MAX_PNM_HEADER_BYTES:
+        return f"the PNM header is not within its first {MAX_PNM_HEADER_BYTES // 1024} kB (a long comment?)"
+    # Pillow cuts each comment out of a plain (text) raster with a copy of the rest: 1 MB of them took 6 s.
+    if data[1:2] in b"123" and data.count(b"#") > MAX_PNM_COMMENTS:
+        return f"the plain PNM has over {MAX_PNM_COMMENTS} comments"
     return None
 
 
@@ -183,10 +208,7 @@ def jpeg_scans(data: bytes) -> int:
             break
         if marker == _START_OF_SCAN:
             scans += 1
-        if marker in _MARKERS_WITHOUT_LENGTH:
-            position = start + 2
-        else:  # the segment's length counts its own two bytes, not the marker's
-            position = start + 2 + int.from_bytes(data[start + 2 : start + 4], "big")
+        position = _segment_end(data, start, marker)
     if markers > MAX_JPEG_MARKERS:
         raise InvalidImageError(f"the JPEG has over {MAX_JPEG_MARKERS} segments before its image ends")
     return scans

@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -53,15 +54,21 @@ def tier_of_file(path: Path) -> Tier:
     raise ConfigurationError(f"cannot tell the tier of {path.name}: name it with --tier (checkpoints: {names})")
 
 
-def app_config(path: Path) -> AppConfig:
-    """The bgserve application's args in a Serve config file, validated."""
+def read_serve_config(path: Path) -> dict[str, Any]:
+    """A Serve config file's mapping; one that cannot be read, or is no mapping with a list of applications, is a
+    ``ConfigurationError`` that says so (``deployments/preflight.py`` reads configs with it too)."""
     try:
         config = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigurationError(f"cannot read {path}: {exc}") from None
     if not isinstance(config, dict) or not isinstance(config.get("applications", []), list):
         raise ConfigurationError(f"{path} is not a Serve config (a mapping with a list of applications)")
-    for application in config.get("applications", []):
+    return config
+
+
+def app_config(path: Path) -> AppConfig:
+    """The bgserve application's args in a Serve config file, validated."""
+    for application in read_serve_config(path).get("applications", []):
         if not isinstance(application, dict):
             continue
         if application.get("import_path") == "deployments.app:build_app":

@@ -95,3 +95,5 @@ def test_the_command_prints_where_the_service_answers_or_what_is_wrong(tmp_path:
     done = preflight(bad)
     assert done.returncode == 1 and done.stdout == ""
     assert f"error: {bad}: applications[0] (bgserve) args: defualt_tier" in done.stderr
+    done = preflight(tmp_path / "missing.yaml")  # said in one line, as bgserve-weights says it, not a traceback
+    assert done.returncode == 1 and done.stderr.startswith("error: cannot read ") and "Traceback" not in done.stderr
