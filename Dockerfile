@@ -2,10 +2,11 @@
 #   docker build -t bgserve:0.1.0 .                              # weights mounted at /models when it runs
 #   docker build -t bgserve:0.1.0 --build-arg BAKE_WEIGHTS=1 .   # weights fetched and verified into the image
 # Run one container (a GPU box):
-#   docker run --gpus all --init --shm-size=8g -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.1.0
-#   (--init: an init as process 1 reaps the Ray daemons that `ray start` leaves behind, which serve run would not)
+#   docker run --gpus all --init --shm-size=8g --stop-timeout 90 -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.1.0
+#   (--init: an init as process 1 reaps the Ray daemons that `ray start` leaves behind, which our runner would not)
 #   (--shm-size: Ray's object store, which carries the images between replicas, lives in /dev/shm, 64 MB by default)
-# `docker stop` sends serve run its Ctrl-C (STOPSIGNAL below): Serve shuts down at once, as in a terminal.
+#   (--stop-timeout: `docker stop` drains the service (deployments/run.py): requests in flight are answered, for up
+#    to the ingress's graceful_shutdown_timeout_s, 70 s in serve_config.yaml; Docker's default 10 s would cut it)
 #   (the dashboard on 8265 asks for the token: docker exec <container> ray get-auth-token)
 # On Kubernetes: deploy/kuberay/rayservice.yaml runs this image on every Ray pod (tag each build anew: the
 # manifest's image name is what makes KubeRay roll a new one out).
@@ -41,7 +42,6 @@ RUN if [ "$BAKE_WEIGHTS" = 1 ]; then bgserve-weights fetch --config serve_config
 EXPOSE 8000 8265 8080
 # Token authentication on: `ray start` alone leaves it off on a fresh machine, and the dashboard on 8265 would take
 # jobs (code) from anyone who reaches it. The token is generated once, inside the container.
-# serve run takes the shell's place (exec), so the stop signal reaches it: SIGINT, which it handles by shutting Serve
-# down (a process 1 ignores a SIGTERM it has no handler for, and docker stop would kill it after 10 s).
-STOPSIGNAL SIGINT
-CMD ["bash", "-c", "export RAY_AUTH_MODE=token && ray get-auth-token --generate >/dev/null && ray start --head --metrics-export-port=8080 --dashboard-host=0.0.0.0 && exec serve run serve_config.yaml"]
+# The runner (`serve run` that drains on a stop: deployments/run.py) takes the shell's place (exec), so docker stop's
+# SIGTERM reaches it.
+CMD ["bash", "-c", "export RAY_AUTH_MODE=token && ray get-auth-token --generate >/dev/null && ray start --head --metrics-export-port=8080 --dashboard-host=0.0.0.0 && exec python -m deployments.run serve_config.yaml"]

@@ -25,6 +25,10 @@ things Serve's options cannot:
    be working on them. It finishes what it can within Serve's ``graceful_shutdown_timeout_s`` (the longest tier
    deadline plus 10 s unless set under ``ingress.deployment``); a request it could not finish is lost with it,
    and answered as in 2.
+5. When the service is stopping (``deployments/run.py`` got Ctrl-C or SIGTERM and created the drain board), new
+   requests get a 503 ``shutting_down`` (``Retry-After``, ``Connection: close``), and the requests this proxy has in
+   flight are counted to the board until none is left: Serve's shutdown kills its proxies at once, so the runner
+   shuts it down only then (``Drain``).
 
 Only light imports here: this module is loaded into every proxy process.
 """
@@ -64,6 +68,12 @@ WATCH_REFRESH_S = 1.0
 BLIND_LOOK_S = 2.0
 WATCH_STALE_S = 10.0  # an older view (the controller stopped answering) is not acted on: requests pass as in Serve
 WAITING_CHECK_S = 0.5  # how often a request the proxy holds looks whether its application lost its ingress
+# A stopping service's runner (deployments/run.py) creates this named actor in Serve's namespace; its being there is
+# the signal, and each proxy's guard reports its requests in flight to it.
+DRAIN_BOARD = "bgserve_drain"
+SERVE_NAMESPACE = "serve"  # Serve's actors' namespace (ray.serve._private.constants.SERVE_NAMESPACE)
+DRAIN_LOOK_S = 1.0  # how often a guard looks for the board: a stop starts draining within a second
+DRAIN_REPORT_S = 0.25
 # Replica states that hold a loaded model and take requests: RUNNING, and UPDATING (a live user_config change,
 # i.e. new batching) and RECOVERING (a restarted controller re-attaching), which return to RUNNING as they are.
 # Defined here, the light module loaded into every proxy; deployments/readiness.py counts tiers by it too.
@@ -207,6 +217,86 @@ class IngressWatch:
         return self.apps.get(route, "") if route is not None else ""
 
 
+def find_drain_board() -> Any:
+    """The drain board of a service that is stopping; None while it runs (or outside a proxy: no Ray here)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        return ray.get_actor(DRAIN_BOARD, namespace=SERVE_NAMESPACE)
+    except ValueError:  # no such actor: the service is not stopping
+        return None
+
+
+def current_node_id() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
+
+
+class Drain:
+    """This proxy's HTTP requests in flight, and whether the service is stopping. A daemon thread looks for the
+    drain board every second; once it is there, new requests are refused (``enter`` is False) and the count goes
+    to the board until the runner, which sees every proxy's, has seen them all reach 0."""
+
+    def __init__(
+        self,
+        find: Callable[[], Any] = find_drain_board,
+        node_id: Callable[[], str] = current_node_id,
+        look_s: float = DRAIN_LOOK_S,
+        report_s: float = DRAIN_REPORT_S,
+    ) -> None:
+        self.find, self.node_id, self.look_s, self.report_s = find, node_id, look_s, report_s
+        self.in_flight = 0  # changed only on the proxy's event loop; the thread reads it
+        self.draining = False
+        self._started = False
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        """Count a request in; False (not counted) once the service is stopping. It counts before it reads the flag,
+        and the thread sets the flag before it reads the count: a request is either in a count the board gets or
+        refused, never neither."""
+        self.in_flight += 1
+        if self.draining:
+            self.in_flight -= 1
+            return False
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+    def start(self) -> bool:
+        """Start the thread once, where Ray is up (in a proxy: Serve builds the guard as it starts the proxy)."""
+        import ray
+
+        with self._lock:
+            if self._started or not ray.is_initialized():
+                return False
+            self._started = True
+        threading.Thread(target=self.watch, name="drain-watch", daemon=True).start()
+        return True
+
+    def watch(self) -> None:
+        board = None
+        while board is None:
+            try:
+                board = self.find()
+            except Exception as exc:  # the GCS is busy or restarting: look again
+                logger.debug("the proxy guard could not look for the drain board: %s", exc)
+            if board is None:
+                time.sleep(self.look_s)
+        self.draining = True  # before the count is read (see enter)
+        logger.warning("the service is stopping: new requests get 503; %d in flight here", self.in_flight)
+        node = self.node_id()
+        while True:
+            try:
+                board.report.remote(node, self.in_flight)
+            except Exception as exc:  # the runner has gone: Serve is shutting down
+                logger.debug("could not report to the drain board: %s", exc)
+            time.sleep(self.report_s)
+
+
 class Refusals:
     """Counts the answers the guard gives itself (``ray_bgserve_proxy_refusals_total{application, reason}``): no
     ingress replica sees those requests, and Serve's proxy counts only what its own app answers, so neither
@@ -223,9 +313,10 @@ class Refusals:
 
                 self.counter = Counter(
                     "bgserve_proxy_refusals",
-                    description="Requests the proxy guard answered itself (503 ingress_unavailable), by application "
-                    "and reason: no_ingress (none serving: answered at once), ingress_lost (lost while the request "
-                    "waited), replica_died (the replica holding it died).",
+                    description="Requests the proxy guard answered itself (503 ingress_unavailable or "
+                    "shutting_down), by application and reason: no_ingress (none serving: answered at once), "
+                    "ingress_lost (lost while the request waited), replica_died (the replica holding it died), "
+                    "shutting_down (the service is stopping).",
                     tag_keys=("application", "reason"),
                 )
             self.counter.inc(tags={"application": application, "reason": reason})
@@ -258,9 +349,21 @@ def no_ingress_messages(unserved: Unserved) -> list[Message]:
     )
 
 
+def stopping_messages() -> list[Message]:
+    return json_messages(
+        503,
+        "shutting_down",
+        "the service is stopping; nothing was done for this request: send it again (to another instance, or once "
+        "this one is back)",
+        [(b"retry-after", NO_INGRESS_RETRY_AFTER_S.encode()), (b"connection", b"close")],
+    )
+
+
 def middlewares() -> list[Middleware]:
     """What ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names: Serve calls it once per proxy."""
-    return [Middleware(ProxyGuard, watch=IngressWatch())]
+    drain = Drain()
+    drain.start()  # a request is not needed to learn of a stop: a proxy that had none must still report its 0
+    return [Middleware(ProxyGuard, watch=IngressWatch(), drain=drain)]
 
 
 def json_messages(status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]) -> list[Message]:
@@ -274,11 +377,18 @@ def json_messages(status: int, code: str, message: str, headers: list[tuple[byte
 
 
 class ProxyGuard:
-    def __init__(self, app: ASGIApp, watch: IngressWatch | None = None, refusals: Refusals | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        watch: IngressWatch | None = None,
+        refusals: Refusals | None = None,
+        drain: Drain | None = None,
+    ) -> None:
         self.app = app
         # Knowing nothing, it lets every request pass (the proxy's own 404 in its first minute excepted).
         self.watch = watch or IngressWatch(refreshing=False)
         self.refusals = refusals or Refusals()
+        self.drain = drain or Drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Serve's own endpoints (/-/healthz, /-/routes) answer for the proxy, not for an app: KubeRay's readiness
@@ -286,6 +396,17 @@ class ProxyGuard:
         if scope["type"] != "http" or route_path(scope) in SERVE_OWN_PATHS:
             await self.app(scope, receive, send)
             return
+        if not self.drain.enter():
+            self.refusals.count(self.watch.app_for(scope["path"]), "shutting_down")
+            for part in stopping_messages():
+                await send(part)
+            return
+        try:
+            await self._guard(scope, receive, send)
+        finally:
+            self.drain.leave()
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.watch.start()  # on the first request: by then Ray is up in the proxy's process
         unserved = self.watch.unserved_for(scope["path"])
         if unserved is not None:

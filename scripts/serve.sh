@@ -41,4 +41,5 @@ case "$(realpath "$config")" in  # the path given, or the default, from the repo
       if [[ $name =~ ^[A-Z_][A-Z0-9_]*$ && -z ${!name:-} ]]; then export "$name=$value"; fi
     done <configs/cpu.env ;;
 esac
-exec .venv/bin/serve run "$config"
+# `serve run`, draining on Ctrl-C or SIGTERM: new requests get 503, those in flight are answered, then Serve stops.
+exec .venv/bin/python -m deployments.run "$config"

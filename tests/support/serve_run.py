@@ -1,5 +1,5 @@
-"""`serve run CONFIG` as an operator types it, in a subprocess: for the end-to-end tests and the latency
-benchmark."""
+"""The service as ``scripts/serve.sh`` starts it (``python -m deployments.run CONFIG``: `serve run` that drains on
+a stop), in a subprocess: for the end-to-end tests and the latency benchmark."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def wait_until_ready(
 @dataclass(frozen=True)
 class Served:
     url: str
-    pid: int  # of `serve run`: Ray's processes for this service (raylet, workers, controller) descend from it
+    pid: int  # of the runner: Ray's processes for this service (raylet, workers, controller) descend from it
+    process: subprocess.Popen[bytes]
 
 
 @contextmanager
@@ -80,7 +81,7 @@ def serve_run(
     watch: Callable[[httpx.Client], None] | None = None,
 ) -> Iterator[Served]:
     """Serve ``config`` from the checkout at ``root`` with ``$BGSERVE_WEIGHTS_DIR=weights_dir``; yields it once
-    ``/readyz`` answers 200, and stops it as Ctrl-C does (Serve and its Ray shut down) on the way out.
+    ``/readyz`` answers 200, and stops it as Ctrl-C does (a drain, then Serve and its Ray shut down) on the way out.
 
     It keeps to itself: a Ray of its own (``--address local``; without it `serve run` joins any Ray running on the
     machine) and a free HTTP port (a copy of the config, beside the log)."""
@@ -95,10 +96,9 @@ def serve_run(
         PROXY_CALLBACK_VARIABLE: PROXY_CALLBACK,  # as scripts/serve.sh starts it
     }
     env.pop("RAY_ADDRESS", None)  # it would win over --address
-    serve_cli = Path(sys.executable).with_name("serve")
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(serve_cli), "run", "--address", "local", str(config)],
+            [sys.executable, "-m", "deployments.run", "--address", "local", str(config)],
             cwd=root,
             env=env,
             stdout=out,
@@ -114,9 +114,10 @@ def serve_run(
                 raise TimeoutError(
                     f"`serve run` never became ready ({exc}); its log:\n{log.read_text()[-5000:]}"
                 ) from None
-        yield Served(url=url, pid=process.pid)
+        yield Served(url=url, pid=process.pid, process=process)
     finally:
-        process.send_signal(signal.SIGINT)
+        if process.poll() is None:  # a test may have stopped it
+            process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -402,3 +404,104 @@ def test_the_guards_own_answers_are_counted_and_passing_requests_are_not() -> No
     asyncio.run(run(ingress_died, watch_seeing(serve_details(["RUNNING"]))))
     asyncio.run(run(answered, watch_seeing(serve_details(["RUNNING"]))))
     assert counted.seen == [("bgserve", "no_ingress"), ("bgserve", "replica_died")]
+
+
+class Board:
+    """Stands in for the drain board's actor handle: ``board.report.remote(node, in_flight)`` records."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, int]] = []
+        self.report = self
+
+    def remote(self, node: str, in_flight: int) -> None:
+        self.reports.append((node, in_flight))
+
+
+def test_a_stopping_service_refuses_new_requests_with_a_retriable_503_that_closes_the_connection() -> None:
+    """Once the runner asked for a drain, a new request gets 503 shutting_down (Retry-After; Connection: close, so
+    that a keep-alive client reconnects, to another instance behind a load balancer) and never reaches Serve's
+    proxy; Serve's own /-/healthz still answers for the proxy. Counted as the guard's own answer."""
+    counted, drain, reached = Counted(), proxy_guard.Drain(), []
+    drain.draining = True
+
+    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["path"])
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    def run(path: str) -> list[Message]:
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"x"}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        asyncio.run(
+            ProxyGuard(proxy, watch_seeing(serve_details(["RUNNING"])), counted, drain)(
+                http_scope([], path), receive, send
+            )
+        )
+        return sent
+
+    status, headers, body = status_and_body(run("/v1/remove"))
+    assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down"
+    assert headers[b"retry-after"] == b"5" and headers[b"connection"] == b"close"
+    assert status_and_body(run("/-/healthz"))[0] == 200
+    assert reached == ["/-/healthz"] and counted.seen == [("bgserve", "shutting_down")]
+    assert drain.in_flight == 0
+
+
+def test_the_guard_counts_its_requests_in_flight_for_the_drain() -> None:
+    drain = proxy_guard.Drain()
+    seen_inside: list[int] = []
+
+    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        seen_inside.append(drain.in_flight)
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        seen_inside.append(drain.in_flight)
+        raise RuntimeError("the proxy's own error")
+
+    async def run(inner: Any) -> None:
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"x"}
+
+        async def send(message: Message) -> None:
+            pass
+
+        await ProxyGuard(inner, drain=drain)(http_scope([]), receive, send)
+
+    asyncio.run(run(proxy))
+    asyncio.run(run(failing))  # answered 503 by the guard: still counted out
+    assert seen_inside == [1, 1] and drain.in_flight == 0
+
+
+def test_the_drain_watch_finds_the_board_then_refuses_and_reports_its_count() -> None:
+    """Each proxy's thread looks for the board until the runner creates it, then reports its count to it; the runner
+    waits for every proxy's report (deployments/drain.py)."""
+    board, looks = Board(), []
+
+    def find() -> Board | None:
+        looks.append(1)
+        return board if len(looks) >= 3 else None
+
+    drain = proxy_guard.Drain(find=find, node_id=lambda: "node-a", look_s=0.01, report_s=0.01)
+    assert drain.enter()  # a request in flight before the stop
+    threading.Thread(target=drain.watch, daemon=True).start()
+    deadline = time.monotonic() + 5
+    while len(board.reports) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert drain.draining and len(looks) == 3
+    assert board.reports[0] == ("node-a", 1)
+    assert not drain.enter() and drain.in_flight == 1  # a new one is refused, not counted
+    drain.leave()
+    while board.reports[-1] != ("node-a", 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert board.reports[-1] == ("node-a", 0)
+
+
+def test_outside_a_proxy_no_drain_watch_starts() -> None:
+    """middlewares() is Serve's to call, in a proxy where Ray is up; elsewhere (here) there is nothing to watch."""
+    assert not proxy_guard.Drain().start()

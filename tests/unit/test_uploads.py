@@ -60,11 +60,12 @@ def test_file_parts_of_other_names_are_reported_not_dropped() -> None:
     assert upload.other_files == ["backgroud", "effect"]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("leaves", ["disconnect", "cancelled"])
+@pytest.mark.parametrize("leaves", ["disconnect", "cancelled", "proxy_died"])
 def test_a_client_that_leaves_mid_upload_is_client_closed_not_a_500(leaves: str) -> None:
     """Starlette's ClientDisconnect (or Ray's TaskCancelledError, when Serve's proxy cancels the request) escaped as a
-    500 with a traceback: any client could fill the 500 rate and the log so."""
-    from ray.exceptions import TaskCancelledError
+    500 with a traceback: any client could fill the 500 rate and the log so. A proxy killed mid-upload (Serve's
+    shutdown, when a stop's drain was cut short) cuts the client off too: ActorDiedError is no 500 either."""
+    from ray.exceptions import ActorDiedError, TaskCancelledError
 
     from deployments.uploads import UploadLimits
     from serve_app.errors import ClientClosedError
@@ -75,6 +76,8 @@ def test_a_client_that_leaves_mid_upload_is_client_closed_not_a_500(leaves: str)
             return {"type": "http.request", "body": b"x" * 100, "more_body": True}
         if leaves == "cancelled":
             raise TaskCancelledError()
+        if leaves == "proxy_died":
+            raise ActorDiedError()
         return {"type": "http.disconnect"}
 
     async def route(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,88 @@
+"""`serve run` that stops without losing requests: ``python -m deployments.run CONFIG [serve run's options]``.
+
+It is Serve's own `serve run` (its options, its config checks, its start on a fresh local Ray or the one running),
+with one difference: on Ctrl-C or SIGTERM (``docker stop``, systemd, Kubernetes) `serve run` shuts Serve down at
+once, and Serve kills its HTTP proxies first, so every request in flight is lost. This drains first
+(``deployments/drain.py``): new requests get 503 ``shutting_down`` and the ones taken are answered, up to the
+ingress's ``graceful_shutdown_timeout_s`` (its longest tier deadline plus 10 s) or ``--drain-timeout-s``; then Serve
+shuts down. A second Ctrl-C stops without waiting further; a third exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from types import FrameType
+
+from deployments.proxy_guard import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM, counted rather than raised: the first asks for a drain, the second cuts it short,
+    and from then on Ctrl-C is Python's own KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.asked = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        self.asked.set()
+        if self.count >= 2:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def wait(self) -> None:
+        while not self.asked.wait(1.0):  # a timeout, so that the handler runs promptly on the main thread
+            pass
+
+    def again(self) -> bool:
+        return self.count >= 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.run",
+        description="`serve run CONFIG` that drains on Ctrl-C or SIGTERM: new requests get 503, those in flight "
+        "are answered, then Serve shuts down. Any other option is serve run's (serve run --help).",
+    )
+    parser.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=None,
+        help="the longest wait for requests in flight (default: the ingress's graceful_shutdown_timeout_s)",
+    )
+    ours, serve_args = parser.parse_known_args(argv)
+    # The guard drains the proxies: a local Ray started here has it, as scripts/serve.sh's did.
+    os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)
+    stop = StopSignals()
+    stop.install()  # a Ctrl-C while Serve starts is a stop asked, not a traceback
+
+    import click
+    from ray import serve
+    from ray.serve.scripts import cli
+
+    from deployments.drain import drain
+
+    try:
+        # Serve starts, and the config is submitted; Serve deploys it in the background, as in `serve run`.
+        cli.main(["run", "--non-blocking", *serve_args], prog_name="serve", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    stop.install()  # again: ray.init, inside serve run, set its own SIGTERM handler (it exits the process)
+    stop.wait()
+    try:
+        drain(ours.drain_timeout_s, stop_now=stop.again)
+    finally:
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

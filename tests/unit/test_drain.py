@@ -1,0 +1,91 @@
+"""Draining a stopping service (deployments/drain.py): what the runner reads from Serve's details and the proxies'
+reports. tests/e2e/test_stop.py drains a real service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from deployments.drain import (
+    DEFAULT_DRAIN_S,
+    SILENT_PROXY_S,
+    default_drain_s,
+    left_in_flight,
+    proxy_nodes,
+    wait_for_proxies,
+)
+from deployments.run import StopSignals
+
+
+def details(*ingress_timeouts: float | None) -> dict[str, Any]:
+    """The part of Serve's instance details the drain reads: its proxies and each application's ingress."""
+    apps = {}
+    for i, timeout in enumerate(ingress_timeouts):
+        config = {} if timeout is None else {"graceful_shutdown_timeout_s": timeout}
+        apps[f"app{i}"] = {
+            "deployments": {
+                "ingress": {"deployment_config": config},
+                "fast": {"deployment_config": {"graceful_shutdown_timeout_s": 999}},
+            }
+        }
+    return {
+        "proxies": {"head": {"status": "HEALTHY"}, "worker": {"status": "DRAINING"}, "gone": {"status": "DRAINED"}},
+        "applications": apps,
+    }
+
+
+def test_the_drain_waits_as_long_as_the_longest_ingress_may_take() -> None:
+    assert default_drain_s(details(70, 40)) == 70  # the tiers' own timeouts are theirs, not the requests'
+    assert default_drain_s(details(None)) == DEFAULT_DRAIN_S == default_drain_s({})
+
+
+def test_every_proxy_that_takes_requests_is_waited_for() -> None:
+    assert proxy_nodes(details()) == {"head", "worker"}
+
+
+def test_requests_are_left_in_flight_until_every_proxy_has_reported_none() -> None:
+    proxies = {"head", "worker"}
+    assert left_in_flight({"head": 0}, proxies, waited_s=1) is None  # the worker's guard has not answered yet
+    assert left_in_flight({"head": 0, "worker": 2}, proxies, waited_s=1) == 2
+    assert left_in_flight({"head": 0, "worker": 0}, proxies, waited_s=1) == 0
+    # A proxy that never answers has no guard (started without it): not waited for past SILENT_PROXY_S.
+    assert left_in_flight({"head": 0}, proxies, waited_s=SILENT_PROXY_S) == 0
+    assert left_in_flight({"head": 3}, proxies, waited_s=SILENT_PROXY_S) == 3
+
+
+def test_the_wait_ends_when_every_proxy_has_none_in_flight() -> None:
+    reports = iter([{}, {"head": 2}, {"head": 1}, {"head": 0}])
+    said: list[str] = []
+    assert wait_for_proxies(lambda: next(reports), {"head"}, 10, lambda: False, said.append, poll_s=0)
+    assert said[-1].startswith("Drained in")
+
+
+def test_a_second_ctrl_c_or_the_timeout_stops_the_wait_and_says_what_is_lost() -> None:
+    said: list[str] = []
+    asked = iter([False, False, True])
+    assert not wait_for_proxies(lambda: {"head": 1}, {"head"}, 10, lambda: next(asked), said.append, poll_s=0)
+    assert said == ["Stopping without waiting further (0 s): 1 request(s) in flight will get no answer"]
+    assert not wait_for_proxies(lambda: {"head": 1}, {"head"}, 0.05, lambda: False, said.append, poll_s=0.01)
+
+
+def test_stop_signals_ask_for_a_drain_then_cut_it_short_then_interrupt() -> None:
+    """What deployments/run.py does with Ctrl-C and SIGTERM, with real signals to this process."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopSignals()
+    try:
+        stop.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        stop.wait()  # returns: a stop was asked
+        assert not stop.again()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.again()
+        with pytest.raises(KeyboardInterrupt):  # the third is Python's own Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
