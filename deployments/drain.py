@@ -9,6 +9,7 @@ the guard reports its requests in flight to the board until the runner has seen 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,10 +19,14 @@ import ray
 from deployments import INGRESS_DEPLOYMENT
 from deployments.proxy_guard import DRAIN_BOARD, SERVE_NAMESPACE
 
-DEFAULT_DRAIN_S = 30.0  # when the config's ingress says nothing (Serve's default graceful_shutdown_timeout_s is 20)
-SILENT_PROXY_S = 10.0  # a proxy not heard from by then has no guard: it is not waited for
+DEFAULT_DRAIN_S = 30.0  # when the config bounds nothing (Serve's default graceful_shutdown_timeout_s is 20)
+SILENT_PROXY_S = 10.0  # a proxy not heard from this long after the board first answered has no guard
 POLL_S = 0.25
 PROGRESS_S = 5.0
+DETAILS_TIMEOUT_S = 10.0
+# After the last request is counted out, the proxy may still hold the end of its answer (up to asyncio's low-water
+# mark, 16 KiB, for a client that reads slowly): a moment to write it before Serve kills the proxy.
+FLUSH_S = 1.0
 
 
 @ray.remote(num_cpus=0)  # no CPU: the replicas hold the box's, and the board must start while they run
@@ -44,8 +49,12 @@ def proxy_nodes(details: Mapping[str, Any]) -> set[str]:
 
 
 def default_drain_s(details: Mapping[str, Any]) -> float:
-    """How long the requests taken may need: the longest ingress ``graceful_shutdown_timeout_s`` (the builder sets
-    the longest tier deadline plus 10 s, the time Serve gives a stopping ingress replica for the same requests)."""
+    """How long the requests taken may need: ``http_options.request_timeout_s`` where set (the proxy answers 408
+    past it, so no request outlives it); else the longest ingress ``graceful_shutdown_timeout_s`` (the builder sets
+    the longest tier deadline plus 10 s), which leaves out a slow upload's own time."""
+    request_timeout = (details.get("http_options") or {}).get("request_timeout_s")
+    if request_timeout:
+        return float(request_timeout)
     found = [
         app["deployments"][INGRESS_DEPLOYMENT].get("deployment_config", {}).get("graceful_shutdown_timeout_s")
         for app in details.get("applications", {}).values()
@@ -55,57 +64,99 @@ def default_drain_s(details: Mapping[str, Any]) -> float:
     return max(timeouts, default=DEFAULT_DRAIN_S)
 
 
-def left_in_flight(reports: Mapping[str, int], proxies: set[str], waited_s: float) -> int | None:
-    """Requests still in flight by the proxies' reports, or None while a proxy has not reported yet (a guard finds
-    the board within a second; one not heard from in ``SILENT_PROXY_S`` has none, and is not waited for)."""
-    if waited_s < SILENT_PROXY_S and not proxies <= reports.keys():
+def left_in_flight(reports: Mapping[str, int], proxies: set[str], heard_for_s: float) -> int | None:
+    """Requests still in flight by the proxies' reports, or None while a proxy has not reported yet. A guard finds
+    the board within a second of its start; a proxy not heard from ``SILENT_PROXY_S`` after the board first
+    answered (``heard_for_s``) has none, and is not waited for."""
+    if heard_for_s < SILENT_PROXY_S and not proxies <= reports.keys():
         return None
     return sum(reports.values())
+
+
+class BoardLost(Exception):
+    """The drain board stopped answering for good (its actor died)."""
 
 
 def drain(
     timeout_s: float | None = None,
     stop_now: Callable[[], bool] = lambda: False,
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    min_drain_s: float = 0.0,
 ) -> bool:
-    """Drain the Serve instance this process is connected to; True once nothing is in flight, False when
-    ``timeout_s`` (default: ``default_drain_s``) passed or ``stop_now()`` said so first."""
-    from ray.serve.context import _get_global_client
-
-    client = _get_global_client(raise_if_no_controller_running=False)
-    details = client.get_serve_details() if client is not None else {}
+    """Drain the Serve instance this process is connected to; True once nothing is in flight (and ``min_drain_s``
+    has passed), False when ``timeout_s`` (default: ``default_drain_s``) passed, ``stop_now()`` said so first, or
+    Serve or the board stopped answering."""
+    details = read_details(stop_now)
+    if details is None:
+        say("Serve's controller did not answer: stopping without a drain")
+        return False
     proxies = proxy_nodes(details)
     if not proxies:
         return True
     timeout_s = default_drain_s(details) if timeout_s is None else timeout_s
     say(f"Stopping: new requests get 503; waiting up to {timeout_s:g} s for those in flight (Ctrl-C again: stop now)")
-    board = DrainBoard.options(name=DRAIN_BOARD, namespace=SERVE_NAMESPACE).remote()  # type: ignore[attr-defined]
+    # get_if_exists: a board already there (a drain asked twice) is the same signal
+    board = DrainBoard.options(name=DRAIN_BOARD, namespace=SERVE_NAMESPACE, get_if_exists=True).remote()  # type: ignore[attr-defined]
 
-    def read() -> dict[str, int]:
+    def read() -> dict[str, int] | None:
         try:
-            return dict(ray.get(board.reports.remote(), timeout=5))
-        except ray.exceptions.GetTimeoutError:  # the board is still starting
-            return {}
+            return dict(ray.get(board.reports.remote(), timeout=1))
+        except ray.exceptions.GetTimeoutError:  # starting, or busy: this look is skipped, not read as "none"
+            return None
+        except ray.exceptions.RayActorError as exc:
+            raise BoardLost(str(exc)) from exc
 
-    return wait_for_proxies(read, proxies, timeout_s, stop_now, say)
+    try:
+        drained = wait_for_proxies(read, proxies, timeout_s, stop_now, say, min_drain_s=min_drain_s)
+    except BoardLost as exc:
+        say(f"The drain board stopped answering ({exc.__class__.__name__}): stopping without waiting further")
+        return False
+    if drained:
+        time.sleep(FLUSH_S)
+    return drained
+
+
+def read_details(stop_now: Callable[[], bool]) -> dict[str, Any] | None:
+    """Serve's instance details, or None if the controller does not answer within ``DETAILS_TIMEOUT_S`` (or a
+    second Ctrl-C comes first): Serve's client waits on it without a limit, so it is asked from a daemon thread."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return {}
+    answer: list[dict[str, Any]] = []
+    asking = threading.Thread(target=lambda: answer.append(dict(client.get_serve_details())), daemon=True)
+    asking.start()
+    deadline = time.monotonic() + DETAILS_TIMEOUT_S
+    while asking.is_alive() and time.monotonic() < deadline and not stop_now():
+        asking.join(POLL_S)
+    return answer[0] if answer else None
 
 
 def wait_for_proxies(
-    read: Callable[[], Mapping[str, int]],
+    read: Callable[[], Mapping[str, int] | None],
     proxies: set[str],
     timeout_s: float,
     stop_now: Callable[[], bool],
     say: Callable[[str], None],
     poll_s: float = POLL_S,
+    min_drain_s: float = 0.0,
 ) -> bool:
-    """Poll the proxies' reports (``read``) until none has a request in flight (True), or until ``timeout_s`` or
-    ``stop_now()`` (False), saying how many are left every ``PROGRESS_S``."""
+    """Poll the proxies' reports (``read``; None: no answer this time) until none has a request in flight and
+    ``min_drain_s`` has passed (True), or until ``timeout_s`` or ``stop_now()`` (False), saying how many are left
+    every ``PROGRESS_S``. The last reports read stand while the board does not answer: silence is never "none"."""
     started = said_at = time.monotonic()
+    reports: Mapping[str, int] = {}
+    first_heard: float | None = None
     while True:
-        reports = read()
-        waited = time.monotonic() - started
-        left = left_in_flight(reports, proxies, waited)
-        if left == 0:
+        read_now = read()
+        now = time.monotonic()
+        waited = now - started
+        if read_now is not None:
+            reports = read_now
+            first_heard = now if first_heard is None else first_heard
+        left = None if first_heard is None else left_in_flight(reports, proxies, now - first_heard)
+        if left == 0 and waited >= min_drain_s:
             silent = sorted(proxies - reports.keys())
             if silent:
                 say(f"No proxy guard answered on node(s) {', '.join(silent)}: their requests were not waited for")
@@ -115,7 +166,7 @@ def wait_for_proxies(
             what = "requests in flight" if left is None else f"{left} request(s) in flight"
             say(f"Stopping without waiting further ({waited:.0f} s): {what} will get no answer")
             return False
-        if time.monotonic() - said_at >= PROGRESS_S:
+        if now - said_at >= PROGRESS_S and left != 0:
             say(f"  {'requests' if left is None else left} still in flight after {waited:.0f} s")
-            said_at = time.monotonic()
+            said_at = now
         time.sleep(poll_s)

@@ -453,6 +453,13 @@ class ProxyGuard:
                     for part in answer:
                         await send(part)
                 return
+            if message["type"] == "http.response.body" and message.get("body") and not message.get("more_body"):
+                # The last part in two: uvicorn writes a part without waiting and waits only before the next one
+                # while its buffer is full, so the empty end returns once a slow client has taken all but the
+                # last few kB; only then is the request counted out of the drain (Serve's shutdown would cut the
+                # rest, megabytes of a large image, when the proxy is killed).
+                await send({**message, "more_body": True})
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
         async def watched_receive() -> Message:

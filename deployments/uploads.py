@@ -8,7 +8,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from ray.exceptions import ActorDiedError, TaskCancelledError
+from ray.exceptions import RayActorError, TaskCancelledError
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -74,7 +74,7 @@ class UploadLimits:
                 ) from None
             except TaskCancelledError:  # Serve's proxy cancelled the request: its client left
                 message = {"type": "http.disconnect"}
-            except ActorDiedError:  # the proxy holding the client stopped (a stop not drained): the client is cut off
+            except RayActorError:  # the proxy holding the client died or cannot be reached: the client is cut off
                 message = {"type": "http.disconnect"}
             if message["type"] == "http.disconnect":
                 raise ClientClosedError(f"the client left after {received} bytes of its upload")

@@ -1,11 +1,13 @@
 """Stopping the service as an operator does: Ctrl-C in scripts/serve.sh's terminal, or `docker stop`'s SIGTERM to
 the image's runner (deployments/run.py). `serve run` alone lost every request in flight: Serve kills its proxies
-first. The runner drains: requests taken are answered, new ones get a retriable 503, then Serve shuts down."""
+first. The runner drains: requests taken are answered (slow uploads, and a slow client's large answer to its last
+byte), new ones get a retriable 503, then Serve shuts down."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
@@ -50,6 +53,39 @@ class SlowUpload(threading.Thread):
             self.failure = exc
 
 
+class SlowReader(threading.Thread):
+    """A POST /v1/remove whose answer is large (an rgba PNG of noise, ~8 MB: more than the kernel's socket
+    buffers hold) and read slowly: the first part, then the rest only once the test says so. Its request is not
+    done while the proxy still holds most of its answer."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.answering, self.rest = url, threading.Event(), threading.Event()
+        self.photo = png_bytes(np.random.default_rng(41).integers(0, 256, (1600, 1600, 3), dtype=np.uint8))
+        self.status, self.declared, self.received = 0, -1, 0
+        self.failure: Exception | None = None
+
+    def run(self) -> None:
+        small_window = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)]
+        transport = httpx.HTTPTransport(socket_options=small_window)
+        try:
+            with (
+                httpx.Client(transport=transport, timeout=120) as client,
+                client.stream("POST", f"{self.url}/v1/remove", content=self.photo) as answer,
+            ):
+                self.status, self.declared = answer.status_code, int(answer.headers["content-length"])
+                parts = answer.iter_raw(64 * 1024)
+                self.received += len(next(parts))
+                self.answering.set()
+                self.rest.wait(120)
+                for part in parts:
+                    self.received += len(part)
+        except Exception as exc:
+            self.failure = exc
+        finally:
+            self.answering.set()
+
+
 def fast_tier_config(directory: Path) -> Path:
     """The test config with the fast tier only (a quicker start) and room for uploads that wait on the test."""
     config: dict[str, Any] = yaml.safe_load(TEST_CONFIG.read_text())
@@ -68,10 +104,12 @@ def test_a_stop_answers_the_requests_in_flight_and_refuses_new_ones(
     scratch = tmp_path_factory.mktemp("stop")
     log = scratch / "serve.log"
     with serve_run(fast_tier_config(scratch), weights_dir, log) as served:
-        first, second = SlowUpload(served.url), SlowUpload(served.url)
-        first.start()
-        second.start()
-        time.sleep(2)  # both uploads have begun: their requests are in flight at the proxy
+        first, second, reader = SlowUpload(served.url), SlowUpload(served.url), SlowReader(served.url)
+        for client in (first, second, reader):
+            client.start()
+        assert reader.answering.wait(60) and reader.status == 200, reader.failure
+        assert reader.declared > 6 * 1024 * 1024  # over the 4 MB the kernel's send buffer grows to (tcp_wmem)
+        time.sleep(1)  # the uploads have begun too: three requests in flight at the proxy
         os.kill(served.pid, signal.SIGTERM)  # docker stop
 
         refused: list[httpx.Response] = []
@@ -95,6 +133,12 @@ def test_a_stop_answers_the_requests_in_flight_and_refuses_new_ones(
         second.rest.set()
         second.join(60)
         assert second.answer is not None and second.answer.status_code == 200, second.failure
+        # Its answer made, the proxy still holds most of the large one: the drain waits for the slow reader.
+        time.sleep(2)
+        assert served.process.poll() is None, "the service stopped while a client was still reading its answer"
+        reader.rest.set()
+        reader.join(60)
+        assert reader.received == reader.declared, (reader.received, reader.declared, reader.failure)
         try:
             code = served.process.wait(timeout=60)  # it stops by itself once nothing is in flight
         except subprocess.TimeoutExpired:

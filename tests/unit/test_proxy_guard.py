@@ -505,3 +505,17 @@ def test_the_drain_watch_finds_the_board_then_refuses_and_reports_its_count() ->
 def test_outside_a_proxy_no_drain_watch_starts() -> None:
     """middlewares() is Serve's to call, in a proxy where Ray is up; elsewhere (here) there is nothing to watch."""
     assert not proxy_guard.Drain().start()
+
+
+def test_the_last_part_of_an_answer_is_sent_in_two_so_the_drain_waits_for_a_slow_reader() -> None:
+    """uvicorn writes a body part without waiting and waits for its buffer only before the next part: an answer's
+    single last part returned at once, with megabytes still unsent to a slow client, and the request was counted
+    out of the drain. An empty end after it is what waits."""
+
+    async def ingress_answer(scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"big": "x" * 1000})(scope, receive, send)
+
+    sent = drive(ingress_answer)
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert [(len(m["body"]) > 1000, m["more_body"]) for m in bodies] == [(True, True), (False, False)]
+    assert json.loads(bodies[0]["body"]) == {"big": "x" * 1000}
