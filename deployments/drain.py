@@ -104,12 +104,12 @@ def drain(
         except ray.exceptions.GetTimeoutError:  # starting, or busy: this look is skipped, not read as "none"
             return None
         except ray.exceptions.RayActorError as exc:
-            raise BoardLost(str(exc)) from exc
+            raise BoardLost(exc.__class__.__name__) from exc
 
     try:
         drained = wait_for_proxies(read, proxies, timeout_s, stop_now, say, min_drain_s=min_drain_s)
     except BoardLost as exc:
-        say(f"The drain board stopped answering ({exc.__class__.__name__}): stopping without waiting further")
+        say(f"The drain board stopped answering ({exc}): stopping without waiting further")
         return False
     if drained:
         time.sleep(FLUSH_S)

@@ -4,6 +4,9 @@ worker node lost (every process of it killed) and a new one joining."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ from tests.support import scenes
 from tests.support.ray_cluster import HEAD_IP, LocalRayCluster, cluster_env
 from tests.support.reference import TEST_CONFIG
 from tests.support.serve_run import free_port, until, wait_until_ready
+from tests.support.slow_clients import SlowUpload
 
 WORKER_CPUS = 4  # the test config asks 0.5 + 3 x 0.25 CPUs, and the start-up board a little
 LOST_FOR_S = 25  # how long the test sends requests while no worker node is there
@@ -110,3 +114,57 @@ def test_the_app_runs_on_the_worker_node_answers_503_while_it_is_lost_and_serves
             if a["class_name"].startswith("ServeReplica")
         }
         assert set(replicas.values()) == {nodes[second_worker.ip]}, (replicas, nodes)
+
+
+@pytest.mark.slow
+def test_the_runner_on_a_running_cluster_drains_every_nodes_proxy_and_leaves_the_cluster_up(
+    two_nodes: LocalRayCluster, tmp_path: Path
+) -> None:
+    """The Docker image's flow (`ray start --head`, then `python -m deployments.run`), on two nodes with a proxy on
+    each (EveryNode, one port on this machine: connections spread over both). SIGTERM drains both proxies' requests
+    before Serve shuts down; Ray itself stays up, as `ray start` left it."""
+    two_nodes.start_worker(WORKER_CPUS)
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    config["proxy_location"] = "EveryNode"
+    config["http_options"]["port"] = http_port = free_port()
+    args = config["applications"][0]["args"]
+    args["tiers"] = {"fast": args["tiers"]["fast"]}
+    args.update(default_tier="fast", upload_stall_s=60)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "deployments.run", "--address", f"{HEAD_IP}:{two_nodes.gcs_port}", str(path)],
+            env=two_nodes.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            wait_until_ready(client, timeout_s=300)
+        proxies = {a["node_id"] for a in two_nodes.alive_actors() if a["class_name"] == "ProxyActor"}
+        assert len(proxies) == 2, proxies
+        uploads = [SlowUpload(url) for _ in range(6)]
+        for upload in uploads:
+            upload.start()
+        time.sleep(2)
+        runner.send_signal(signal.SIGTERM)
+        assert until(lambda: httpx.post(f"{url}/v1/remove", content=b"x", timeout=30).status_code == 503, timeout_s=20)
+        time.sleep(1)
+        assert runner.poll() is None
+        for upload in uploads:
+            upload.rest.set()
+        for upload in uploads:
+            upload.join(60)
+        assert [u.answer.status_code if u.answer else repr(u.failure) for u in uploads] == [200] * 6
+        assert runner.wait(timeout=60) == 0, log.read_text()[-3000:]
+        said = log.read_text()
+        assert "Drained in" in said and "No proxy guard answered" not in said, said[-3000:]
+        assert HEAD_IP in two_nodes.alive_node_ips()  # the cluster outlives the service, as `ray start` left it
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
