@@ -3,6 +3,7 @@
 #   scripts/serve.sh                     # configs/cpu.yaml on http://localhost:8000: fetches the checkpoints it needs
 #   scripts/serve.sh serve_config.yaml   # the NVIDIA L4 config (or any Serve config of yours)
 #   scripts/serve.sh --try               # no checkpoint needed (offline too): the fast tier on untrained weights
+#   scripts/serve.sh my.yaml --min-drain-s 10   # options after the config are the runner's (deployments/run.py)
 # It installs the gpu extra (NVML's GPU metrics, onnxruntime-gpu) for a config that asks for GPUs, else cpu;
 #   BGSERVE_EXTRAS=cpu scripts/serve.sh my.yaml   # says which, whatever the config
 set -euo pipefail
@@ -10,10 +11,10 @@ extras_for() {  # gpu where a deployment asks for num_gpus over 0 (a line not co
   if grep -Eq '^[^#]*num_gpus:[[:space:]]*0*([1-9]|\.[0-9]*[1-9])' "$1"; then echo gpu; else echo cpu; fi
 }
 case "${1:-}" in
-  --try) config=configs/try.yaml ;;
-  -h|--help) sed -n 2,7p "$0"; exit 0 ;;
-  "") config=configs/cpu.yaml ;;
-  *) config="$(realpath "$1")" ;;  # a path from the caller's directory, before the cd below
+  --try) config=configs/try.yaml; shift ;;
+  -h|--help) sed -n 2,8p "$0"; exit 0 ;;
+  "" | -*) config=configs/cpu.yaml ;;  # options only: the default config, and the options are the runner's
+  *) config="$(realpath "$1")"; shift ;;  # a path from the caller's directory, before the cd below
 esac
 cd "$(dirname "$0")/.."
 [ -f "$config" ] || { echo "no such config: $config" >&2; exit 1; }
@@ -42,4 +43,4 @@ case "$(realpath "$config")" in  # the path given, or the default, from the repo
     done <configs/cpu.env ;;
 esac
 # `serve run`, draining on Ctrl-C or SIGTERM: new requests get 503, those in flight are answered, then Serve stops.
-exec .venv/bin/python -m deployments.run "$config"
+exec .venv/bin/python -m deployments.run "$config" "$@"

@@ -16,7 +16,7 @@ from tests.conftest import ROOT, png_bytes
 from tests.integration.conftest import place_test_weights
 from tests.support import scenes
 from tests.support.reference import TEST_CONFIG
-from tests.support.serve_run import serve_run
+from tests.support.serve_run import free_port, serve_run
 
 STARTING_PHOTO = png_bytes(scenes.make_scenes(seed=30, count=1, height=64, width=64)[0].image)
 STARTING_ANSWERS: list[tuple[int, str]] = []  # (status, content type) of requests sent while the service started
@@ -93,6 +93,23 @@ def test_serve_sh_refuses_a_busy_port_and_a_bad_config(tmp_path: Path) -> None:
     assert done.returncode == 1 and "tiers.fast.runtime: unknown runtime 'openvno'" in done.stderr, done.stderr
     assert "Starting" not in done.stdout
     assert stamped is None or stamp.stat().st_mtime_ns == stamped, "serve.sh set the tests' venv up again"
+
+
+def test_serve_sh_passes_the_options_after_the_config_to_the_runner(tmp_path: Path) -> None:
+    """`scripts/serve.sh my.yaml --min-drain-s 10`: what follows the config reaches deployments/run.py (a bad value
+    is the runner's own usage error, after the script's checks passed)."""
+    config = yaml.safe_load((ROOT / "configs" / "try.yaml").read_text())
+    config["http_options"].update(host="127.0.0.1", port=free_port())
+    path = tmp_path / "try.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "serve.sh"), str(path), "--min-drain-s", "soon"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Starting" in done.stdout and "--min-drain-s: invalid float value: 'soon'" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(
