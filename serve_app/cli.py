@@ -30,7 +30,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from serve_app.client import DEFAULT_URL, Client, RemoveError, checked_url
+from serve_app.client import DEFAULT_URL, Client, RemoveError, auth_headers, checked_url
 
 # What the service reads, and .heic (the service says it does not read it: better than skipping it in silence).
 IMAGE_SUFFIXES = frozenset(
@@ -45,6 +45,9 @@ EFFECTS = ("rgba", "mask", "color", "blur", "green", "white", "overlay")
 DEFAULT_CONCURRENCY = 8
 # A restart of the service is ~30-40 s of refused connections and 503s (Retry-After: 5): 12 tries span ~60-90 s.
 DEFAULT_RETRIES = 12
+QUEUED_PER_SLOT = 2  # jobs waiting per request in flight: a folder of 100,000 images is not queued at once
+# Answers every other image would get too: the run stops rather than fail each one (a wrong key or URL).
+FATAL_STATUSES = {401: "the API key is refused", 404: "the URL has no such service"}
 UMASK = os.umask(0o022)  # read once, at import (changing it is process-wide, not for threads to do)
 os.umask(UMASK)
 
@@ -95,6 +98,11 @@ def find_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
     return sorted(found.items())
 
 
+def unmatched(patterns: list[str]) -> list[str]:
+    """The inputs named that are no file or folder, and no glob that matches anything: a typo, not an empty run."""
+    return [p for p in patterns if not Path(p).exists() and not glob.glob(p, recursive=True)]
+
+
 def named_folders(patterns: list[str]) -> list[Path]:
     """The folders the inputs are searched in: each folder named, and each glob's part before its first wildcard."""
     folders = []
@@ -125,7 +133,8 @@ def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it into place: readers (and a resumed run) see the
     whole file or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    # A short name: an output name near the file system's 255 bytes still gets a temporary one.
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=".bgserve-", suffix=".part")
     try:
         os.fchmod(handle, 0o666 & ~UMASK)  # as an ordinary new file (mkstemp makes it 0600)
         with os.fdopen(handle, "wb") as out:
@@ -161,6 +170,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="for 502/503/504 answers and lost connections (the default rides out a service restart)",
     )
     args = parser.parse_args(argv)
+    try:
+        auth_headers(args.api_key)
+    except ValueError as exc:
+        parser.error(f"--api-key: {exc}")
     if args.color is not None and args.effect != "color":
         parser.error(f"--color is for --effect color (the effect is {args.effect})")
     try:
@@ -182,6 +195,10 @@ def at_least(least: int) -> Callable[[str], int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    missing = unmatched(args.inputs)
+    if missing:
+        print(f"bgserve-remove: no such file or folder, and no match: {' '.join(missing)}", file=sys.stderr)
+        return 2
     inputs = find_inputs(args.inputs)
     if not inputs:
         print(f"no images found in {' '.join(args.inputs)}", file=sys.stderr)
@@ -189,14 +206,23 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary()
     todo = []
     claimed: dict[Path, Path] = {}  # output -> the input that makes it
-    # An earlier run's output (photo_rgba.png beside photo.jpg, with --out on the inputs' folder) is no input; a
-    # photo whose own name only looks like one (product_rgba.png, no product.* among the inputs) is.
-    targets = {output_path(relative, args.out, args.effect, args.format).resolve() for _, relative in inputs}
+    # An earlier run's output (photo_rgba.png or photo_mask.webp beside photo.jpg, with --out on the inputs'
+    # folder) is no input; a photo whose own name only looks like one (product_rgba.png, no product.* among the
+    # inputs) is.
+    targets = {
+        output_path(relative, args.out, effect, fmt).resolve()
+        for _, relative in inputs
+        for effect in EFFECTS
+        for fmt in EXTENSIONS
+    }
     skipped = earlier_outputs(inputs, args.inputs, args.out)
     if skipped:
         print(f"{len(skipped)} files under {args.out} not taken as inputs: earlier outputs", file=sys.stderr)
+    named_files = {Path(p).resolve() for p in args.inputs if Path(p).is_file()}  # a file named on its own is taken
     inputs = [
-        (image, relative) for image, relative in inputs if image.resolve() not in targets and image not in skipped
+        (image, relative)
+        for image, relative in inputs
+        if (image.resolve() not in targets or image.resolve() in named_files) and image not in skipped
     ]
     for image, relative in inputs:
         target = output_path(relative, args.out, args.effect, args.format)
@@ -209,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         claimed.setdefault(target, image)
     options = {"tier": args.tier, "effect": args.effect, "format": args.format, "color": args.color}
     stop = threading.Event()
+    fatal: list[str] = []
     started = time.perf_counter()
     client = Client(args.url, api_key=args.api_key, retries=args.retries)
 
@@ -220,7 +247,16 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = tqdm(total=len(inputs), initial=summary.skipped + len(summary.failed), unit="image", dynamic_ncols=True)
     pool = ThreadPoolExecutor(max(1, args.concurrency))
-    pending: dict[Future[None], Path] = {pool.submit(one, image, target): image for image, target in todo}
+    waiting = iter(todo)
+    pending: dict[Future[None], Path] = {}
+
+    def refill() -> None:
+        """Keep QUEUED_PER_SLOT jobs per request in flight submitted, no more (each wait looks at all of them)."""
+        while not stop.is_set() and len(pending) < QUEUED_PER_SLOT * max(1, args.concurrency):
+            job = next(waiting, None)
+            if job is None:
+                return
+            pending[pool.submit(one, *job)] = job[0]
 
     def tally(future: Future[None]) -> None:
         image = pending.pop(future)
@@ -233,29 +269,50 @@ def main(argv: list[str] | None = None) -> int:
             reason = str(error) if isinstance(error, RemoveError) else f"{type(error).__name__}: {error}"
             summary.failed[image] = reason
             progress.write(f"failed: {image}: {reason}")
+            if isinstance(error, RemoveError) and error.status in FATAL_STATUSES and not fatal:
+                fatal.append(f"stopped: {FATAL_STATUSES[error.status]} ({reason}); every other image would fail too")
+                stop.set()  # nothing more is sent; the requests in flight finish
         progress.update(1)
 
+    def finish(stream: TextIO) -> None:
+        progress.close()
+        summary.seconds = time.perf_counter() - started
+        for line in fatal:
+            print(line, file=stream)
+        summary.report(stream)
+
     try:
+        refill()
         while pending:
             finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in finished:
                 tally(future)
+            refill()
     except KeyboardInterrupt:
         stop.set()
-        print("\ninterrupted: waiting for the requests in flight (no output is left half-written)", file=sys.stderr)
-        pool.shutdown(wait=True, cancel_futures=True)
+        client.stop_retrying()  # a request waiting to be tried again gives up now
+        print(
+            "\ninterrupted: waiting for the requests in flight (no output is left half-written; Ctrl-C again: stop "
+            "without them)",
+            file=sys.stderr,
+        )
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:  # the second: those in flight are left (each output is whole or absent)
+            for future in [f for f in pending if f.done()]:
+                tally(future)
+            finish(sys.stderr)
+            print(f"  {len(pending)} requests in flight were left without their answers", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(130)  # the pool's threads would hold the exit until their requests end
         for future in list(pending):  # those in flight finished (written or failed): counted too
             tally(future)
-        progress.close()
         client.close()
-        summary.seconds = time.perf_counter() - started
-        summary.report(sys.stderr)
+        finish(sys.stderr)
         return 130
     pool.shutdown()
     client.close()
-    progress.close()
-    summary.seconds = time.perf_counter() - started
-    summary.report(sys.stdout)
+    finish(sys.stdout)
     return 1 if summary.failed else 0
 
 

@@ -10,21 +10,24 @@ Ray and no torch, so scripts and other services can use it on their own.
 
 An image is a path, bytes, a PIL image or an HxWx3 (or HxW) uint8 NumPy array. Errors come back as
 ``RemoveError`` with the service's ``status``, ``code`` and ``message``. Answers that say "try again" (503 with
-``Retry-After``: overloaded, a tier starting, a lost ingress; 504 deadline_exceeded; a reverse proxy's 502) and
-refused or dropped connections are retried up to ``retries`` times, waiting what ``Retry-After`` says (else
-``backoff_s``, doubling, at most 10 s).
+``Retry-After``: overloaded, a tier starting, a lost ingress, a service stopping; 504 deadline_exceeded; a reverse
+proxy's 502) and refused, timed-out or dropped connections are retried up to ``retries`` times, waiting what
+``Retry-After`` says (seconds or an HTTP date; else ``backoff_s``, doubling, at most 10 s); ``stop_retrying()``
+ends that. A connection is given up after 10 s, an answer after ``timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import io
 import math
 import os
-import time
+import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Union
 
 import httpx
@@ -90,14 +93,20 @@ class Result:
 PNG_MODES = frozenset({"1", "L", "LA", "I;16", "P", "RGB", "RGBA"})  # the modes Pillow writes as PNG
 MAX_RETRY_AFTER_S = 60.0  # a proxy's Retry-After of an hour should not stall a batch for that long
 MAX_BACKOFF_S = 10.0  # a service that does not answer is tried at least this often: a restart takes ~30 s
+CONNECT_TIMEOUT_S = 10.0  # a host that takes no connection (firewalled, down): a try is given up after this
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """Seconds the answer asks to wait, kept within 0..MAX_RETRY_AFTER_S; None when absent or not a number."""
+    """Seconds the answer asks to wait, kept within 0..MAX_RETRY_AFTER_S; None when absent or neither form HTTP
+    allows: seconds, or a date (a reverse proxy's ``Retry-After: Wed, 21 Oct 2026 07:28:00 GMT``)."""
+    value = response.headers.get("retry-after", "").strip()
     try:
-        seconds = float(response.headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError, IndexError):
+            return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None
 
 
@@ -193,8 +202,29 @@ def listed(response: httpx.Response) -> list[dict[str, Any]]:
     return body
 
 
+API_KEY_CHARACTERS = frozenset(map(chr, range(0x21, 0x7F)))  # printable ASCII, no space: what a header carries
+
+
 def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """The bearer header; a key a header cannot carry (non-ASCII, a space, a pasted line end) is refused here, not
+    as a traceback from httpx or a failure of every request."""
+    if not api_key:
+        return {}
+    if not set(api_key) <= API_KEY_CHARACTERS:
+        raise ValueError("the API key has characters an HTTP header cannot carry (non-ASCII, spaces or line ends)")
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def http_options(url: str, api_key: str | None, timeout_s: float) -> dict[str, Any]:
+    """What both clients give httpx: a connection is given up after CONNECT_TIMEOUT_S (a host that does not
+    answer, then retried), an answer after ``timeout_s``; no cap on connections (httpx's 100 would hold back a
+    ``remove_many`` or a CLI with more in flight: their concurrency is the cap)."""
+    return {
+        "base_url": checked_url(url),
+        "headers": auth_headers(api_key),
+        "timeout": httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
+        "limits": httpx.Limits(max_connections=None, max_keepalive_connections=20),
+    }
 
 
 class _Retrying:
@@ -202,9 +232,17 @@ class _Retrying:
 
     def __init__(self, retries: int, backoff_s: float) -> None:
         self.retries, self.backoff_s = retries, backoff_s
+        self.no_more_retries = threading.Event()
+
+    def stop_retrying(self) -> None:
+        """Retry nothing from now on, and end the waits between tries: each call gives its last error (the CLI's
+        Ctrl-C). Requests already sent still get their answers."""
+        self.no_more_retries.set()
 
     def retriable(self, error: RemoveError, attempt: int) -> bool:
         """A "try again" answer (or no answer at all), with retries left."""
+        if self.no_more_retries.is_set():
+            return False
         return attempt <= self.retries and (error.status in RETRIED_STATUSES or error.code == "unreachable")
 
     def wait_s(self, attempt: int, error: RemoveError) -> float:
@@ -231,9 +269,7 @@ class Client(_Retrying):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(retries, backoff_s)
-        self.http = httpx.Client(
-            base_url=checked_url(url), headers=auth_headers(api_key), timeout=timeout_s, transport=transport
-        )
+        self.http = httpx.Client(**http_options(url, api_key, timeout_s), transport=transport)
 
     def __enter__(self) -> Client:
         return self
@@ -259,7 +295,8 @@ class Client(_Retrying):
                 error = RemoveError.from_response(response)
             if not self.retriable(error, attempt):
                 raise error
-            time.sleep(self.wait_s(attempt, error))
+            if self.no_more_retries.wait(self.wait_s(attempt, error)):  # stop_retrying() during the wait
+                raise error
 
     def tiers(self) -> list[dict[str, Any]]:
         """``GET /v1/tiers``, retried as ``remove`` is. Raises ``RemoveError``."""
@@ -308,9 +345,7 @@ class AsyncClient(_Retrying):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(retries, backoff_s)
-        self.http = httpx.AsyncClient(
-            base_url=checked_url(url), headers=auth_headers(api_key), timeout=timeout_s, transport=transport
-        )
+        self.http = httpx.AsyncClient(**http_options(url, api_key, timeout_s), transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -336,6 +371,8 @@ class AsyncClient(_Retrying):
             if not self.retriable(error, attempt):
                 raise error
             await asyncio.sleep(self.wait_s(attempt, error))
+            if self.no_more_retries.is_set():
+                raise error
 
     async def tiers(self) -> list[dict[str, Any]]:
         return listed((await self.call("GET", "/v1/tiers"))[0])

@@ -1,10 +1,18 @@
 """The CLI's file handling without a service (tests/integration/test_clients.py runs it against the real one)."""
 
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from serve_app import cli
+from tests.conftest import ROOT
+from tests.support.fake_service import Answer, fake_service
 
 
 def test_an_output_appears_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,3 +130,94 @@ def test_arguments_that_cannot_work_are_refused_before_any_request(
     with pytest.raises(SystemExit) as exited:
         cli.main(["photo.jpg", *argv])
     assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_input_that_names_nothing_is_refused_before_any_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bgserve-remove p1.jpg typo.jpg nodir/` did p1.jpg, said nothing of the others and exited 0."""
+    (tmp_path / "p1.jpg").write_bytes(b"")
+    named = [str(tmp_path / "p1.jpg"), str(tmp_path / "typo.jpg"), str(tmp_path / "nodir"), str(tmp_path / "*.gif")]
+    assert cli.main([*named, "--url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "typo.jpg" in err and "nodir" in err and "*.gif" in err and "p1.jpg" not in err
+
+
+def test_earlier_outputs_of_another_effect_beside_the_inputs_are_not_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--effect rgba`, then `--effect mask`, both with --out on the inputs' folder: the second run cut out the
+    first one's cut-out (a_rgba_mask.png). (Nothing reaches a service: a_mask.png is there already.)"""
+    for name in ("a.jpg", "a_rgba.png", "a_white.jpg", "a_mask.png"):
+        (tmp_path / name).write_bytes(b"")
+    argv = [str(tmp_path), "--out", str(tmp_path), "--effect", "mask", "--url", "http://127.0.0.1:9"]
+    assert cli.main([*argv, "--retries", "0"]) == 0
+    assert "0 done, 1 skipped (already there), 0 failed" in capsys.readouterr().out
+
+
+def test_an_answer_every_image_would_get_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrong API key (401) or URL (404) failed each of a folder's images in turn; it now stops at the first."""
+    for i in range(40):
+        (tmp_path / f"p{i}.png").write_bytes(b"x")
+    with fake_service(lambda *_: Answer(401, "unauthorized")) as (url, seen):
+        code = cli.main([str(tmp_path), "--out", str(tmp_path / "out"), "--url", url, "--concurrency", "2"])
+    out = capsys.readouterr().out
+    assert code == 1 and "stopped: the API key is refused" in out, out
+    assert seen.requests <= 4, seen.requests  # those already in flight, not the forty
+
+
+def test_jobs_are_queued_a_few_per_request_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image of a folder was queued at once, and each wait for the next answer looked at all of them: 20,000
+    images ran at half the speed of 2,000, and 100,000 held 260 MB of jobs."""
+    for i in range(60):
+        (tmp_path / f"p{i}.png").write_bytes(b"x")
+    most: list[int] = [0]
+
+    class Counting(ThreadPoolExecutor):
+        outstanding = 0
+
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            Counting.outstanding += 1
+            most[0] = max(most[0], Counting.outstanding)
+            future = super().submit(*args, **kwargs)
+            future.add_done_callback(lambda _: setattr(Counting, "outstanding", Counting.outstanding - 1))
+            return future
+
+    monkeypatch.setattr(cli, "ThreadPoolExecutor", Counting)
+    with fake_service(lambda *_: Answer(200, body=b"png")) as (url, seen):
+        code = cli.main([str(tmp_path), "--out", str(tmp_path / "out"), "--url", url, "--concurrency", "3"])
+    assert code == 0 and seen.requests == 60
+    assert most[0] <= cli.QUEUED_PER_SLOT * 3, most[0]
+
+
+def test_ctrl_c_ends_the_waits_between_tries(tmp_path: Path) -> None:
+    """A service that stays down: Ctrl-C waited out every request's remaining tries (93 s), then a second Ctrl-C
+    gave tracebacks and no summary. Now the waits end at once and the summary comes."""
+    (tmp_path / "p.png").write_bytes(b"x")
+    with fake_service(lambda *_: Answer(503, "overloaded", {"Retry-After": "30"})) as (url, seen):
+        run = subprocess.Popen(
+            [sys.executable, "-m", "serve_app.cli", str(tmp_path), "--out", str(tmp_path / "out"), "--url", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 30
+        while seen.requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        run.send_signal(signal.SIGINT)
+        try:
+            _, err = run.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            pytest.fail("Ctrl-C did not end the run within 10 s")
+    assert run.returncode == 130, err
+    assert "0 done, 0 skipped (already there), 1 failed" in err and "503 overloaded" in err, err
+
+
+def test_an_output_name_near_the_file_systems_limit_is_written(tmp_path: Path) -> None:
+    """The temporary name added the whole output name to itself: a 240-character input failed with 'File name too
+    long' after the service had done the work, though its output's name fits."""
+    target = tmp_path / ("p" * 240 + "_rgba.png")
+    cli.write_atomically(target, b"png")
+    assert target.read_bytes() == b"png"

@@ -2,10 +2,13 @@
 it against the real one)."""
 
 import asyncio
+import email.utils
 import io
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -14,8 +17,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.client import AsyncClient, Client, RemoveError, image_bytes, listed, request_parts, unreachable
+from serve_app.client import (
+    CONNECT_TIMEOUT_S,
+    AsyncClient,
+    Client,
+    RemoveError,
+    image_bytes,
+    listed,
+    request_parts,
+    retry_after,
+    unreachable,
+)
 from serve_app.codec import decode_image
+from tests.support.fake_service import Answer, fake_service
 from tests.unit.test_codec import asymmetric, with_orientation
 
 
@@ -154,3 +168,65 @@ def test_only_transport_errors_that_may_pass_are_retried() -> None:
     for lasting in (httpx.ProxyError("407 Proxy Authentication Required"), httpx.UnsupportedProtocol("ftp")):
         assert not client.retriable(unreachable(lasting), 1), lasting
     assert client.retriable(RemoveError(502, "http_error", "Bad Gateway"), 1)  # a reverse proxy's, mid-restart
+
+
+def test_retry_after_as_a_date_is_honoured() -> None:
+    """A reverse proxy may send Retry-After as an HTTP date: float() failed on it, and the client fell back to its
+    own 1-2-4 s backoff."""
+    soon = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= (retry_after(httpx.Response(503, headers={"retry-after": soon})) or 0) <= 30
+    long_ago = "Wed, 21 Oct 2015 07:28:00 GMT"
+    assert retry_after(httpx.Response(503, headers={"retry-after": long_ago})) == 0.0
+    far = "Wed, 21 Oct 2099 07:28:00 GMT"
+    assert retry_after(httpx.Response(503, headers={"retry-after": far})) == 60.0  # MAX_RETRY_AFTER_S
+    assert retry_after(httpx.Response(503, headers={"retry-after": "soon"})) is None
+    assert retry_after(httpx.Response(503)) is None
+
+
+def test_stop_retrying_ends_the_wait_between_tries() -> None:
+    """The CLI's Ctrl-C: a request waiting to be tried again (a service that stays down) gives its last error at
+    once, not after its remaining tries."""
+    with fake_service(lambda *_: Answer(503, "overloaded", {"Retry-After": "30"})) as (url, seen):
+        client = Client(url, retries=5)
+        failed: list[BaseException] = []
+        asking = threading.Thread(target=lambda: failed.extend(caught(client.tiers)))
+        started = time.monotonic()
+        asking.start()
+        time.sleep(0.5)
+        client.stop_retrying()
+        asking.join(10)
+        assert not asking.is_alive() and time.monotonic() - started < 5
+        assert isinstance(failed[0], RemoveError) and failed[0].code == "overloaded" and seen.requests == 1
+        client.close()
+
+
+def caught(call: Callable[[], object]) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as exc:
+        return [exc]
+    return []
+
+
+@pytest.mark.parametrize("key", ["sécret", "key\r", "two words"])
+def test_an_api_key_a_header_cannot_carry_is_refused_at_once(key: str) -> None:
+    """Non-ASCII raised httpx's UnicodeEncodeError from the first request; a pasted line end failed every image as
+    an 'Illegal header value' that did not name the key."""
+    with pytest.raises(ValueError, match="API key"):
+        Client(api_key=key)
+    with pytest.raises(ValueError, match="API key"):
+        AsyncClient(api_key=key)
+
+
+def test_more_than_a_hundred_requests_are_in_flight_when_asked() -> None:
+    """httpx holds a client to 100 connections: remove_many(concurrency=150) and the CLI's --concurrency 150 had
+    50 waiting. The concurrency asked is the cap."""
+    with fake_service(lambda *_: Answer(200, delay_s=1.0, body=b"png")) as (url, seen), Client(url) as client:
+        results = client.remove_many([b"x"] * 130, concurrency=130)
+    assert all(not isinstance(r, RemoveError) for r in results)
+    assert seen.most_in_flight > 100, seen.most_in_flight
+
+
+def test_a_host_that_takes_no_connection_is_given_up_within_seconds() -> None:
+    """A firewalled host held each try for the whole 600 s answer timeout (13 tries: hours an image)."""
+    assert Client(timeout_s=600).http.timeout.connect == CONNECT_TIMEOUT_S == 10
