@@ -2,11 +2,12 @@
 #   docker build -t bgserve:0.1.0 .                              # weights mounted at /models when it runs
 #   docker build -t bgserve:0.1.0 --build-arg BAKE_WEIGHTS=1 .   # weights fetched and verified into the image
 # Run one container (a GPU box):
-#   docker run --gpus all --init --shm-size=8g --stop-timeout 130 -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.1.0
+#   docker run --gpus all --init --shm-size=8g --stop-timeout 150 -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.1.0
 #   (--init: an init as process 1 reaps the Ray daemons that `ray start` leaves behind, which our runner would not)
 #   (--shm-size: Ray's object store, which carries the images between replicas, lives in /dev/shm, 64 MB by default)
 #   (--stop-timeout: `docker stop` drains the service (deployments/run.py): requests in flight are answered, for up
-#    to http_options.request_timeout_s, 120 s in serve_config.yaml; Docker's default 10 s would cut them off)
+#    to http_options.request_timeout_s, 120 s in serve_config.yaml, then Serve shuts down; Docker's default 10 s
+#    would cut them off)
 #   (the dashboard on 8265 asks for the token: docker exec <container> ray get-auth-token)
 # On Kubernetes: deploy/kuberay/rayservice.yaml runs this image on every Ray pod (tag each build anew: the
 # manifest's image name is what makes KubeRay roll a new one out).

@@ -50,8 +50,9 @@ def proxy_nodes(details: Mapping[str, Any]) -> set[str]:
 
 def default_drain_s(details: Mapping[str, Any]) -> float:
     """How long the requests taken may need: ``http_options.request_timeout_s`` where set (the proxy answers 408
-    past it, so no request outlives it); else the longest ingress ``graceful_shutdown_timeout_s`` (the builder sets
-    the longest tier deadline plus 10 s), which leaves out a slow upload's own time."""
+    to a request whose answer has not started by then); else the longest ingress ``graceful_shutdown_timeout_s``
+    (the builder sets the longest tier deadline plus 10 s), which leaves out a slow upload's own time. Neither
+    covers a slow client's download of an answer begun in time: ``--drain-timeout-s`` for those."""
     request_timeout = (details.get("http_options") or {}).get("request_timeout_s")
     if request_timeout:
         return float(request_timeout)
@@ -93,7 +94,7 @@ def drain(
     proxies = proxy_nodes(details)
     if not proxies:
         return True
-    timeout_s = default_drain_s(details) if timeout_s is None else timeout_s
+    timeout_s = max(default_drain_s(details) if timeout_s is None else timeout_s, min_drain_s)
     say(f"Stopping: new requests get 503; waiting up to {timeout_s:g} s for those in flight (Ctrl-C again: stop now)")
     # get_if_exists: a board already there (a drain asked twice) is the same signal
     board = DrainBoard.options(name=DRAIN_BOARD, namespace=SERVE_NAMESPACE, get_if_exists=True).remote()  # type: ignore[attr-defined]

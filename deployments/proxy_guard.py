@@ -72,6 +72,7 @@ WAITING_CHECK_S = 0.5  # how often a request the proxy holds looks whether its a
 # the signal, and each proxy's guard reports its requests in flight to it.
 DRAIN_BOARD = "bgserve_drain"
 SERVE_NAMESPACE = "serve"  # Serve's actors' namespace (ray.serve._private.constants.SERVE_NAMESPACE)
+PROXY_ACTOR_PREFIX = "SERVE_PROXY_ACTOR"  # Serve names each proxy actor SERVE_PROXY_ACTOR-<node id>
 DRAIN_LOOK_S = 1.0  # how often a guard looks for the board: a stop starts draining within a second
 DRAIN_REPORT_S = 0.25
 # Replica states that hold a loaded model and take requests: RUNNING, and UPDATING (a live user_config change,
@@ -229,6 +230,15 @@ def find_drain_board() -> Any:
         return None
 
 
+def in_a_proxy() -> bool:
+    import ray
+
+    try:
+        return (ray.get_runtime_context().get_actor_name() or "").startswith(PROXY_ACTOR_PREFIX)
+    except Exception:  # no actor here (a driver)
+        return False
+
+
 def current_node_id() -> str:
     import ray
 
@@ -267,11 +277,13 @@ class Drain:
         self.in_flight -= 1
 
     def start(self) -> bool:
-        """Start the thread once, where Ray is up (in a proxy: Serve builds the guard as it starts the proxy)."""
+        """Start the thread once, in a proxy actor (Serve builds the guard as it starts the proxy). Not elsewhere:
+        Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS) builds it in ingress replicas too, whose 0 under
+        the same node id would hide the proxy's count."""
         import ray
 
         with self._lock:
-            if self._started or not ray.is_initialized():
+            if self._started or not ray.is_initialized() or not in_a_proxy():
                 return False
             self._started = True
         threading.Thread(target=self.watch, name="drain-watch", daemon=True).start()

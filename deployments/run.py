@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         "balancer needs to see /readyz fail and stop sending (its check interval times its unhealthy threshold)",
     )
     ours, serve_args = parser.parse_known_args(argv)
+    for option in ("--blocking", "--reload", "-r"):
+        if option in serve_args:  # serve run would block in itself, and the drain would never run
+            parser.error(f"{option} is not for the runner: it blocks and drains itself")
     # The guard drains the proxies: a local Ray started here has it, as scripts/serve.sh's did.
     os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)
     stop = StopSignals()

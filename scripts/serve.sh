@@ -13,7 +13,11 @@ extras_for() {  # gpu where a deployment asks for num_gpus over 0 (a line not co
 case "${1:-}" in
   --try) config=configs/try.yaml; shift ;;
   -h|--help) sed -n 2,8p "$0"; exit 0 ;;
-  "" | -*) config=configs/cpu.yaml ;;  # options only: the default config, and the options are the runner's
+  "" | -*)  # options only: the default config, and the options are the runner's (a config among them is a mistake)
+    config=configs/cpu.yaml
+    for arg in "$@"; do
+      case "$arg" in *.yaml | *.yml) echo "the config goes first: scripts/serve.sh $arg [options]" >&2; exit 2 ;; esac
+    done ;;
   *) config="$(realpath "$1")"; shift ;;  # a path from the caller's directory, before the cd below
 esac
 cd "$(dirname "$0")/.."

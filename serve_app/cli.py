@@ -46,8 +46,10 @@ DEFAULT_CONCURRENCY = 8
 # A restart of the service is ~30-40 s of refused connections and 503s (Retry-After: 5): 12 tries span ~60-90 s.
 DEFAULT_RETRIES = 12
 QUEUED_PER_SLOT = 2  # jobs waiting per request in flight: a folder of 100,000 images is not queued at once
-# Answers every other image would get too: the run stops rather than fail each one (a wrong key or URL).
-FATAL_STATUSES = {401: "the API key is refused", 404: "the URL has no such service"}
+# Answers every other image would get too: the run stops rather than fail each one (a wrong key or URL). By the
+# service's JSON code: a plain-text 404 may be a starting Serve without the proxy guard, which a retry rides out.
+FATAL_CODES = {"unauthorized": 401, "not_found": 404}
+FATAL_REASONS = {401: "the API key is refused", 404: "the URL has no such service"}
 UMASK = os.umask(0o022)  # read once, at import (changing it is process-wide, not for threads to do)
 os.umask(UMASK)
 
@@ -121,8 +123,13 @@ def earlier_outputs(inputs: list[tuple[Path, Path]], patterns: list[str], out: P
     out = out.resolve()
     if not any(out != folder and out.is_relative_to(folder) for folder in named_folders(patterns)):
         return set()
-    named_files = {Path(p).resolve() for p in patterns if Path(p).is_file()}  # a file named on its own is taken
-    return {image for image, _ in inputs if image.resolve().is_relative_to(out) and image.resolve() not in named_files}
+    named = named_files(patterns)  # a file named on its own is taken
+    return {image for image, _ in inputs if image.resolve().is_relative_to(out) and image.resolve() not in named}
+
+
+def named_files(patterns: list[str]) -> set[Path]:
+    """The files named on their own (not found in a folder or by a glob): always inputs."""
+    return {Path(p).resolve() for p in patterns if Path(p).is_file()}
 
 
 def output_path(relative: Path, out: Path, effect: str, fmt: str) -> Path:
@@ -206,24 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary()
     todo = []
     claimed: dict[Path, Path] = {}  # output -> the input that makes it
-    # An earlier run's output (photo_rgba.png or photo_mask.webp beside photo.jpg, with --out on the inputs'
-    # folder) is no input; a photo whose own name only looks like one (product_rgba.png, no product.* among the
-    # inputs) is.
+    # An earlier run's output of this effect (photo_rgba.png or photo_rgba.webp beside photo.jpg, with --out on
+    # the inputs' folder) is no input; one of another effect is (shirt_white.jpg beside shirt.jpg may well be a
+    # photo), as is a photo whose own name only looks like an output (product_rgba.png, no product.* among them).
     targets = {
-        output_path(relative, args.out, effect, fmt).resolve()
-        for _, relative in inputs
-        for effect in EFFECTS
-        for fmt in EXTENSIONS
+        output_path(relative, args.out, args.effect, fmt).resolve() for _, relative in inputs for fmt in EXTENSIONS
     }
     skipped = earlier_outputs(inputs, args.inputs, args.out)
-    if skipped:
-        print(f"{len(skipped)} files under {args.out} not taken as inputs: earlier outputs", file=sys.stderr)
-    named_files = {Path(p).resolve() for p in args.inputs if Path(p).is_file()}  # a file named on its own is taken
-    inputs = [
-        (image, relative)
-        for image, relative in inputs
-        if (image.resolve() not in targets or image.resolve() in named_files) and image not in skipped
-    ]
+    named = named_files(args.inputs)
+    beside = {image for image, _ in inputs if image.resolve() in targets and image.resolve() not in named}
+    if skipped or beside:
+        print(f"{len(skipped | beside)} files not taken as inputs: earlier outputs", file=sys.stderr)
+    inputs = [(image, relative) for image, relative in inputs if image not in skipped | beside]
     for image, relative in inputs:
         target = output_path(relative, args.out, args.effect, args.format)
         if target in claimed:  # photo.jpg and photo.png would both make photo_rgba.png
@@ -269,9 +270,10 @@ def main(argv: list[str] | None = None) -> int:
             reason = str(error) if isinstance(error, RemoveError) else f"{type(error).__name__}: {error}"
             summary.failed[image] = reason
             progress.write(f"failed: {image}: {reason}")
-            if isinstance(error, RemoveError) and error.status in FATAL_STATUSES and not fatal:
-                fatal.append(f"stopped: {FATAL_STATUSES[error.status]} ({reason}); every other image would fail too")
+            if isinstance(error, RemoveError) and FATAL_CODES.get(error.code) == error.status and not fatal:
+                fatal.append(f"stopped: {FATAL_REASONS[error.status]} ({reason}); every other image would fail too")
                 stop.set()  # nothing more is sent; the requests in flight finish
+                client.stop_retrying()
         progress.update(1)
 
     def finish(stream: TextIO) -> None:

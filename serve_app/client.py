@@ -24,6 +24,7 @@ import io
 import math
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class Result:
 PNG_MODES = frozenset({"1", "L", "LA", "I;16", "P", "RGB", "RGBA"})  # the modes Pillow writes as PNG
 MAX_RETRY_AFTER_S = 60.0  # a proxy's Retry-After of an hour should not stall a batch for that long
 MAX_BACKOFF_S = 10.0  # a service that does not answer is tried at least this often: a restart takes ~30 s
+STOP_CHECK_S = 0.1  # how soon an async wait between tries sees stop_retrying() (it may come from another thread)
 CONNECT_TIMEOUT_S = 10.0  # a host that takes no connection (firewalled, down): a try is given up after this
 
 
@@ -104,7 +106,10 @@ def retry_after(response: httpx.Response) -> float | None:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+            when = email.utils.parsedate_to_datetime(value)
+            if when.tzinfo is None:  # the asctime form (Sun Nov  6 08:49:37 1994) names no zone: HTTP dates are GMT
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = (when - datetime.now(timezone.utc)).total_seconds()
         except (TypeError, ValueError, IndexError):
             return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None
@@ -215,15 +220,17 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
 
 
-def http_options(url: str, api_key: str | None, timeout_s: float) -> dict[str, Any]:
+def http_options(url: str, api_key: str | None, timeout_s: float | None) -> dict[str, Any]:
     """What both clients give httpx: a connection is given up after CONNECT_TIMEOUT_S (a host that does not
     answer, then retried), an answer after ``timeout_s``; no cap on connections (httpx's 100 would hold back a
     ``remove_many`` or a CLI with more in flight: their concurrency is the cap)."""
     return {
         "base_url": checked_url(url),
         "headers": auth_headers(api_key),
-        "timeout": httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
-        "limits": httpx.Limits(max_connections=None, max_keepalive_connections=20),
+        "timeout": httpx.Timeout(
+            timeout_s, connect=CONNECT_TIMEOUT_S if timeout_s is None else min(CONNECT_TIMEOUT_S, timeout_s)
+        ),
+        "limits": httpx.Limits(max_connections=None, max_keepalive_connections=None),
     }
 
 
@@ -263,7 +270,7 @@ class Client(_Retrying):
         self,
         url: str = DEFAULT_URL,
         api_key: str | None = None,
-        timeout_s: float = 600.0,
+        timeout_s: float | None = 600.0,
         retries: int = 4,
         backoff_s: float = 1.0,
         transport: httpx.BaseTransport | None = None,
@@ -339,13 +346,23 @@ class AsyncClient(_Retrying):
         self,
         url: str = DEFAULT_URL,
         api_key: str | None = None,
-        timeout_s: float = 600.0,
+        timeout_s: float | None = 600.0,
         retries: int = 4,
         backoff_s: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(retries, backoff_s)
         self.http = httpx.AsyncClient(**http_options(url, api_key, timeout_s), transport=transport)
+
+    async def wait_or_stop(self, seconds: float) -> bool:
+        """Sleep ``seconds`` on the event loop, ending early (True) once ``stop_retrying()`` is called."""
+        deadline = time.monotonic() + seconds
+        while not self.no_more_retries.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(left, STOP_CHECK_S))
+        return True
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -370,8 +387,7 @@ class AsyncClient(_Retrying):
                 error = RemoveError.from_response(response)
             if not self.retriable(error, attempt):
                 raise error
-            await asyncio.sleep(self.wait_s(attempt, error))
-            if self.no_more_retries.is_set():
+            if await self.wait_or_stop(self.wait_s(attempt, error)):
                 raise error
 
     async def tiers(self) -> list[dict[str, Any]]:

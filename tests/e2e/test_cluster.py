@@ -150,7 +150,8 @@ def test_the_runner_on_a_running_cluster_drains_every_nodes_proxy_and_leaves_the
         uploads = [SlowUpload(url) for _ in range(6)]
         for upload in uploads:
             upload.start()
-        time.sleep(2)
+        assert all(upload.begun.wait(30) for upload in uploads)
+        time.sleep(0.5)  # their heads are at the proxies
         runner.send_signal(signal.SIGTERM)
         assert until(lambda: httpx.post(f"{url}/v1/remove", content=b"x", timeout=30).status_code == 503, timeout_s=20)
         time.sleep(1)

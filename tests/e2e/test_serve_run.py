@@ -110,6 +110,11 @@ def test_serve_sh_passes_the_options_after_the_config_to_the_runner(tmp_path: Pa
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Starting" in done.stdout and "--min-drain-s: invalid float value: 'soon'" in done.stderr, done.stderr
+    # Options before the config would have served configs/cpu.yaml, the config taken for an argument of Serve's.
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "serve.sh"), "--min-drain-s", "10", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "the config goes first" in done.stderr, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,8 @@ def test_a_stop_answers_the_requests_in_flight_and_refuses_new_ones(
             client.start()
         assert reader.answering.wait(60) and reader.status == 200, reader.failure
         assert reader.declared > 6 * 1024 * 1024  # over the 4 MB the kernel's send buffer grows to (tcp_wmem)
-        time.sleep(1)  # the uploads have begun too: three requests in flight at the proxy
+        assert first.begun.wait(30) and second.begun.wait(30)
+        time.sleep(0.5)  # their heads are at the proxy: three requests in flight there
         os.kill(served.pid, signal.SIGTERM)  # docker stop
 
         refused: list[httpx.Response] = []

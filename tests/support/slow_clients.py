@@ -23,12 +23,13 @@ class SlowUpload(threading.Thread):
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
-        self.url, self.rest = url, threading.Event()
+        self.url, self.rest, self.begun = url, threading.Event(), threading.Event()
         self.answer: httpx.Response | None = None
         self.failure: Exception | None = None
 
     def body(self) -> Iterator[bytes]:
         yield PHOTO[:FIRST_PART]
+        self.begun.set()  # httpx asks for more once the head and the first part are sent
         self.rest.wait(120)
         yield PHOTO[FIRST_PART:]
 

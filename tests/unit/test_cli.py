@@ -143,16 +143,19 @@ def test_an_input_that_names_nothing_is_refused_before_any_request(
     assert "typo.jpg" in err and "nodir" in err and "*.gif" in err and "p1.jpg" not in err
 
 
-def test_earlier_outputs_of_another_effect_beside_the_inputs_are_not_inputs(
+def test_earlier_outputs_of_this_effect_in_another_format_are_not_inputs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`--effect rgba`, then `--effect mask`, both with --out on the inputs' folder: the second run cut out the
-    first one's cut-out (a_rgba_mask.png). (Nothing reaches a service: a_mask.png is there already.)"""
-    for name in ("a.jpg", "a_rgba.png", "a_white.jpg", "a_mask.png"):
+    """`--effect mask --format webp`, then `--format png`, with --out on the inputs' folder: the second run cut out
+    the first one's mask (a_mask_mask.png). Another effect's name is left an input: shirt_white.jpg beside
+    shirt.jpg may well be a photo. (Nothing reaches a service: every output wanted is there already.)"""
+    for name in ("a.jpg", "a_mask.webp", "a_mask.png", "a_white.jpg", "a_white_mask.png"):
         (tmp_path / name).write_bytes(b"")
     argv = [str(tmp_path), "--out", str(tmp_path), "--effect", "mask", "--url", "http://127.0.0.1:9"]
     assert cli.main([*argv, "--retries", "0"]) == 0
-    assert "0 done, 1 skipped (already there), 0 failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "0 done, 2 skipped (already there), 0 failed" in captured.out
+    assert "3 files not taken as inputs: earlier outputs" in captured.err  # a_mask.webp, a_mask.png, a_white_mask.png
 
 
 def test_an_answer_every_image_would_get_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,15 +175,15 @@ def test_jobs_are_queued_a_few_per_request_in_flight(tmp_path: Path, monkeypatch
     for i in range(60):
         (tmp_path / f"p{i}.png").write_bytes(b"x")
     most: list[int] = [0]
+    submitted: list[Any] = []
 
     class Counting(ThreadPoolExecutor):
-        outstanding = 0
-
         def submit(self, *args: Any, **kwargs: Any) -> Any:
-            Counting.outstanding += 1
-            most[0] = max(most[0], Counting.outstanding)
+            # Counted as the CLI sees them: jobs it has submitted and not yet taken back (a job just finished is
+            # still there until its wait wakes up), so the bound is checked against what it holds.
             future = super().submit(*args, **kwargs)
-            future.add_done_callback(lambda _: setattr(Counting, "outstanding", Counting.outstanding - 1))
+            submitted.append(future)
+            most[0] = max(most[0], sum(1 for f in submitted if not f.done()))
             return future
 
     monkeypatch.setattr(cli, "ThreadPoolExecutor", Counting)

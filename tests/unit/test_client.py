@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
@@ -179,6 +179,8 @@ def test_retry_after_as_a_date_is_honoured() -> None:
     assert retry_after(httpx.Response(503, headers={"retry-after": long_ago})) == 0.0
     far = "Wed, 21 Oct 2099 07:28:00 GMT"
     assert retry_after(httpx.Response(503, headers={"retry-after": far})) == 60.0  # MAX_RETRY_AFTER_S
+    asctime = "Sun Nov  6 08:49:37 2099"  # the third form HTTP allows: no zone named, GMT meant
+    assert retry_after(httpx.Response(503, headers={"retry-after": asctime})) == 60.0
     assert retry_after(httpx.Response(503, headers={"retry-after": "soon"})) is None
     assert retry_after(httpx.Response(503)) is None
 
@@ -198,6 +200,18 @@ def test_stop_retrying_ends_the_wait_between_tries() -> None:
         assert not asking.is_alive() and time.monotonic() - started < 5
         assert isinstance(failed[0], RemoveError) and failed[0].code == "overloaded" and seen.requests == 1
         client.close()
+
+        async def ask_then_stop() -> float:
+            async with AsyncClient(url, retries=5) as async_client:
+                asking = asyncio.ensure_future(async_client.tiers())
+                await asyncio.sleep(0.5)
+                threading.Thread(target=async_client.stop_retrying).start()  # from another thread, as documented
+                stopped = time.monotonic()
+                with pytest.raises(RemoveError):
+                    await asking
+                return time.monotonic() - stopped
+
+        assert asyncio.run(ask_then_stop()) < 2  # not the 30 s Retry-After
 
 
 def caught(call: Callable[[], object]) -> list[BaseException]:
@@ -221,12 +235,25 @@ def test_an_api_key_a_header_cannot_carry_is_refused_at_once(key: str) -> None:
 def test_more_than_a_hundred_requests_are_in_flight_when_asked() -> None:
     """httpx holds a client to 100 connections: remove_many(concurrency=150) and the CLI's --concurrency 150 had
     50 waiting. The concurrency asked is the cap."""
-    with fake_service(lambda *_: Answer(200, delay_s=1.0, body=b"png")) as (url, seen), Client(url) as client:
+    over_a_hundred = threading.Event()
+
+    def answer(*_: object) -> Answer:  # each request is held until over 100 are in flight (or 60 s pass)
+        with seen_box[0].lock:
+            if seen_box[0].in_flight > 100:
+                over_a_hundred.set()
+        over_a_hundred.wait(60)
+        return Answer(200, body=b"png")
+
+    seen_box: list[Any] = []
+    with fake_service(answer) as (url, seen), Client(url) as client:
+        seen_box.append(seen)
         results = client.remove_many([b"x"] * 130, concurrency=130)
     assert all(not isinstance(r, RemoveError) for r in results)
-    assert seen.most_in_flight > 100, seen.most_in_flight
+    assert over_a_hundred.is_set() and seen.most_in_flight > 100, seen.most_in_flight
 
 
 def test_a_host_that_takes_no_connection_is_given_up_within_seconds() -> None:
     """A firewalled host held each try for the whole 600 s answer timeout (13 tries: hours an image)."""
     assert Client(timeout_s=600).http.timeout.connect == CONNECT_TIMEOUT_S == 10
+    assert Client(timeout_s=2).http.timeout.connect == 2  # a shorter timeout of the caller's is kept
+    assert Client(timeout_s=None).http.timeout.read is None  # httpx's "no timeout" still means that

@@ -20,6 +20,7 @@ from deployments.drain import (
     wait_for_proxies,
 )
 from deployments.run import StopSignals
+from deployments.run import main as run_main
 
 
 def details(*ingress_timeouts: float | None) -> dict[str, Any]:
@@ -98,6 +99,14 @@ def test_the_silent_proxy_clock_starts_when_the_board_first_answers(monkeypatch:
     )
     assert wait_for_proxies(lambda: {"head": 0}, {"head", "worker"}, 5, lambda: False, said.append, poll_s=0.01)
     assert said[-2] == "No proxy guard answered on node(s) worker: their requests were not waited for"
+
+
+def test_a_runner_option_that_would_keep_it_from_draining_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--blocking` or `--reload` would have `serve run` block in itself: the drain would never run."""
+    for option in ("--blocking", "--reload"):
+        with pytest.raises(SystemExit) as exited:
+            run_main([option, "no/such/config.yaml"])  # were it let through, serve run fails at once: no Ray
+        assert exited.value.code == 2 and f"{option} is not for the runner" in capsys.readouterr().err
 
 
 def test_the_drain_answers_503_for_at_least_min_drain_s_for_a_load_balancer() -> None:
