@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     for option in ("--blocking", "--reload", "-r"):
         if option in serve_args:  # serve run would block in itself, and the drain would never run
             parser.error(f"{option} is not for the runner: it blocks and drains itself")
-    # The guard drains the proxies: a local Ray started here has it, as scripts/serve.sh's did.
+    # The proxy guard (it drains the proxies, among its other duties) in the Ray started here: the one place that
+    # sets it for scripts/serve.sh and the tests' services. A Ray already running has it from where it started.
     os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)
     stop = StopSignals()
     stop.install()  # a Ctrl-C while Serve starts is a stop asked, not a traceback

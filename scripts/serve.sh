@@ -34,9 +34,6 @@ if ! .venv/bin/bgserve-weights fetch --config "$config"; then
   exit 1
 fi
 echo "Starting $config: $url/docs once /readyz answers 200 (Ctrl-C stops the service)."
-# Serve's proxy loads our guard (deployments/proxy_guard.py): no client header lifts the server's timeouts, and a
-# request lost with a dying ingress replica gets a retriable 503, not a 500.
-export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_guard:middlewares
 # A replica that failed its health checks is stopped at once, not drained for its graceful_shutdown_timeout_s.
 export RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS=1
 # CPU configs: configs/cpu.env's settings for a small box, each unless already set. GPU configs keep Serve's defaults.
@@ -47,4 +44,6 @@ case "$(realpath "$config")" in  # the path given, or the default, from the repo
     done <configs/cpu.env ;;
 esac
 # `serve run`, draining on Ctrl-C or SIGTERM: new requests get 503, those in flight are answered, then Serve stops.
+# It starts Ray with the proxy guard (deployments/proxy_guard.py) in Serve's proxies: no client header lifts the
+# server's timeouts, a request lost with a dying ingress replica gets a retriable 503, and the drain is its.
 exec .venv/bin/python -m deployments.run "$config" "$@"

@@ -45,6 +45,9 @@ EFFECTS = ("rgba", "mask", "color", "blur", "green", "white", "overlay")
 DEFAULT_CONCURRENCY = 8
 # A restart of the service is ~30-40 s of refused connections and 503s (Retry-After: 5): 12 tries span ~60-90 s.
 DEFAULT_RETRIES = 12
+PART_PREFIX, PART_SUFFIX = ".bgserve-", ".part"  # an output being written
+STALE_PART_S = 3600.0
+DEFAULT_TIMEOUT_S = 600.0  # a quality-tier photo on a few CPU cores takes minutes
 QUEUED_PER_SLOT = 2  # jobs waiting per request in flight: a folder of 100,000 images is not queued at once
 # Answers every other image would get too: the run stops rather than fail each one (a wrong key or URL). By the
 # service's JSON code: a plain-text 404 may be a starting Serve without the proxy guard, which a retry rides out.
@@ -136,12 +139,27 @@ def output_path(relative: Path, out: Path, effect: str, fmt: str) -> Path:
     return out / relative.parent / f"{relative.stem}_{effect}.{EXTENSIONS[fmt]}"
 
 
+def sweep_stale_parts(folders: set[Path]) -> int:
+    """Remove temporary outputs a killed run left (SIGTERM, SIGKILL, a second Ctrl-C mid-write) in ``folders``,
+    once older than STALE_PART_S: a run writing beside this one keeps its own."""
+    removed = 0
+    for folder in folders:
+        for part in folder.glob(f"{PART_PREFIX}*{PART_SUFFIX}") if folder.is_dir() else ():
+            try:
+                if time.time() - part.stat().st_mtime > STALE_PART_S:
+                    part.unlink()
+                    removed += 1
+            except OSError:  # gone already, or not ours to remove
+                continue
+    return removed
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it into place: readers (and a resumed run) see the
     whole file or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A short name: an output name near the file system's 255 bytes still gets a temporary one.
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=".bgserve-", suffix=".part")
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=PART_PREFIX, suffix=PART_SUFFIX)
     try:
         os.fchmod(handle, 0o666 & ~UMASK)  # as an ordinary new file (mkstemp makes it 0600)
         with os.fdopen(handle, "wb") as out:
@@ -171,6 +189,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=at_least(1), default=DEFAULT_CONCURRENCY, help="requests in flight")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
     parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds to wait for an answer to go on (then it is retried as a lost connection); default 600",
+    )
+    parser.add_argument(
         "--retries",
         type=at_least(0),
         default=DEFAULT_RETRIES,
@@ -188,6 +212,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(f"--url: {exc}")
     return args
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds over 0")
+    return value
 
 
 def at_least(least: int) -> Callable[[str], int]:
@@ -238,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     fatal: list[str] = []
     started = time.perf_counter()
-    client = Client(args.url, api_key=args.api_key, retries=args.retries)
+    client = Client(args.url, api_key=args.api_key, retries=args.retries, timeout_s=args.timeout)
+    swept = sweep_stale_parts({target.parent for target in claimed})
+    if swept:
+        print(f"removed {swept} temporary files an interrupted run left", file=sys.stderr)
 
     def one(image: Path, target: Path) -> None:
         if stop.is_set():  # interrupted: not started

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from deployments.proxy_guard import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
+from deployments.proxy_guard import PROXY_CALLBACK_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 600
@@ -93,9 +93,9 @@ def serve_run(
         **os.environ,
         "BGSERVE_WEIGHTS_DIR": str(weights_dir),
         "PYTHONPATH": str(root),
-        PROXY_CALLBACK_VARIABLE: PROXY_CALLBACK,  # as scripts/serve.sh starts it
     }
     env.pop("RAY_ADDRESS", None)  # it would win over --address
+    env.pop(PROXY_CALLBACK_VARIABLE, None)  # the runner sets it, as it does for scripts/serve.sh
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "deployments.run", "--address", "local", str(config)],

@@ -1,5 +1,6 @@
 """The CLI's file handling without a service (tests/integration/test_clients.py runs it against the real one)."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -120,6 +121,7 @@ def test_an_out_folder_inside_the_input_folder_is_not_searched(tmp_path: Path) -
         (["--color", "red"], "--color is for --effect color"),
         (["--concurrency", "0"], "0 is under 1"),
         (["--retries", "-1"], "-1 is under 0"),
+        (["--timeout", "0"], "0 is not a number of seconds over 0"),
     ],
 )
 def test_arguments_that_cannot_work_are_refused_before_any_request(
@@ -224,3 +226,29 @@ def test_an_output_name_near_the_file_systems_limit_is_written(tmp_path: Path) -
     target = tmp_path / ("p" * 240 + "_rgba.png")
     cli.write_atomically(target, b"png")
     assert target.read_bytes() == b"png"
+
+
+def test_an_answer_slower_than_timeout_fails_that_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "p.png").write_bytes(b"x")
+    with fake_service(lambda *_: Answer(200, delay_s=3.0, body=b"png")) as (url, _):
+        started = time.monotonic()
+        argv = [str(tmp_path), "--out", str(tmp_path / "out"), "--url", url, "--timeout", "0.5", "--retries", "0"]
+        assert cli.main(argv) == 1
+    assert time.monotonic() - started < 3
+    assert "unreachable: ReadTimeout" in capsys.readouterr().out
+
+
+def test_temporary_files_a_killed_run_left_are_removed_once_stale(tmp_path: Path) -> None:
+    """A SIGTERM or a second Ctrl-C mid-write left .bgserve-*.part files that no later run removed; one a run
+    beside this one is writing now is left alone. (Nothing reaches a service: the output is there already.)"""
+    (tmp_path / "p.png").write_bytes(b"x")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p_rgba.png").write_bytes(b"done")
+    stale, fresh = out / ".bgserve-abc.part", out / ".bgserve-def.part"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    assert cli.main([str(tmp_path / "p.png"), "--out", str(out), "--url", "http://127.0.0.1:9"]) == 0
+    assert not stale.exists() and fresh.exists()
