@@ -43,7 +43,7 @@ EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 EFFECTS = ("rgba", "mask", "color", "blur", "green", "white", "overlay")
 # Two fast-tier batches in flight (max_batch_size 4): the replica starts the next while the ingress encodes the last.
 DEFAULT_CONCURRENCY = 8
-# A restart of the service is ~30-40 s of refused connections and 503s (Retry-After: 5): 12 tries span ~60-90 s.
+# A restart of the service is ~30-40 s of refused connections and 503s (Retry-After: 5): 12 tries span ~1.5-2.5 min.
 DEFAULT_RETRIES = 12
 PART_PREFIX, PART_SUFFIX = ".bgserve-", ".part"  # an output being written
 STALE_PART_S = 3600.0

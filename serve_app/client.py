@@ -12,8 +12,9 @@ An image is a path, bytes, a PIL image or an HxWx3 (or HxW) uint8 NumPy array. E
 ``RemoveError`` with the service's ``status``, ``code`` and ``message``. Answers that say "try again" (503 with
 ``Retry-After``: overloaded, a tier starting, a lost ingress, a service stopping; 504 deadline_exceeded; a reverse
 proxy's 502) and refused, timed-out or dropped connections are retried up to ``retries`` times, waiting what
-``Retry-After`` says (seconds or an HTTP date; else ``backoff_s``, doubling, at most 10 s); ``stop_retrying()``
-ends that. A connection is given up after 10 s, an answer after ``timeout_s``.
+``Retry-After`` says (seconds or an HTTP date; else ``backoff_s``, doubling, at most 10 s), plus up to half as much
+again at random, so that clients refused together do not come back together; ``stop_retrying()`` ends that. A
+connection is given up after 10 s, an answer after ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import email.utils
 import io
 import math
 import os
+import random
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -95,6 +97,7 @@ PNG_MODES = frozenset({"1", "L", "LA", "I;16", "P", "RGB", "RGBA"})  # the modes
 MAX_RETRY_AFTER_S = 60.0  # a proxy's Retry-After of an hour should not stall a batch for that long
 MAX_BACKOFF_S = 10.0  # a service that does not answer is tried at least this often: a restart takes ~30 s
 STOP_CHECK_S = 0.1  # how soon an async wait between tries sees stop_retrying() (it may come from another thread)
+RETRY_JITTER = 0.5  # each wait is stretched by up to this fraction at random: many refused at once spread out
 CONNECT_TIMEOUT_S = 10.0  # a host that takes no connection (firewalled, down): a try is given up after this
 
 
@@ -253,9 +256,13 @@ class _Retrying:
         return attempt <= self.retries and (error.status in RETRIED_STATUSES or error.code == "unreachable")
 
     def wait_s(self, attempt: int, error: RemoveError) -> float:
+        """What ``Retry-After`` asks (never less), else the doubling backoff, stretched at random: the requests a
+        full service refused in one burst would otherwise all come back in the same instant, and be refused again."""
         if error.retry_after is not None:
-            return error.retry_after
-        return min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+            base = error.retry_after
+        else:
+            base = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+        return base * (1 + RETRY_JITTER * random.random())
 
     @staticmethod
     def result(response: httpx.Response, attempt: int) -> Result:

@@ -149,8 +149,19 @@ def test_the_wait_doubles_up_to_a_bound_unless_the_service_says() -> None:
     """Doubling without a bound waited 17 minutes before a twelfth try at a service that was down."""
     client = Client(retries=12, backoff_s=1.0)
     silent = RemoveError(0, "unreachable", "ConnectError")
-    assert [client.wait_s(attempt, silent) for attempt in (1, 2, 3, 4, 5, 12)] == [1, 2, 4, 8, 10, 10]
-    assert client.wait_s(12, RemoveError(503, "overloaded", "", retry_after=5.0)) == 5.0
+    for attempt, base in zip((1, 2, 3, 4, 5, 12), (1, 2, 4, 8, 10, 10), strict=True):
+        assert base <= client.wait_s(attempt, silent) <= base * 1.5
+    for _ in range(20):
+        assert 5.0 <= client.wait_s(12, RemoveError(503, "overloaded", "", retry_after=5.0)) <= 7.5
+
+
+def test_clients_refused_together_do_not_come_back_together() -> None:
+    """Every request a full service refused with Retry-After: 2 came back in the same instant and was refused again:
+    the waits spread over half the time asked."""
+    client = Client()
+    waits = [client.wait_s(1, RemoveError(503, "overloaded", "", retry_after=2.0)) for _ in range(200)]
+    assert min(waits) >= 2.0 and max(waits) <= 3.0
+    assert max(waits) - min(waits) > 0.5  # 200 draws over 1 s: a spread this small would take no jitter at all
 
 
 def test_a_tier_list_that_is_not_json_is_a_remove_error() -> None:
