@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -162,13 +163,16 @@ class LocalRayCluster:
 
 def cluster_env(weights_dir: Path) -> dict[str, str]:
     """What each node is started with: our code and weights, the proxy guard, and Ray 2.60's token mode (a `ray
-    start` cluster has token authentication on, and the CLI and state API need to be told)."""
+    start` cluster has token authentication on, and the CLI and state API need to be told) with a token of its own:
+    `ray start` makes none, and on a fresh machine (no ~/.ray/auth_token, which `ray.init` writes) it refused to
+    start. The Dockerfile generates one for the same reason."""
     env = {
         **os.environ,
         "BGSERVE_WEIGHTS_DIR": str(weights_dir),
         "PYTHONPATH": str(ROOT),
         PROXY_CALLBACK_VARIABLE: PROXY_CALLBACK,
         "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),  # read before ~/.ray/auth_token, by every process given this env
     }
     env.pop("RAY_ADDRESS", None)
     return env
