@@ -149,6 +149,13 @@ async def _multipart_image(request: Request) -> Upload:
             ) from None
         raise MalformedRequestError(f"malformed multipart body: {exc.detail}") from None
     try:
+        images = [part for name in UPLOAD_FIELDS for part in form.getlist(name)]
+        if len(images) > 1 or len(form.getlist(BACKGROUND_FIELD)) > 1:  # which one was meant? Never guessed
+            sent = listed([name for name, _ in form.multi_items() if name in (*UPLOAD_FIELDS, BACKGROUND_FIELD)], 4)
+            raise InvalidParameterError(
+                f"one image a request (and at most one background), not several parts (sent: {sent}): send each "
+                f"image in its own request (bgserve-remove and the Python client's remove_many send many at once)"
+            )
         background = form.get(BACKGROUND_FIELD)
         if isinstance(background, str):
             raise sent_as_text(BACKGROUND_FIELD)

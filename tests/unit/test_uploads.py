@@ -96,3 +96,19 @@ def test_a_client_that_leaves_mid_upload_is_client_closed_not_a_500(leaves: str)
     asyncio.run(UploadLimits(route, max_bytes=10**6, stall_s=5, min_bytes_per_s=1)(scope, receive, send))  # type: ignore[arg-type]
     (error,) = caught
     assert isinstance(error, ClientClosedError) and error.status == 499, repr(error)
+
+
+@pytest.mark.parametrize(
+    "names", [("image", "image"), ("image", "file"), ("file", "file"), ("background", "background")]
+)
+def test_two_images_in_one_body_are_refused_not_one_chosen(names: tuple[str, str]) -> None:
+    """Two `image` parts were answered 200 for the last one alone, and the first was dropped without a word."""
+    boundary = "x-boundary"
+    parts = ["image"] if names[0] == "background" else []
+    body = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{n}.png"\r\n\r\nPNG{n}\r\n'
+        for n, name in enumerate([*parts, *names])
+    )
+    with pytest.raises(InvalidParameterError, match="one image a request") as refused:
+        read((body + f"--{boundary}--\r\n").encode(), f"multipart/form-data; boundary={boundary}")
+    assert refused.value.status == 422, refused.value
