@@ -148,7 +148,8 @@ def parse_outputs(value: str, default_format: OutputFormat = OutputFormat.PNG) -
 class RemoveParams(BaseModel):
     """Query parameters of ``POST /v1/remove``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # nan is no number: without this, blur_sigma=nan was refused as "less than or equal to 100"
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     tier: Tier | None = Field(None, description="fast, balanced or quality; default: the service's default_tier.")
     effect: Effect = Field(

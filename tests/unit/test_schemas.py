@@ -56,6 +56,10 @@ def test_request_defaults_and_bounds() -> None:
     for bad in ({"threshold": 1.5}, {"threshold": -0.1}, {"tier": "ultra"}, {"effect": "sepia"}, {"x": 1}):
         with pytest.raises(ValidationError):
             RemoveParams.model_validate(bad)
+    for field in ("blur_sigma", "threshold"):  # nan was refused as "less than or equal to 100": a puzzle
+        for value in ("nan", "inf", "-inf"):
+            with pytest.raises(ValidationError, match="finite number"):
+                RemoveParams.model_validate({field: value})
 
 
 def gpus(share: float) -> dict:  # type: ignore[type-arg]
