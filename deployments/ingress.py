@@ -304,7 +304,14 @@ class Ingress:
                     self.mask_cache.put(key, result)
             round_trip = time.perf_counter() - called
             rendered = await self.on_cpu(
-                postprocess, prepared.image, result.mask, params, background, prepared.icc_profile, background_profile
+                postprocess,
+                prepared.image,
+                result.mask,
+                params,
+                background,
+                prepared.icc_profile,
+                background_profile,
+                prepared.alpha,
             )
         steps = step_seconds(prepared, result, round_trip, rendered)
         headers = result_headers(tier.tier.value, tier.weights_label, prepared, result, rendered, steps)

@@ -8,7 +8,7 @@ import logging
 import re
 import warnings
 import zipfile
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -214,9 +214,15 @@ def jpeg_scans(data: bytes) -> int:
     return scans
 
 
+class Decoded(NamedTuple):
+    rgb: np.ndarray  # HxWx3 uint8, upright
+    icc_profile: bytes | None  # the profile its colours need (``wide_gamut_profile``), else None
+    alpha: np.ndarray | None  # HxW uint8, upright: the upload's own transparency; None where every pixel is opaque
+
+
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """The upload's pixels: ``decode_with_profile`` without the colour profile."""
-    return decode_with_profile(data, max_pixels)[0]
+    return decode_with_profile(data, max_pixels).rgb
 
 
 def wide_gamut_profile(image: Image.Image) -> bytes | None:
@@ -273,12 +279,14 @@ def converted(rgb: np.ndarray, source: bytes | None, target: bytes | None, stric
     return np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), transform))
 
 
-def decode_with_profile(data: bytes, max_pixels: int) -> tuple[np.ndarray, bytes | None]:
+def decode_with_profile(data: bytes, max_pixels: int) -> Decoded:
     """Decode an upload in one of ``INPUT_FORMATS`` to an HxWx3 uint8 RGB array, turned upright by its EXIF
-    orientation, and the ICC profile its colours need (``wide_gamut_profile``: results carry it, pixels unchanged).
+    orientation, the ICC profile its colours need (``wide_gamut_profile``: results carry it, pixels unchanged), and
+    its own transparency, if any.
 
-    Grey, palette, CMYK and 16-bit images become RGB; an alpha channel is dropped (as transparent-background
-    does); an animation gives its first frame. The size is checked before the pixels are decoded.
+    Grey, palette, CMYK and 16-bit images become RGB; the model sees the colours under transparent pixels, as
+    transparent-background's does (the results then keep the upload's transparency: ``postprocess``); an
+    animation gives its first frame. The size is checked before the pixels are decoded.
     """
     if not data:
         raise EmptyUploadError("the image sent is empty (0 bytes)")  # as the body or a field: both are read so
@@ -300,6 +308,7 @@ def decode_with_profile(data: bytes, max_pixels: int) -> tuple[np.ndarray, bytes
             image.load()
             upright: Image.Image = ImageOps.exif_transpose(image)  # malformed EXIF fails here: a 400, not a 500
             rgb = to_rgb(upright)
+            alpha = own_alpha(upright)
             profile = wide_gamut_profile(image)
     except (PayloadTooLargeError, InvalidImageError):
         raise
@@ -315,7 +324,17 @@ def decode_with_profile(data: bytes, max_pixels: int) -> tuple[np.ndarray, bytes
         raise InvalidImageError(f"the image could not be decoded: {exc}") from exc
     if rgb.size == 0:
         raise InvalidImageError(f"image has no pixels ({width}x{height})")
-    return rgb, profile
+    return Decoded(rgb, profile, alpha)
+
+
+def own_alpha(image: Image.Image) -> np.ndarray | None:
+    """An upload's alpha channel, or its palette's or its tRNS colour's transparency, as HxW uint8; None when it has
+    none or every pixel is opaque (an RGBA photo from an editor, often: nothing to keep, and no array to hold)."""
+    if image.mode in _HIGH_BIT_MODES or not image.has_transparency_data:
+        return None
+    with_alpha = image if image.mode in ("RGBA", "LA", "PA") else image.convert("RGBA")
+    alpha = np.asarray(with_alpha.getchannel("A"), dtype=np.uint8)
+    return None if alpha.min() == 255 else alpha
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

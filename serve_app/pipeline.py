@@ -55,6 +55,7 @@ class Preprocessed:
     model_input: np.ndarray  # resized for the tier, hxwx3 uint8
     timings: dict[str, float] = field(default_factory=dict)  # decode, resize
     icc_profile: bytes | None = None  # a wide-gamut upload's colour profile: the results carry it
+    alpha: np.ndarray | None = None  # the upload's own transparency (HxW uint8): the results keep it
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,11 @@ class Rendered:
 
 def preprocess(data: bytes, policy: ResizePolicy, base_size: int, max_pixels: int) -> Preprocessed:
     watch = Stopwatch()
-    image, icc_profile = decode_with_profile(data, max_pixels=max_pixels)
+    image, icc_profile, alpha = decode_with_profile(data, max_pixels=max_pixels)
     watch.lap("decode")
     model_input = to_model_input(image, policy, base_size)
     watch.lap("resize")
-    return Preprocessed(image=image, model_input=model_input, timings=watch.timings, icc_profile=icc_profile)
+    return Preprocessed(image, model_input, watch.timings, icc_profile, alpha)
 
 
 def check_outputs_fit(prepared: Preprocessed, params: RemoveParams) -> None:
@@ -106,7 +107,8 @@ def decode_background(
     if data is None:
         raise InvalidParameterError("effect=background needs the background image as multipart field 'background'")
     try:
-        return decode_with_profile(data, max_pixels=max_pixels)
+        decoded = decode_with_profile(data, max_pixels=max_pixels)  # its own transparency is not used (README)
+        return decoded.rgb, decoded.icc_profile
     except ServiceError as exc:  # the same checks as the image's, saying which upload failed them
         raise type(exc)(f"background image: {exc.message}") from None
 
@@ -128,16 +130,22 @@ def postprocess(
     background: np.ndarray | None = None,
     icc_profile: bytes | None = None,
     background_profile: bytes | None = None,
+    own_alpha: np.ndarray | None = None,
 ) -> Rendered:
     """Every requested output from one mask: the one image, or with ``outputs`` a ZIP of them all (each effect
     computed once, then encoded in each format asked for it; colour ones with the upload's ``icc_profile``).
 
     Results are in the upload's colour space (``icc_profile``, else sRGB): the colours asked for (sRGB, as CSS
     has them), transparent-background's green and the background image (in ``background_profile``'s, else
-    sRGB) are converted into it, or a wide-gamut photo's profile showed them as other colours."""
+    sRGB) are converted into it, or a wide-gamut photo's profile showed them as other colours.
+
+    An upload's ``own_alpha`` multiplies the matte (threshold and reverse first): what the upload hid stays hidden,
+    in every output, the mask included; the colours under it showed where the model took them for the subject."""
     watch = Stopwatch()
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
+    if own_alpha is not None:
+        alpha = alpha * (own_alpha / np.float32(255))  # not in place: it may be the cached mask itself
     foreground = foreground_box(alpha)
     if params.crop:  # before the effect: it then works on the crop only
         kept = crop_box(foreground, params.crop_margin, height, width)

@@ -190,6 +190,23 @@ def test_exif_rotated_upload_is_masked_upright(client: httpx.Client) -> None:
         assert iou(mask > 127, scene.mask) >= MIN_IOU
 
 
+def test_what_a_transparent_upload_hid_stays_hidden(client: httpx.Client) -> None:
+    """A PNG whose left half is transparent over the scene's own pixels: the model sees them (as Remover does) and
+    took the subject there; the cut-out showed what the upload hid. The upload's alpha multiplies the matte (the
+    ingress passes it on, EXIF-turned with the pixels)."""
+    scene = scenes.make_scenes(seed=2024, count=1, height=SCENE_HEIGHT, width=SCENE_WIDTH)[0]
+    half = SCENE_WIDTH // 2
+    own = np.full(scene.mask.shape, 255, np.uint8)
+    own[:, :half] = 0
+    assert scene.mask[:, :half].any() and scene.mask[:, half:].any()  # the subject spans both halves
+    upload = png_bytes(np.dstack([scene.image, own]))
+    mask = decode(remove(client, upload, tier="fast", effect="mask"))
+    rgba = decode(remove(client, upload, tier="fast", effect="rgba"))
+    assert (mask[:, :half] == 0).all() and (rgba[:, :half, 3] == 0).all()
+    assert iou(mask[:, half:] > 127, scene.mask[:, half:]) >= MIN_IOU  # the visible half is masked as before
+    np.testing.assert_array_equal(rgba[..., 3], mask)
+
+
 @pytest.mark.parametrize("effect", ["rgba", "mask", "color", "blur", "green", "white", "overlay"])
 @pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
 def test_every_effect_and_format(client: httpx.Client, effect: str, fmt: str) -> None:

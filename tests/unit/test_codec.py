@@ -322,7 +322,7 @@ def test_a_wide_gamut_photos_profile_goes_into_its_colour_results() -> None:
     wide = display_p3()
     buffer = io.BytesIO()
     Image.fromarray(asymmetric()).save(buffer, format="JPEG", quality=95, icc_profile=wide)
-    pixels, profile = decode_with_profile(buffer.getvalue(), BIG)
+    pixels, profile, _ = decode_with_profile(buffer.getvalue(), BIG)
     assert profile == wide
     np.testing.assert_array_equal(pixels, decode_image(buffer.getvalue(), BIG))
     mask = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
@@ -586,3 +586,52 @@ def test_a_profile_is_never_rewritten_larger_than_it_came() -> None:
     buffer = io.BytesIO()
     Image.fromarray(asymmetric(8, 8)).save(buffer, format="WEBP", lossless=True, icc_profile=profile)
     assert decode_with_profile(buffer.getvalue(), BIG)[1] == profile
+
+
+def test_an_uploads_own_transparency_comes_with_its_pixels() -> None:
+    """An upload's alpha was dropped: what it hid came back, its colours showing wherever the model took them for
+    the subject. Alpha channels, palette transparency and a tRNS colour are kept; an opaque alpha is no alpha."""
+    rgb = asymmetric()
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :10] = 0
+    alpha[:, 10:20] = 128
+    decoded = decode_with_profile(png_bytes(np.dstack([rgb, alpha])), BIG)
+    np.testing.assert_array_equal(decoded.alpha, alpha)
+    np.testing.assert_array_equal(decoded.rgb, rgb)  # the model still sees every colour, hidden ones too
+    grey = decode_with_profile(png_bytes(np.dstack([rgb[..., 0], alpha])), BIG)  # LA
+    np.testing.assert_array_equal(grey.alpha, alpha)
+    palette = Image.fromarray(rgb).quantize(8)
+    palette.info["transparency"] = int(np.asarray(palette)[0, 0])  # one palette entry is transparent
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+    decoded = decode_with_profile(buffer.getvalue(), BIG)
+    assert decoded.alpha is not None
+    np.testing.assert_array_equal(decoded.alpha == 0, np.asarray(palette) == np.asarray(palette)[0, 0])
+    flat = np.zeros((8, 8, 3), np.uint8)
+    flat[4:] = 200
+    keyed = decode_with_profile(png_bytes(flat, transparency=(0, 0, 0)), BIG)  # a tRNS colour: black is clear
+    assert keyed.alpha is not None and (keyed.alpha[:4] == 0).all() and (keyed.alpha[4:] == 255).all()
+    assert decode_with_profile(png_bytes(np.dstack([rgb, np.full_like(alpha, 255)])), BIG).alpha is None
+    assert decode_with_profile(png_bytes(rgb), BIG).alpha is None
+
+
+def test_what_an_upload_hid_stays_hidden_in_every_output() -> None:
+    """A PNG whose left half is transparent, over a photo the model would take for the subject there: the cut-out
+    showed the hidden colours, the mask covered them. The upload's alpha multiplies the matte (after reverse)."""
+    rgb = asymmetric()
+    own = np.full(rgb.shape[:2], 255, np.uint8)
+    own[:, :20] = 0
+    mask = np.ones((16, 16), np.float32)  # the model: all subject
+    params = RemoveParams(outputs="rgba,mask,white")
+    import zipfile
+
+    rendered = postprocess(rgb, mask, params, own_alpha=own)
+    with zipfile.ZipFile(io.BytesIO(rendered.body)) as archive:
+        rgba, matte, white = (np.asarray(Image.open(io.BytesIO(archive.read(n)))) for n in archive.namelist())
+    assert (rgba[:, :20, 3] == 0).all() and (rgba[:, 20:, 3] >= 254).all()  # 254: the upsampling's float noise
+    np.testing.assert_array_equal(matte, rgba[..., 3])
+    assert (white[:, :20] == 255).all() and np.abs(white[:, 20:].astype(int) - rgb[:, 20:]).max() <= 1
+    assert rendered.foreground.left == 20 and rendered.foreground.width == 20
+    reverse = postprocess(rgb, np.zeros((16, 16), np.float32), RemoveParams(effect="mask", reverse=True), own_alpha=own)
+    kept = np.asarray(Image.open(io.BytesIO(reverse.body)))
+    assert (kept[:, :20] == 0).all() and (kept[:, 20:] >= 254).all()  # reversed, what was hidden is still hidden
