@@ -235,3 +235,27 @@ def test_a_starting_tier_is_looked_at_again_without_clearing_a_requests_error(pa
         "[...document.querySelectorAll('#tier option')].every(o => !o.text.includes('starting'))", timeout=15_000
     )
     assert "invalid_image" in page.inner_text("#error")
+
+
+def test_an_animations_original_is_its_first_frame_held_still(page: Any, tmp_path: Path) -> None:
+    """The service cuts out an animation's first frame, but the page played the whole GIF under the slider: the
+    original beside the result was another frame (an orange subject before, a green one after)."""
+    scene = scenes.make_scene(np.random.default_rng(83), 128, 160).image
+    frames = [Image.fromarray(scene), Image.fromarray(255 - scene)]  # the second frame: every colour inverted
+    photo = tmp_path / "moving.gif"
+    frames[0].save(photo, save_all=True, append_images=frames[1:], duration=60, loop=0)
+    page.select_option("#tier", "fast")
+    page.set_input_files("#file", str(photo))
+    page.click("#go")
+    page.wait_for_selector("#result", state="visible", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#before').complete && document.querySelector('#before').naturalWidth"
+    )
+    page.fill("#slider", "100")  # the original alone
+    frames_shown = []  # each screenshot of the original, as the first or the second frame it is nearer to
+    for _ in range(8):  # ~100 ms apart, over frames of 60 ms: a playing GIF is caught on both
+        shot = Image.open(io.BytesIO(page.locator("#before").screenshot())).convert("RGB").resize((160, 128))
+        distances = [np.abs(np.asarray(shot, float) - np.asarray(frame, float)).mean() for frame in frames]
+        frames_shown.append(int(np.argmin(distances)))
+        page.wait_for_timeout(40)
+    assert frames_shown == [0] * 8, frames_shown
