@@ -163,7 +163,7 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPIOffline(  # /docs and /redoc from files the package ships: they render offline
             title="bgserve: background removal",
-            version="0.1.0",
+            version=version("bgserve"),
             description="InSPyReNet (transparent-background) on Ray Serve. Send an image, get the cut-out, its mask "
             "or an effect. Three quality tiers: fast (384 px), balanced (1024 px), quality (the photo's own size).",
         )

@@ -279,14 +279,15 @@ def converted(rgb: np.ndarray, source: bytes | None, target: bytes | None, stric
     return np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), transform))
 
 
-def decode_with_profile(data: bytes, max_pixels: int) -> Decoded:
+def decode_with_profile(data: bytes, max_pixels: int, with_alpha: bool = True) -> Decoded:
     """Decode an upload in one of ``INPUT_FORMATS`` to an HxWx3 uint8 RGB array, turned upright by its EXIF
     orientation, the ICC profile its colours need (``wide_gamut_profile``: results carry it, pixels unchanged), and
     its own transparency, if any.
 
     Grey, palette, CMYK and 16-bit images become RGB; the model sees the colours under transparent pixels, as
     transparent-background's does (the results then keep the upload's transparency: ``postprocess``); an
-    animation gives its first frame. The size is checked before the pixels are decoded.
+    animation gives its first frame. The size is checked before the pixels are decoded. ``with_alpha=False``: the
+    transparency is not looked at (a background image's is not used).
     """
     if not data:
         raise EmptyUploadError("the image sent is empty (0 bytes)")  # as the body or a field: both are read so
@@ -308,7 +309,7 @@ def decode_with_profile(data: bytes, max_pixels: int) -> Decoded:
             image.load()
             upright: Image.Image = ImageOps.exif_transpose(image)  # malformed EXIF fails here: a 400, not a 500
             rgb = to_rgb(upright)
-            alpha = own_alpha(upright)
+            alpha = own_alpha(upright) if with_alpha else None
             profile = wide_gamut_profile(image)
     except (PayloadTooLargeError, InvalidImageError):
         raise
@@ -329,7 +330,8 @@ def decode_with_profile(data: bytes, max_pixels: int) -> Decoded:
 
 def own_alpha(image: Image.Image) -> np.ndarray | None:
     """An upload's alpha channel, or its palette's or its tRNS colour's transparency, as HxW uint8; None when it has
-    none or every pixel is opaque (an RGBA photo from an editor, often: nothing to keep, and no array to hold)."""
+    none or every pixel is opaque (an RGBA photo from an editor, often: nothing to keep, and no array to hold). A
+    16-bit PNG's transparent colour is not read (Pillow reads the pixels as 8 or 32 bits and the colour as 16)."""
     if image.mode in _HIGH_BIT_MODES or not image.has_transparency_data:
         return None
     with_alpha = image if image.mode in ("RGBA", "LA", "PA") else image.convert("RGBA")

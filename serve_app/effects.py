@@ -245,20 +245,30 @@ def apply_effect(
     background: np.ndarray | None = None,
     green: RGB = GREEN,
     white: RGB = WHITE,
+    own_alpha: np.ndarray | None = None,
 ) -> np.ndarray:
     """``image`` HxWx3 uint8, ``alpha`` HxW float in [0, 1] → HxW (mask), HxWx4 (rgba, and color with an alpha
     under 255) or HxWx3 uint8. ``color``, ``green`` and ``white`` are in the image's colour space.
 
     ``refine``: for rgba, where the colours of soft-alpha pixels come from (Remover estimates them for a soft
-    alpha, i.e. without a threshold; a hard alpha has no soft pixel, and the caller passes NONE)."""
+    alpha, i.e. without a threshold; a hard alpha has no soft pixel, and the caller passes NONE).
+
+    ``own_alpha`` (HxW uint8): the upload's own transparency. What it hid stays hidden in every output: it
+    multiplies the matte (``shown``), and blur and overlay, which show the photo itself around the subject, show
+    it as it looks on white. rgba's colours are estimated on the matte alone: the upload's own soft pixels
+    already hold the subject's colours, and an estimate took them for a blend with their background."""
     if image.shape[:2] != alpha.shape:
         raise ValueError(f"image {image.shape[:2]} and alpha {alpha.shape} differ in size")
+    shown = alpha if own_alpha is None else alpha * (own_alpha / np.float32(255))
     if effect == Effect.MASK:
-        return alpha_to_uint8(alpha)
+        return alpha_to_uint8(shown)
     if effect == Effect.RGBA:
         estimators = {Refine.FAST: estimate_foreground_fast, Refine.FULL: estimate_foreground}
         colours = estimators[refine](image, alpha) if refine in estimators else image
-        return np.dstack([colours, alpha_to_uint8(alpha)])
+        return np.dstack([colours, alpha_to_uint8(shown)])
+    alpha = shown
+    if own_alpha is not None and effect in (Effect.BLUR, Effect.OVERLAY):
+        image = composite(image, own_alpha / np.float32(255), np.full_like(image, 255))
     if effect == Effect.COLOR and color[3] < 255:
         return over_translucent(image, alpha, color)
     if effect == Effect.COLOR:

@@ -107,7 +107,7 @@ def decode_background(
     if data is None:
         raise InvalidParameterError("effect=background needs the background image as multipart field 'background'")
     try:
-        decoded = decode_with_profile(data, max_pixels=max_pixels)  # its own transparency is not used (README)
+        decoded = decode_with_profile(data, max_pixels=max_pixels, with_alpha=False)  # not used (README)
         return decoded.rgb, decoded.icc_profile
     except ServiceError as exc:  # the same checks as the image's, saying which upload failed them
         raise type(exc)(f"background image: {exc.message}") from None
@@ -139,18 +139,18 @@ def postprocess(
     has them), transparent-background's green and the background image (in ``background_profile``'s, else
     sRGB) are converted into it, or a wide-gamut photo's profile showed them as other colours.
 
-    An upload's ``own_alpha`` multiplies the matte (threshold and reverse first): what the upload hid stays hidden,
-    in every output, the mask included; the colours under it showed where the model took them for the subject."""
+    An upload's ``own_alpha`` (HxW uint8) keeps what it hid hidden in every output, the mask included
+    (``apply_effect``; threshold and reverse apply to the model's matte first): the colours under it showed where the
+    model took them for the subject."""
     watch = Stopwatch()
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
-    if own_alpha is not None:
-        alpha = alpha * (own_alpha / np.float32(255))  # not in place: it may be the cached mask itself
-    foreground = foreground_box(alpha)
+    foreground = foreground_box(alpha if own_alpha is None else alpha * (own_alpha / np.float32(255)))
     if params.crop:  # before the effect: it then works on the crop only
         kept = crop_box(foreground, params.crop_margin, height, width)
         rows, cols = slice(kept.top, kept.top + kept.height), slice(kept.left, kept.left + kept.width)
         image, alpha = image[rows, cols], alpha[rows, cols]
+        own_alpha = None if own_alpha is None else own_alpha[rows, cols]
     watch.lap("upsample")
     refine = params.refine if params.threshold is None else Refine.NONE  # a hard alpha has no soft edge
     requested = params.requested
@@ -163,7 +163,16 @@ def postprocess(
         background = converted(cover(background, *image.shape[:2]), background_profile, icc_profile)
     for effect in effects:
         output = apply_effect(
-            image, alpha, effect, (*color, params.rgba[3]), refine, params.blur_sigma, background, green, white
+            image,
+            alpha,
+            effect,
+            (*color, params.rgba[3]),
+            refine,
+            params.blur_sigma,
+            background,
+            green,
+            white,
+            own_alpha,
         )
         if effect == effects[-1]:
             del alpha  # the float matte (4 bytes a pixel) is not needed while the last outputs encode

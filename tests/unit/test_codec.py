@@ -616,22 +616,43 @@ def test_an_uploads_own_transparency_comes_with_its_pixels() -> None:
 
 
 def test_what_an_upload_hid_stays_hidden_in_every_output() -> None:
-    """A PNG whose left half is transparent, over a photo the model would take for the subject there: the cut-out
-    showed the hidden colours, the mask covered them. The upload's alpha multiplies the matte (after reverse)."""
-    rgb = asymmetric()
-    own = np.full(rgb.shape[:2], 255, np.uint8)
-    own[:, :20] = 0
-    mask = np.ones((16, 16), np.float32)  # the model: all subject
-    params = RemoveParams(outputs="rgba,mask,white")
+    """A PNG whose left half is transparent, over magenta the model would take for the subject there: the cut-out
+    showed the hidden colours, the mask covered them; blur and overlay, which show the photo around the subject,
+    showed them too (the review). The upload's alpha multiplies the matte (after reverse), and blur and overlay
+    see the upload as it looks on white."""
     import zipfile
 
-    rendered = postprocess(rgb, mask, params, own_alpha=own)
+    rgb = np.dstack([np.full((64, 128), 255, np.uint8), asymmetric(64, 128)[..., 1], np.full((64, 128), 255, np.uint8)])
+    rgb[:, :64] = (255, 0, 255)
+    own = np.full(rgb.shape[:2], 255, np.uint8)
+    own[:, :64] = 0
+    mask = np.ones((16, 16), np.float32)  # the model: all subject
+    rendered = postprocess(rgb, mask, RemoveParams(outputs="rgba,mask,white,blur,overlay"), own_alpha=own)
     with zipfile.ZipFile(io.BytesIO(rendered.body)) as archive:
-        rgba, matte, white = (np.asarray(Image.open(io.BytesIO(archive.read(n)))) for n in archive.namelist())
-    assert (rgba[:, :20, 3] == 0).all() and (rgba[:, 20:, 3] >= 254).all()  # 254: the upsampling's float noise
+        rgba, matte, white, blur, overlay = (
+            np.asarray(Image.open(io.BytesIO(archive.read(n)))).astype(int) for n in archive.namelist()
+        )
+    assert (rgba[:, :64, 3] == 0).all() and (rgba[:, 64:, 3] >= 254).all()  # 254: the upsampling's float noise
     np.testing.assert_array_equal(matte, rgba[..., 3])
-    assert (white[:, :20] == 255).all() and np.abs(white[:, 20:].astype(int) - rgb[:, 20:]).max() <= 1
-    assert rendered.foreground.left == 20 and rendered.foreground.width == 20
+    assert (white[:, :64] == 255).all() and np.abs(white[:, 64:] - rgb[:, 64:]).max() <= 1
+    for shown in (blur, overlay):  # magenta nowhere in the hidden half: white, as the upload shows on white
+        assert (shown[:, :20] >= 240).all(), shown[:, :20].min()
+    assert rendered.foreground.left == 64 and rendered.foreground.width == 64
     reverse = postprocess(rgb, np.zeros((16, 16), np.float32), RemoveParams(effect="mask", reverse=True), own_alpha=own)
     kept = np.asarray(Image.open(io.BytesIO(reverse.body)))
-    assert (kept[:, :20] == 0).all() and (kept[:, 20:] >= 254).all()  # reversed, what was hidden is still hidden
+    assert (kept[:, :64] == 0).all() and (kept[:, 64:] >= 254).all()  # reversed, what was hidden is still hidden
+
+
+@pytest.mark.parametrize("refine", ["fast", "full"])
+def test_an_uploads_own_soft_pixels_keep_their_colours(refine: str) -> None:
+    """A logo's anti-aliased edge or shadow: white at alpha 128 beside opaque black. Its alpha went into the matte
+    before the edge colours were estimated, which took its white for a blend with the black (230 and less came
+    back). The colours are estimated on the model's matte; the upload's alpha only multiplies the result's."""
+    rgb = np.zeros((32, 64, 3), np.uint8)
+    rgb[:, 32:] = 255
+    own = np.full(rgb.shape[:2], 255, np.uint8)
+    own[:, 32:] = 128
+    rendered = postprocess(rgb, np.ones((16, 16), np.float32), RemoveParams(refine=refine), own_alpha=own)
+    rgba = np.asarray(Image.open(io.BytesIO(rendered.body)))
+    assert (rgba[:, 32:, :3] == 255).all(), rgba[:, 32:, :3].min()
+    assert (np.abs(rgba[:, 32:, 3].astype(int) - 128) <= 1).all()
