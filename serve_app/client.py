@@ -95,7 +95,7 @@ class Result:
 
 PNG_MODES = frozenset({"1", "L", "LA", "I;16", "P", "RGB", "RGBA"})  # the modes Pillow writes as PNG
 MAX_RETRY_AFTER_S = 60.0  # a proxy's Retry-After of an hour should not stall a batch for that long
-MAX_BACKOFF_S = 10.0  # a service that does not answer is tried at least this often: a restart takes ~30 s
+MAX_BACKOFF_S = 10.0  # the longest wait before jitter (15 s with it) for a service that does not answer: ~30 s restarts
 STOP_CHECK_S = 0.1  # how soon an async wait between tries sees stop_retrying() (it may come from another thread)
 RETRY_JITTER = 0.5  # each wait is stretched by up to this fraction at random: many refused at once spread out
 CONNECT_TIMEOUT_S = 10.0  # a host that takes no connection (firewalled, down): a try is given up after this
