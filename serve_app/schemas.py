@@ -448,7 +448,8 @@ class IngressConfig(_DeploymentOptions):
     max_decoded_megapixels: float = Field(
         400.0,
         gt=0,
-        description="Decoded images (uploads and backgrounds, 3 bytes a pixel) an ingress replica holds at once, "
+        description="Decoded images (uploads and backgrounds, 3 bytes a pixel; 4 for an upload with transparency) an "
+        "ingress replica holds at once, "
         "from decode to answer; the request that would go over gets 503 overloaded (one image always fits).",
     )
 
