@@ -13,8 +13,8 @@ An image is a path, bytes, a PIL image or an HxWx3 (or HxW) uint8 NumPy array. E
 ``Retry-After``: overloaded, a tier starting, a lost ingress, a service stopping; 504 deadline_exceeded; a reverse
 proxy's 502) and refused, timed-out or dropped connections are retried up to ``retries`` times, waiting what
 ``Retry-After`` says (seconds or an HTTP date; else ``backoff_s``, doubling, at most 10 s), plus up to half as much
-again at random, so that clients refused together do not come back together; ``stop_retrying()`` ends that. A
-connection is given up after 10 s, an answer after ``timeout_s``.
+again (at least up to 0.1 s) at random, so that clients refused together do not come back together;
+``stop_retrying()`` ends that. A connection is given up after 10 s, an answer after ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ MAX_RETRY_AFTER_S = 60.0  # a proxy's Retry-After of an hour should not stall a 
 MAX_BACKOFF_S = 10.0  # the longest wait before jitter (15 s with it) for a service that does not answer: ~30 s restarts
 STOP_CHECK_S = 0.1  # how soon an async wait between tries sees stop_retrying() (it may come from another thread)
 RETRY_JITTER = 0.5  # each wait is stretched by up to this fraction at random: many refused at once spread out
+MIN_JITTER_S = 0.2  # and by up to this much times RETRY_JITTER at least: Retry-After: 0 is "now" for every client
 CONNECT_TIMEOUT_S = 10.0  # a host that takes no connection (firewalled, down): a try is given up after this
 
 
@@ -262,7 +263,7 @@ class _Retrying:
             base = error.retry_after
         else:
             base = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
-        return base * (1 + RETRY_JITTER * random.random())
+        return base + max(base, MIN_JITTER_S) * RETRY_JITTER * random.random()
 
     @staticmethod
     def result(response: httpx.Response, attempt: int) -> Result:

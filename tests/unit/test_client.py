@@ -162,6 +162,8 @@ def test_clients_refused_together_do_not_come_back_together() -> None:
     waits = [client.wait_s(1, RemoveError(503, "overloaded", "", retry_after=2.0)) for _ in range(200)]
     assert min(waits) >= 2.0 and max(waits) <= 3.0
     assert max(waits) - min(waits) > 0.5  # 200 draws over 1 s: a spread this small would take no jitter at all
+    now = [client.wait_s(1, RemoveError(503, "overloaded", "", retry_after=0.0)) for _ in range(200)]
+    assert min(now) >= 0.0 and max(now) <= 0.1 and max(now) - min(now) > 0.05  # "now" spread over 0.1 s
 
 
 def test_a_tier_list_that_is_not_json_is_a_remove_error() -> None:
