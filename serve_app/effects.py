@@ -235,6 +235,12 @@ def blurred(image: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def times_own_alpha(alpha: np.ndarray, own_alpha: np.ndarray | None) -> np.ndarray:
+    """The matte an output shows: ``alpha`` (HxW float) times the upload's own transparency (HxW uint8), if any.
+    A new array, never ``alpha`` changed in place (it may be the mask cache's)."""
+    return alpha if own_alpha is None else alpha * (own_alpha / np.float32(255))
+
+
 def apply_effect(
     image: np.ndarray,
     alpha: np.ndarray,
@@ -259,7 +265,7 @@ def apply_effect(
     already hold the subject's colours, and an estimate took them for a blend with their background."""
     if image.shape[:2] != alpha.shape:
         raise ValueError(f"image {image.shape[:2]} and alpha {alpha.shape} differ in size")
-    shown = alpha if own_alpha is None else alpha * (own_alpha / np.float32(255))
+    shown = times_own_alpha(alpha, own_alpha)
     if effect == Effect.MASK:
         return alpha_to_uint8(shown)
     if effect == Effect.RGBA:

@@ -29,6 +29,7 @@ from serve_app.effects import (
     crop_box,
     finalize_alpha,
     foreground_box,
+    times_own_alpha,
 )
 from serve_app.errors import InvalidParameterError, ServiceError
 from serve_app.resize import ResizePolicy, to_model_input, upsample_mask
@@ -145,7 +146,7 @@ def postprocess(
     watch = Stopwatch()
     height, width = image.shape[:2]
     alpha = finalize_alpha(upsample_mask(model_mask, height, width), params.threshold, params.reverse)
-    foreground = foreground_box(alpha if own_alpha is None else alpha * (own_alpha / np.float32(255)))
+    foreground = foreground_box(times_own_alpha(alpha, own_alpha))
     if params.crop:  # before the effect: it then works on the crop only
         kept = crop_box(foreground, params.crop_margin, height, width)
         rows, cols = slice(kept.top, kept.top + kept.height), slice(kept.left, kept.left + kept.width)
