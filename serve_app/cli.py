@@ -253,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     skipped = earlier_outputs(inputs, args.inputs, args.out)
     named = named_files(args.inputs)
     beside = {image for image, _ in inputs if image.resolve() in targets and image.resolve() not in named}
-    if skipped or beside:
-        print(f"{len(skipped | beside)} files not taken as inputs: earlier outputs", file=sys.stderr)
-    inputs = [(image, relative) for image, relative in inputs if image not in skipped | beside]
+    earlier = skipped | beside
+    if earlier:
+        print(f"{len(earlier)} files not taken as inputs: earlier outputs", file=sys.stderr)
+    inputs = [(image, relative) for image, relative in inputs if image not in earlier]  # the union once, not per image
     for image, relative in inputs:
         target = output_path(relative, args.out, args.effect, args.format)
         if target in claimed:  # photo.jpg and photo.png would both make photo_rgba.png
