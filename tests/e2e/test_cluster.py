@@ -5,8 +5,6 @@ worker node lost (every process of it killed) and a new one joining."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ from tests.integration.conftest import place_test_weights
 from tests.support import scenes
 from tests.support.ray_cluster import HEAD_IP, LocalRayCluster, cluster_env
 from tests.support.reference import TEST_CONFIG
-from tests.support.serve_run import free_port, until, wait_until_ready
+from tests.support.serve_run import free_port, start_runner, until, wait_until_ready
 from tests.support.slow_clients import SlowUpload
 
 WORKER_CPUS = 4  # the test config asks 0.5 + 3 x 0.25 CPUs, and the start-up board a little
@@ -133,14 +131,7 @@ def test_the_runner_on_a_running_cluster_drains_every_nodes_proxy_and_leaves_the
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        runner = subprocess.Popen(
-            [sys.executable, "-m", "deployments.run", "--address", f"{HEAD_IP}:{two_nodes.gcs_port}", str(path)],
-            env=two_nodes.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    runner = start_runner(f"{HEAD_IP}:{two_nodes.gcs_port}", path, two_nodes.env, log)
     url = f"http://127.0.0.1:{http_port}"
     try:
         with httpx.Client(base_url=url, timeout=30) as client:

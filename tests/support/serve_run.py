@@ -72,6 +72,22 @@ class Served:
     process: subprocess.Popen[bytes]
 
 
+def start_runner(
+    address: str, config: Path, env: dict[str, str], log: Path, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """``python -m deployments.run --address ADDRESS CONFIG``, as scripts/serve.sh runs it, its output in ``log``,
+    in a session of its own (a signal to it reaches the runner alone; the test sends them)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "deployments.run", "--address", address, str(config)],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 @contextmanager
 def serve_run(
     config: Path,
@@ -96,15 +112,7 @@ def serve_run(
     }
     env.pop("RAY_ADDRESS", None)  # it would win over --address
     env.pop(PROXY_CALLBACK_VARIABLE, None)  # the runner sets it, as it does for scripts/serve.sh
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "deployments.run", "--address", "local", str(config)],
-            cwd=root,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_runner("local", config, env, log, cwd=root)
     url = f"http://127.0.0.1:{served_config['http_options']['port']}"
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
