@@ -93,7 +93,7 @@ class OnnxRuntime(Runtime):
     shape_specialised = True  # exported at the tier's size: only the batch axis is dynamic
     exact = True
     summary = (
-        "ONNX Runtime on an export: run `python -m serve_app.export --tier fast` once (about 2 min per tier); "
+        "ONNX Runtime on an export: run `python -m serve_app.export --tier fast` once (1-2.5 min per tier); "
         "providers TensorRT > CUDA > CPU as present (`onnx_providers:` to choose); `onnxruntime-gpu` comes with the "
         "`gpu` extra"
     )
