@@ -39,6 +39,10 @@ if python -m pip show -q opencv-python >/dev/null 2>&1; then
   python -m pip uninstall -q -y opencv-python
   python -m pip install -q --no-deps --force-reinstall "opencv-python-headless==$headless"
 fi
+# pymatting's kernels (numba, cached beside its code): compiled here, once, rather than in the service's first start,
+# whose readiness waits for them (~1 min on 2 cores, while the models load beside it).
+echo "compiling pymatting's kernels for rgba's edge step (once, about a minute)"
+python -c "from serve_app.effects import warm_up_matting; warm_up_matting()"
 { grep -s "^$sha " "$stamp" | grep -Ev " ($unstamp)\$" || true; for extra in $installed; do echo "$sha $extra"; done; } \
   | sort -u > "$stamp.new"
 mv "$stamp.new" "$stamp"
