@@ -177,14 +177,16 @@ class Ingress:
             summary="Readiness: 200 once every tier has a running replica, else 503",
             responses=READY_RESPONSES,
         )
-        for path, probe in (("/healthz", self.healthz), ("/readyz", self.readyz)):  # uptime checkers probe with HEAD
-            app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
         app.add_api_route(
             "/v1/tiers",
             self.list_tiers,
             response_model=list[TierInfo],
             summary="The served tiers and whether each is ready",
         )
+        # Uptime checkers probe with HEAD, which FastAPI answers 405 on a GET route (Starlette's own routes take it).
+        probes = {"/": self.root, "/healthz": self.healthz, "/readyz": self.readyz, "/v1/tiers": self.list_tiers}
+        for path, probe in probes.items():
+            app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
         app.add_api_route(
             "/v1/remove",
             self.remove,

@@ -62,7 +62,10 @@ def test_tiers_are_listed_and_ready(client: httpx.Client) -> None:
         assert t["ready"] and t["status"] == "HEALTHY" and t["weights"] == "test-segmenting.pth"
     assert [t["tier"] for t in tiers if t["default"]] == ["balanced"]  # what a request without a tier gets
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200  # probes' HEAD
+    for path in ("/", "/healthz", "/readyz", "/v1/tiers"):  # uptime checkers' HEAD: the GET's status, no body
+        head, get = client.head(path), client.get(path)
+        assert head.status_code == get.status_code == 200 and head.content == b"", (path, head.status_code)
+        assert head.headers["content-type"] == get.headers["content-type"], path
     ready = client.get("/readyz")  # only once rgba's kernels are compiled too: no first request waits for them
     assert ready.status_code == 200 and ready.json()["effects"] == "ready", ready.text
 
