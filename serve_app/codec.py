@@ -279,15 +279,14 @@ def converted(rgb: np.ndarray, source: bytes | None, target: bytes | None, stric
     return np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), transform))
 
 
-def decode_with_profile(data: bytes, max_pixels: int, with_alpha: bool = True) -> Decoded:
+def decode_with_profile(data: bytes, max_pixels: int) -> Decoded:
     """Decode an upload in one of ``INPUT_FORMATS`` to an HxWx3 uint8 RGB array, turned upright by its EXIF
     orientation, the ICC profile its colours need (``wide_gamut_profile``: results carry it, pixels unchanged), and
     its own transparency, if any.
 
     Grey, palette, CMYK and 16-bit images become RGB; the model sees the colours under transparent pixels, as
     transparent-background's does (the results then keep the upload's transparency: ``postprocess``); an
-    animation gives its first frame. The size is checked before the pixels are decoded. ``with_alpha=False``: the
-    transparency is not looked at (a background image's is not used).
+    animation gives its first frame. The size is checked before the pixels are decoded.
     """
     if not data:
         raise EmptyUploadError("the image sent is empty (0 bytes)")  # as the body or a field: both are read so
@@ -309,7 +308,7 @@ def decode_with_profile(data: bytes, max_pixels: int, with_alpha: bool = True) -
             image.load()
             upright: Image.Image = ImageOps.exif_transpose(image)  # malformed EXIF fails here: a 400, not a 500
             rgb = to_rgb(upright)
-            alpha = own_alpha(upright) if with_alpha else None
+            alpha = own_alpha(upright)
             profile = wide_gamut_profile(image)
     except (PayloadTooLargeError, InvalidImageError):
         raise

@@ -179,15 +179,17 @@ def composite(image: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> n
     return out.astype(np.uint8)
 
 
-def over_translucent(image: np.ndarray, alpha: np.ndarray, color: RGBA) -> np.ndarray:
-    """The subject over a colour with an alpha (Pillow's ``alpha_composite`` of the cut-out onto it, as rembg's
-    ``bgc`` does): HxWx4, alpha ``a + c (1 - a)``, colour ``(image a + color c (1 - a)) / alpha``."""
+def over(image: np.ndarray, alpha: np.ndarray, behind: np.ndarray, behind_alpha: np.ndarray | float) -> np.ndarray:
+    """The subject over something with an alpha of its own (Pillow's ``alpha_composite`` of the cut-out onto it, as
+    rembg's ``bgc`` does): HxWx4, alpha ``a + b (1 - a)``, colour ``(image a + behind b (1 - a)) / alpha``.
+    ``behind``: HxWx3 uint8 or one colour; ``behind_alpha``: HxW float in [0, 1] or one number."""
     a = alpha[..., None].astype(np.float32, copy=False)
-    behind = np.float32(color[3] / 255.0) * (1.0 - a)  # the colour's share of each pixel
-    out_alpha = a + behind
+    share = 1.0 - a  # what is behind shows through this much of each pixel...
+    share *= np.asarray(behind_alpha, np.float32)[..., None] if np.ndim(behind_alpha) else np.float32(behind_alpha)
+    out_alpha = a + share  # ...times its own alpha
     out = image.astype(np.float32)
     out *= a
-    out += behind * np.array(color[:3], np.float32)
+    out += np.multiply(behind, share, dtype=np.float32)
     np.divide(out, out_alpha, out=out, where=out_alpha > 0)
     return np.dstack([out.astype(np.uint8), (out_alpha[..., 0] * 255.0).astype(np.uint8)])
 
@@ -205,7 +207,9 @@ def overlay(image: np.ndarray, alpha: np.ndarray, green: RGB = GREEN) -> np.ndar
 def cover(background: np.ndarray, height: int, width: int) -> np.ndarray:
     """``background`` scaled to cover ``height`` x ``width`` (keeping its aspect ratio) and centre-cropped to it.
     Cropped first, at its own size: scaled first, a 1-pixel-wide background behind a wide photo asked for
-    gigabytes. One already at that size is returned as it is (postprocess covers it before converting colours)."""
+    gigabytes. One already at that size is returned as it is (postprocess covers it before converting colours).
+    One with an alpha channel (HxWx4) is scaled premultiplied: the colours under its transparent pixels do not
+    bleed into their neighbours."""
     bh, bw = background.shape[:2]
     if (bh, bw) == (height, width):
         return background
@@ -216,7 +220,14 @@ def cover(background: np.ndarray, height: int, width: int) -> np.ndarray:
     top, left = (bh - ch) // 2, (bw - cw) // 2
     crop = background[top : top + ch, left : left + cw]
     interpolation = cv2.INTER_AREA if ch > height else cv2.INTER_LINEAR
+    if has_alpha(crop):
+        scaled = cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGBA2mRGBA), (width, height), interpolation=interpolation)
+        return cv2.cvtColor(scaled, cv2.COLOR_mRGBA2RGBA)
     return cv2.resize(crop, (width, height), interpolation=interpolation)
+
+
+def has_alpha(image: np.ndarray) -> bool:
+    return image.ndim == 3 and image.shape[2] == 4
 
 
 def blurred(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -253,8 +264,9 @@ def apply_effect(
     white: RGB = WHITE,
     own_alpha: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``image`` HxWx3 uint8, ``alpha`` HxW float in [0, 1] → HxW (mask), HxWx4 (rgba, and color with an alpha
-    under 255) or HxWx3 uint8. ``color``, ``green`` and ``white`` are in the image's colour space.
+    """``image`` HxWx3 uint8, ``alpha`` HxW float in [0, 1] → HxW (mask), HxWx4 (rgba, color with an alpha under
+    255, and background on a ``background`` with an alpha channel, HxWx4) or HxWx3 uint8. ``color``, ``green``
+    and ``white`` are in the image's colour space.
 
     ``refine``: for rgba, where the colours of soft-alpha pixels come from (Remover estimates them for a soft
     alpha, i.e. without a threshold; a hard alpha has no soft pixel, and the caller passes NONE).
@@ -276,7 +288,7 @@ def apply_effect(
     if own_alpha is not None and effect in (Effect.BLUR, Effect.OVERLAY):
         image = composite(image, own_alpha / np.float32(255), np.full_like(image, 255))
     if effect == Effect.COLOR and color[3] < 255:
-        return over_translucent(image, alpha, color)
+        return over(image, alpha, np.array(color[:3], np.float32), color[3] / 255.0)
     if effect == Effect.COLOR:
         return composite(image, alpha, np.broadcast_to(np.array(color[:3], dtype=np.uint8), image.shape))
     if effect in (Effect.GREEN, Effect.WHITE):
@@ -289,5 +301,8 @@ def apply_effect(
     if effect == Effect.BACKGROUND:
         if background is None:
             raise ValueError("effect background needs a background image")
-        return composite(image, alpha, cover(background, *image.shape[:2]))
+        behind = cover(background, *image.shape[:2])
+        if has_alpha(behind):  # what its own transparency hides stays transparent behind the subject
+            return over(image, alpha, behind[..., :3], behind[..., 3] / np.float32(255))
+        return composite(image, alpha, behind)
     raise ValueError(f"unknown effect {effect!r}")

@@ -29,6 +29,7 @@ from serve_app.effects import (
     crop_box,
     finalize_alpha,
     foreground_box,
+    has_alpha,
     times_own_alpha,
 )
 from serve_app.errors import InvalidParameterError, ServiceError
@@ -95,9 +96,9 @@ def pixels_to_hold(image: bytes, background: bytes | None, params: RemoveParams,
 def decode_background(
     data: bytes | None, params: RemoveParams, max_pixels: int
 ) -> tuple[np.ndarray | None, bytes | None]:
-    """The background image for effect=background and the profile its colours need, decoded as an upload is; a
-    422 when an output needs one and none was sent, or when one was sent and no output uses it (it was silently
-    dropped, a puzzle to the caller)."""
+    """The background image for effect=background (HxWx4 where it has transparency, else HxWx3) and the profile
+    its colours need, decoded as an upload is; a 422 when an output needs one and none was sent, or when one was
+    sent and no output uses it (it was silently dropped, a puzzle to the caller)."""
     if not params.needs_background:
         if data is not None:
             raise InvalidParameterError(
@@ -108,8 +109,10 @@ def decode_background(
     if data is None:
         raise InvalidParameterError("effect=background needs the background image as multipart field 'background'")
     try:
-        decoded = decode_with_profile(data, max_pixels=max_pixels, with_alpha=False)  # not used (README)
-        return decoded.rgb, decoded.icc_profile
+        decoded = decode_with_profile(data, max_pixels=max_pixels)
+        if decoded.alpha is None:
+            return decoded.rgb, decoded.icc_profile
+        return np.dstack([decoded.rgb, decoded.alpha]), decoded.icc_profile  # behind the subject, still transparent
     except ServiceError as exc:  # the same checks as the image's, saying which upload failed them
         raise type(exc)(f"background image: {exc.message}") from None
 
@@ -161,7 +164,9 @@ def postprocess(
     if icc_profile is not None and COLOURED.intersection(effects):
         color, green, white = in_colour_space([color, green, white], icc_profile)
     if background is not None:  # at the image's size first: a 50 MP background is not converted whole
-        background = converted(cover(background, *image.shape[:2]), background_profile, icc_profile)
+        covered = cover(background, *image.shape[:2])
+        colours = converted(np.ascontiguousarray(covered[..., :3]), background_profile, icc_profile)
+        background = np.dstack([colours, covered[..., 3]]) if has_alpha(covered) else colours
     for effect in effects:
         output = apply_effect(
             image,

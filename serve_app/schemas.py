@@ -155,7 +155,8 @@ class RemoveParams(BaseModel):
     effect: Effect = Field(
         Effect.RGBA,
         description="What to return: rgba cut-out, mask, color, blur, green, white, overlay, or background (the "
-        "subject on a second image sent as multipart field 'background').",
+        "subject on a second image sent as multipart field 'background'; where that image is transparent, so is "
+        "the answer).",
     )
     blur_sigma: float = Field(15.0, gt=0.0, le=100.0, description="effect=blur: the Gaussian's sigma in pixels.")
     color: str = Field(
@@ -448,7 +449,7 @@ class IngressConfig(_DeploymentOptions):
     max_decoded_megapixels: float = Field(
         400.0,
         gt=0,
-        description="Decoded images (uploads and backgrounds, 3 bytes a pixel; 4 for an upload with transparency) an "
+        description="Decoded images (uploads and backgrounds, 3 bytes a pixel; 4 for one with transparency) an "
         "ingress replica holds at once, "
         "from decode to answer; the request that would go over gets 503 overloaded (one image always fits).",
     )

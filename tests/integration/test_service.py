@@ -271,6 +271,22 @@ def test_a_background_image_replaces_the_background(client: httpx.Client) -> Non
     outside = cv2.dilate(scene.mask.astype(np.uint8), np.ones((15, 15), np.uint8)) == 0
     assert np.abs(out[outside] - [250, 0, 0]).mean() < 3  # the mask's faint values there let little through
     assert np.abs(out[scene.mask] - scene.image[scene.mask].astype(int)).mean() < 25
+    # Where the background image is transparent, so is the answer (JPEG: on white), around the subject.
+    translucent = np.dstack([backdrop, np.full((300, 200), 255, np.uint8)])
+    translucent[150:, :, 3] = 0  # the lower half of it: (after the cover) the lower half of the answer
+    files["background"] = ("b.png", png_bytes(translucent), "image/png")
+    for fmt in ("png", "jpeg"):
+        answer = client.post("/v1/remove", params={"tier": "fast", "effect": "background", "format": fmt}, files=files)
+        out = decode(answer).astype(int)
+        lower, upper = outside.copy(), outside.copy()
+        lower[: SCENE_HEIGHT // 2 + 2], upper[SCENE_HEIGHT // 2 - 2 :] = False, False
+        assert np.abs(out[upper][:, :3] - [250, 0, 0]).mean() < 3, fmt
+        if fmt == "png":
+            assert out.shape == (*scene.image.shape[:2], 4) and out[lower][:, 3].mean() < 3
+            assert out[scene.mask][:, 3].mean() > 230  # the subject itself stays opaque
+        else:
+            assert np.abs(out[lower] - 255).mean() < 3  # JPEG has no alpha: on white
+    files["background"] = ("b.png", png_bytes(backdrop), "image/png")
     missing = remove(client, png_bytes(scene.image), tier="fast", effect="background")
     assert missing.status_code == 422 and "'background'" in missing.json()["error"]["message"]
     files["background"] = ("b.png", b"not an image", "image/png")

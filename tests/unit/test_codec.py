@@ -198,6 +198,9 @@ def test_the_declared_size_is_read_without_decoding() -> None:
 def test_a_background_is_needed_exactly_when_an_output_uses_it() -> None:
     background = png_bytes(asymmetric(30, 50))
     assert decode_background(background, RemoveParams(effect="background"), BIG)[0].shape == (30, 50, 3)
+    with_alpha = np.dstack([asymmetric(30, 50), np.full((30, 50), 128, np.uint8)])
+    decoded, _ = decode_background(png_bytes(with_alpha), RemoveParams(effect="background"), BIG)
+    np.testing.assert_array_equal(decoded, with_alpha)  # its transparency kept (it was dropped)
     assert decode_background(background, RemoveParams(outputs="rgba,background:jpeg"), BIG)[0] is not None
     assert decode_background(None, RemoveParams(effect="rgba"), BIG) == (None, None)
     with pytest.raises(InvalidParameterError, match="'background'"):
@@ -404,6 +407,12 @@ def test_a_background_image_shows_its_own_colours_whatever_the_photos_space() ->
         body = postprocess(asymmetric(16, 16), mask, params, backdrop, photo_profile, backdrop_profile).body
         expected = converted(backdrop, backdrop_profile, None).astype(int)
         assert np.abs(shown_as_srgb(body).astype(int) - expected).max() <= 1, (photo_profile, backdrop_profile)
+        translucent = np.dstack([backdrop, np.full((16, 16), 200, np.uint8)])  # the same, with an alpha: kept
+        shown = Image.open(
+            io.BytesIO(postprocess(asymmetric(16, 16), mask, params, translucent, None, backdrop_profile).body)
+        )
+        assert shown.mode == "RGBA" and (np.asarray(shown)[..., 3] == 200).all()
+        assert np.abs(np.asarray(shown)[..., :3].astype(int) - expected).max() <= 1, backdrop_profile
 
 
 def progressive_jpeg(extra_scans: int = 0) -> tuple[bytes, int]:

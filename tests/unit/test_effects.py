@@ -248,6 +248,45 @@ def test_a_background_image_is_resized_to_cover_and_composited(scene: tuple[np.n
     assert wide[0, 0, 2] <= 5 and wide[-1, 0, 2] >= 193
 
 
+def test_a_transparent_background_image_stays_transparent_behind_the_subject(
+    scene: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Its alpha was dropped: the colours under its transparent pixels (often black) showed around the subject. Now
+    the subject goes over it as Pillow's alpha_composite puts the cut-out onto it."""
+    from PIL import Image
+
+    image, alpha = scene  # 30x60: subject on the left third, soft in the middle, none on the right
+    rng = np.random.default_rng(5)
+    backdrop = np.dstack([rng.integers(0, 256, (30, 60, 3), dtype=np.uint8), np.zeros((30, 60), np.uint8)])
+    backdrop[:15, :, 3] = 255  # opaque above, transparent below (black under it: what showed)...
+    backdrop[15:, :, :3] = 0
+    backdrop[:, 50:, 3] = 100  # ...and translucent on the right
+    out = apply_effect(image, alpha, Effect.BACKGROUND, background=backdrop)
+    assert out.shape == (30, 60, 4)
+    cutout = Image.fromarray(np.dstack([image, alpha_to_uint8(alpha)]))
+    expected = np.asarray(Image.alpha_composite(Image.fromarray(backdrop), cutout))
+    assert np.abs(out.astype(int) - expected).max() <= 2
+    np.testing.assert_array_equal(out[15:, 40:50, 3], 0)  # transparent where the backdrop is and no subject is
+    np.testing.assert_array_equal(out[:15, 40:50], backdrop[:15, 40:50])
+    np.testing.assert_array_equal(out[:, :20, :3], image[:, :20])  # all subject: the photo, opaque
+    assert (out[:, :20, 3] == 255).all()
+    opaque = apply_effect(image, alpha, Effect.BACKGROUND, background=np.ascontiguousarray(backdrop[..., :3]))
+    assert opaque.shape == (30, 60, 3)  # a background without alpha: an opaque answer, as before
+
+
+def test_a_transparent_background_is_scaled_without_its_hidden_colours() -> None:
+    """Scaled as it was, the black under a transparent half darkened the opaque half's edge (straight alpha's
+    linear mix); scaled premultiplied, the colours where it shows are its own."""
+    backdrop = np.zeros((100, 100, 4), np.uint8)
+    backdrop[:, 50:] = (250, 250, 250, 255)  # white, opaque on the right; black, transparent on the left
+    for height, width in ((33, 33), (300, 300), (40, 70)):  # down (INTER_AREA), up (INTER_LINEAR), and cropped
+        covered = cover(backdrop, height, width)
+        assert covered.shape == (height, width, 4)
+        shows = covered[..., 3] > 0
+        assert shows.any() and (covered[..., 3] < 255).any(), (height, width)  # an edge was scaled...
+        assert np.abs(covered[shows][:, :3].astype(int) - 250).max() <= 3, (height, width)  # ...without black
+
+
 @pytest.mark.parametrize("shape", [(1, 2000, 3), (2000, 1, 3)])
 def test_a_background_of_another_shape_costs_the_images_size_only(shape: tuple[int, int, int]) -> None:
     """Scaled to cover before it was cropped, a 1x2000 background behind a 200x200 image was 200x400000 pixels
