@@ -4,7 +4,8 @@
 
 The checked-in JSON is what operators import (Grafana: Dashboards > New > Import); a test fails when it drifts
 from this builder, and another evaluates every expression in it against a real Prometheus scraping the service.
-Panels are per tier (the ``tier`` variable; a tier replica's metrics name it ``deployment``).
+Panels are per tier (the ``tier`` variable; a tier replica's metrics name it ``deployment``), for one Ray cluster
+(the ``cluster`` variable, as Ray's own dashboards have it: the ``ray_io_cluster`` label KubeRay's PodMonitor sets).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from deployments import INGRESS_DEPLOYMENT
 from serve_app.catalogue import Tier
 
 RATE = "$__rate_interval"
-# Every series is the chosen application's: another Serve app on the cluster with a deployment named `ingress`, or
-# another bgserve, would add up with it. (A tier replica's and the ingress's metrics carry Serve's `application`.)
-APPLICATION = 'application=~"$application"'
+# Every series is the chosen cluster's and application's: another Serve app on the cluster with a deployment named
+# `ingress`, or another bgserve, on this cluster or another one Prometheus scrapes, would add up with it. (A tier
+# replica's and the ingress's metrics carry Serve's `application`.) Where no series has `ray_io_cluster` (one Ray,
+# scraped without it), "All" is ".*", which matches the missing label too.
+CLUSTER = 'ray_io_cluster=~"$cluster"'
+APPLICATION = f'{CLUSTER}, application=~"$application"'
 TIER = f'tier=~"$tier", {APPLICATION}'
 DEPLOYMENT = f'deployment=~"$tier", {APPLICATION}'
 
@@ -45,7 +49,8 @@ def mean(total: str, histogram: str, by: str, selector: str) -> str:
 # The requests the proxy guard answers 503 itself (no ingress replica sees them): none while every ingress serves.
 # (application "" too: a replica that died under a request is counted before the guard knows the request's app.)
 PROXY_REFUSALS = (
-    f'sum by (application, reason) (rate(ray_bgserve_proxy_refusals_total{{application=~"$application|"}}[{RATE}]))'
+    "sum by (application, reason) "
+    f'(rate(ray_bgserve_proxy_refusals_total{{{CLUSTER}, application=~"$application|"}}[{RATE}]))'
 )
 
 
@@ -190,11 +195,24 @@ def dashboard() -> dict[str, Any]:
             "list": [
                 {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
                 {
+                    "name": "cluster",
+                    "type": "query",
+                    "label": "Cluster",
+                    "description": "The Ray cluster, by the ray_io_cluster label (KubeRay's PodMonitor sets it, "
+                    "deploy/kuberay/podmonitor.yaml); All where Prometheus scrapes one Ray without it.",
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "query": "label_values(ray_serve_deployment_replica_healthy, ray_io_cluster)",
+                    "includeAll": True,
+                    "allValue": ".*",
+                    "current": {"text": "All", "value": "$__all"},
+                    "refresh": 2,
+                },
+                {
                     "name": "application",
                     "type": "query",
                     "label": "Application",
                     "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": "label_values(ray_serve_deployment_replica_healthy, application)",
+                    "query": f"label_values(ray_serve_deployment_replica_healthy{{{CLUSTER}}}, application)",
                     "current": {"text": "bgserve", "value": "bgserve"},  # the shipped configs' name
                     "refresh": 2,
                 },

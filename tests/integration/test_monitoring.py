@@ -23,12 +23,21 @@ from tests.support.serve_run import until
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="needs Prometheus (scripts/test.sh installs it)")
 DASHBOARD = ROOT / "configs" / "grafana" / "bgserve.json"
+RAY_CLUSTER = "bgserve-test"  # the ray_io_cluster label the scrape puts on every series, as KubeRay's PodMonitor does
 
 
 @pytest.fixture(scope="module")
 def scraped(cluster: Cluster, service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    with prometheus([f"127.0.0.1:{cluster.metrics_port}"], tmp_path_factory.mktemp("prometheus")) as server:
+    directory = tmp_path_factory.mktemp("prometheus")
+    with prometheus([f"127.0.0.1:{cluster.metrics_port}"], directory, labels={"ray_io_cluster": RAY_CLUSTER}) as server:
         yield server
+
+
+def on_the_board(expression: str, cluster: str = RAY_CLUSTER, application: str = APP_NAME) -> str:
+    """A dashboard expression as Grafana sends it with its variables chosen: this cluster and this app, every tier."""
+    for variable, value in (("$__rate_interval", "2m"), ("$tier", ".*"), ("$cluster", cluster)):
+        expression = expression.replace(variable, value)
+    return expression.replace("$application", application)
 
 
 def send_traffic(url: str) -> None:
@@ -76,8 +85,7 @@ def test_every_dashboard_expression_returns_data(scraped: Prometheus, service: s
     empty = []
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
-            expression = target["expr"].replace("$__rate_interval", "2m").replace("$tier", ".*")
-            expression = expression.replace("$application", APP_NAME)  # the variable's value: this app's name
+            expression = on_the_board(target["expr"])
             result = scraped.query(expression)  # fails on an expression Prometheus cannot parse
             if target["expr"] in gpu_only:
                 assert result == [], (panel["title"], result)  # no GPU here: no series at all
@@ -87,6 +95,10 @@ def test_every_dashboard_expression_returns_data(scraped: Prometheus, service: s
                 empty.append((panel["title"], expression))
     known = scraped.metric_names("ray_serve_") + scraped.metric_names("ray_bgserve_")
     assert not empty, "panels that would show nothing:\n" + "\n".join(f"{t}: {e}" for t, e in empty) + f"\n{known}"
+    # Another Ray cluster chosen: nothing of this one's. "All" (".*"): this one's.
+    requests = dashboard["panels"][0]["targets"][0]["expr"]
+    assert scraped.query(on_the_board(requests, cluster="another-cluster")) == []
+    assert scraped.query(on_the_board(requests, cluster=".*"))
 
 
 def by_step(scraped: Prometheus, metric: str) -> dict[str, float]:
@@ -207,7 +219,7 @@ def test_refusals_by_the_proxy_guard_are_counted(scraped: Prometheus, cluster: C
                 assert refused()
 
         def counted() -> float:
-            board_expression = PROXY_REFUSALS.replace("$__rate_interval", "2m").replace("$application", "unplaced")
+            board_expression = on_the_board(PROXY_REFUSALS, application="unplaced")
             found = scraped.query(board_expression)
             return sum(float(r["value"][1]) for r in found if r["metric"].get("application") == "unplaced")
 

@@ -35,12 +35,15 @@ class Prometheus:
 
 
 @contextmanager
-def prometheus(targets: list[str], directory: Path, scrape_interval_s: int = 1) -> Iterator[Prometheus]:
-    """Prometheus scraping ``targets`` (host:port) every ``scrape_interval_s``, with its data in ``directory``."""
+def prometheus(
+    targets: list[str], directory: Path, scrape_interval_s: int = 1, labels: dict[str, str] | None = None
+) -> Iterator[Prometheus]:
+    """Prometheus scraping ``targets`` (host:port) every ``scrape_interval_s``, with its data in ``directory``;
+    ``labels`` go on every series scraped (as a PodMonitor's relabelling puts ``ray_io_cluster`` on them)."""
     assert PROMETHEUS is not None, "needs Prometheus (scripts/test.sh installs Debian's prometheus)"
     config = {
         "global": {"scrape_interval": f"{scrape_interval_s}s", "evaluation_interval": f"{scrape_interval_s}s"},
-        "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": targets}]}],
+        "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": targets, "labels": labels or {}}]}],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()

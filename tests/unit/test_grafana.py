@@ -18,8 +18,15 @@ def test_every_series_on_the_board_is_the_chosen_applications() -> None:
     assert len(selectors) >= len(expressions)
     for found in selectors:
         assert found.group(2) and 'application=~"$application' in found.group(2), found.group(0)
-    (tier_variable,) = [v for v in dashboard()["templating"]["list"] if v["name"] == "tier"]
-    assert 'application=~"$application"' in tier_variable["query"]
+        # ...and the chosen Ray cluster's: two KubeRay clusters' bgserve apps were added up (the same app name)
+        assert 'ray_io_cluster=~"$cluster"' in found.group(2), found.group(0)
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert 'application=~"$application"' in variables["tier"]["query"]
+    assert (
+        'ray_io_cluster=~"$cluster"' in variables["tier"]["query"] and "$cluster" in variables["application"]["query"]
+    )
+    # "All" must match series without the label (one Ray scraped without it): PromQL's =~".*" does.
+    assert variables["cluster"]["includeAll"] and variables["cluster"]["allValue"] == ".*"
 
 
 def test_metric_tags_come_from_closed_sets() -> None:
