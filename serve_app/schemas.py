@@ -498,7 +498,12 @@ class AppConfig(BaseModel):
     default_tier: Tier = Field(Tier.BALANCED, description="The tier of a request that names none.")
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     access: AccessConfig = Field(default_factory=AccessConfig)
-    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger uploads get 413.")
+    max_upload_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="A request body over this gets 413: the whole body, as a proxy's body limit counts it (the "
+        "image, a background image with it, and the form's fields together).",
+    )
     max_image_pixels: int = Field(
         50_000_000,
         ge=1,
