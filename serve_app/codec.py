@@ -8,10 +8,12 @@ import logging
 import re
 import warnings
 import zipfile
+import zlib
+from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 try:  # fpng writes 24/32-bit PNGs ~10x faster than zlib at level 1, files ~20% larger (docs/benchmarks.md)
     import fpng
@@ -63,6 +65,7 @@ _START_OF_SCAN, _END_OF_IMAGE, _APP1 = 0xDA, 0xD9, 0xE1
 # Pillow reads a header's structure in Python, one segment, chunk or comment byte at a time: 32 MB of empty ones
 # took it 11-16 s of the ingress's CPU (twice: once for the size, once to decode). Real files have tens; these
 # bounds are checked first, by walks that stop at them.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_ANCILLARY_CHUNKS = 10_000  # any chunk but IDAT, Pillow's loop for each
 MAX_PNG_CHUNKS = 100_000  # IDAT included: 32 MB at libpng's 8 kB a chunk is ~4,000
 MAX_GIF_EXTENSION_BLOCKS = 10_000  # sub-blocks of the extensions before the first frame (XMP's trailer is 257)
@@ -83,7 +86,7 @@ def structure_problem(data: bytes) -> str | None:
     None. Each walk stops at its bound, so it costs milliseconds whatever the bytes."""
     if data.startswith(b"\xff\xd8"):
         return _jpeg_problem(data)
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+    if data.startswith(PNG_SIGNATURE):
         return _png_problem(data)
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 13:
         return _gif_problem(data)
@@ -138,6 +141,42 @@ def _png_problem(data: bytes) -> str | None:
     if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS:
         return f"the PNG has over {MAX_PNG_ANCILLARY_CHUNKS} chunks besides its image data, or {MAX_PNG_CHUNKS} in all"
     return None
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """Each chunk of a PNG whose walk ``_png_problem`` has bounded: (kind, start, end), the end past its CRC."""
+    position = 8
+    while position + 8 <= len(data):
+        end = position + 12 + int.from_bytes(data[position : position + 4], "big")
+        yield data[position + 4 : position + 8], position, end
+        position = end
+
+
+def without_oversized_png_profile(data: bytes) -> bytes:
+    """A PNG whose ICC profile inflates past Pillow's ``MAX_TEXT_CHUNK`` (1 MB) failed to open as a whole (a 400).
+    It is read as a JPEG's or a WebP's profile is (``wide_gamut_profile``): cut to the size its header declares
+    where that fits (what follows is rewritten out), else dropped, being over ``MAX_CARRIED_PROFILE_BYTES`` (an iCCP
+    chunk is ancillary: the PNG stays valid). Any other PNG is returned as is."""
+    for kind, start, end in _png_chunks(data):
+        if kind == b"IDAT":  # the profile comes before the image data
+            break
+        if kind == b"iCCP":
+            payload = data[start + 8 : end - 4]
+            header = payload[: payload.find(b"\0") + 2]  # the profile's name, its end and the compression method
+            inflate = zlib.decompressobj()
+            try:
+                inflated = inflate.decompress(payload[len(header) :], PngImagePlugin.MAX_TEXT_CHUNK)
+            except zlib.error:
+                return data  # Pillow reads a corrupt profile as none
+            if not inflate.unconsumed_tail:
+                return data
+            declared = int.from_bytes(inflated[:4], "big")
+            if not ICC_HEADER_BYTES <= declared <= min(len(inflated), MAX_CARRIED_PROFILE_BYTES):
+                return data[:start] + data[end:]
+            body = header + zlib.compress(inflated[:declared])
+            chunk = len(body).to_bytes(4, "big") + b"iCCP" + body + zlib.crc32(b"iCCP" + body).to_bytes(4, "big")
+            return data[:start] + chunk + data[end:]
+    return data
 
 
 def _gif_problem(data: bytes) -> str | None:
@@ -295,6 +334,8 @@ def decode_with_profile(data: bytes, max_pixels: int) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if data.startswith(PNG_SIGNATURE):
+                data = without_oversized_png_profile(data)
             image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
             width, height = image.size
             if width * height > max_pixels:

@@ -569,6 +569,22 @@ def test_a_carried_profile_is_rewritten_without_what_follows_it_and_bounded(monk
     assert decode_with_profile(buffer.getvalue(), BIG)[1] is None
 
 
+def test_a_png_whose_profile_inflates_past_a_megabyte_is_read_as_other_formats_are() -> None:
+    """Pillow refuses a PNG whose iCCP inflates past 1 MB (its MAX_TEXT_CHUNK): such a PNG was a 400, where a JPEG
+    or a WebP with the same profile was read (the profile cut to its header's size, or not carried over 1 MB)."""
+    wide, pixels = display_p3(), asymmetric(8, 8)
+    for profile, carried in [(wide + b"\0" * 4_000_000, wide), (b"\0\x20\0\0" + b"\0" * 2_500_000, None)]:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG", icc_profile=profile)
+        with pytest.raises(ValueError, match="MAX_TEXT_CHUNK"):  # what Pillow does with it
+            Image.open(io.BytesIO(buffer.getvalue()))
+        decoded = decode_with_profile(buffer.getvalue(), BIG)
+        np.testing.assert_array_equal(decoded.rgb, pixels)
+        assert decoded.icc_profile == carried
+    small = png_bytes(pixels)
+    assert codec.without_oversized_png_profile(small) is small  # any other PNG as it is
+
+
 def test_a_profile_is_never_rewritten_larger_than_it_came() -> None:
     """littlecms copies each tag it does not parse on its own when it writes a profile: 100 tags over one blob
     came out 88 times the size sent (30 MB of WebP profile: gigabytes). The profile goes as it came, cut to its
