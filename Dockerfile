@@ -27,6 +27,10 @@ RUN pip install --no-cache-dir "torch==2.14.1" "torchvision==0.29.1" ".[gpu]" \
     && headless="$(python -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')" \
     && pip uninstall -y opencv-python \
     && pip install --no-cache-dir --no-deps --force-reinstall "opencv-python-headless==$headless"
+# pymatting's kernels for rgba's edge step (numba, cached beside its code), compiled once here as scripts/setup.sh
+# does, not in each container's first start, whose readiness waits for them (~1 min on 2 cores). numba keys its
+# cache by CPU: on a host of another kind than the build's, they compile again at the first start.
+RUN python -c "from serve_app.effects import warm_up_matting; warm_up_matting()"
 # The image runs as user ray (uid 1000, group users, gid 100): the weights folder must be its own (a download or
 # the bake below writes there). A host folder mounted there keeps its host owner: chown 1000:100 it.
 USER root

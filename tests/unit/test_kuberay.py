@@ -91,6 +91,9 @@ def test_the_dockerfile_matches_the_ray_we_test_and_loads_the_proxy_guard() -> N
     assert not any(line.startswith("STOPSIGNAL") for line in lines)
     # The headless OpenCV, as scripts/setup.sh keeps it: the image has no libGL for opencv-python's cv2.
     assert "pip uninstall -y opencv-python" in dockerfile and '"opencv-python-headless==$headless"' in dockerfile
+    # rgba's kernels compiled at build, as scripts/setup.sh compiles them: not in each container's first start.
+    warm_up = 'python -c "from serve_app.effects import warm_up_matting; warm_up_matting()"'
+    assert f"RUN {warm_up}" in lines and warm_up in (ROOT / "scripts" / "setup.sh").read_text()
     copied = {line.split()[-1] for line in dockerfile.splitlines() if line.startswith("COPY")}
     assert {"serve_app", "deployments", "configs", "./"} <= copied  # the packages the replicas import
 
