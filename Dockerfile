@@ -1,8 +1,8 @@
 # bgserve on the official Ray image: Ray 2.60 with CUDA, Python 3.11. Build from the repository root:
-#   docker build -t bgserve:0.2.0 .                              # weights mounted at /models when it runs
-#   docker build -t bgserve:0.2.0 --build-arg BAKE_WEIGHTS=1 .   # weights fetched and verified into the image
+#   docker build -t bgserve:0.2.1 .                              # weights mounted at /models when it runs
+#   docker build -t bgserve:0.2.1 --build-arg BAKE_WEIGHTS=1 .   # weights fetched and verified into the image
 # Run one container (a GPU box):
-#   docker run --gpus all --init --shm-size=8g --stop-timeout 150 -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.2.0
+#   docker run --gpus all --init --shm-size=8g --stop-timeout 150 -p 8000:8000 -p 8265:8265 -v $HOME/models:/models bgserve:0.2.1
 #   (--init: an init as process 1 reaps the Ray daemons that `ray start` leaves behind, which our runner would not)
 #   (--shm-size: Ray's object store, which carries the images between replicas, lives in /dev/shm, 64 MB by default)
 #   (--stop-timeout: `docker stop` drains the service (deployments/run.py): requests in flight are answered, for up
