@@ -4,6 +4,7 @@ with a progress bar, resume and a summary. Built on ``serve_app.client``.
     bgserve-remove photos/ --out cutouts/                       # every image under photos/, rgba PNGs
     bgserve-remove 'shots/*.jpg' --tier fast --effect white --format jpeg --out white/
     bgserve-remove photo.jpg --url http://gpu-box:8000 --api-key "$KEY"
+    bgserve-remove products/ --effect background --background studio.jpg --format jpeg --out on-studio/
 
 Outputs are named ``<name>_<effect>.<ext>`` (as transparent-background's CLI names them), in ``--out`` (the
 input's folder structure kept). An output that exists is skipped, so a second run resumes where the first
@@ -38,9 +39,9 @@ IMAGE_SUFFIXES = frozenset(
     | {".tga", ".heic"}
 )
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
-# The service's effects but `background`, which needs a second upload per image (checked against serve_app.schemas
-# in the tests: this module stays light, for a client's machine).
-EFFECTS = ("rgba", "mask", "color", "blur", "green", "white", "overlay")
+# The service's effects (checked against serve_app.schemas in the tests: this module stays light, for a client's
+# machine); `background` puts every subject on the one image --background names.
+EFFECTS = ("rgba", "mask", "color", "blur", "green", "white", "overlay", "background")
 # Two fast-tier batches in flight (max_batch_size 4): the replica starts the next while the ingress encodes the last.
 DEFAULT_CONCURRENCY = 8
 # A restart of the service is ~30-40 s of refused connections and 503s (Retry-After: 5): 12 tries span ~1.5-2.5 min.
@@ -185,6 +186,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="for --effect color: #rrggbb or #rgb (the # may be left out; an alpha may follow: #rrggbbaa, "
         "#rgba), a CSS name, or r,g,b[,a]",
     )
+    parser.add_argument(
+        "--background",
+        type=Path,
+        help="for --effect background: the image every subject goes on (sent with each; resized to cover each "
+        "photo; where it is transparent, so are the outputs)",
+    )
     parser.add_argument("--format", default="png", choices=tuple(EXTENSIONS))
     parser.add_argument("--concurrency", type=at_least(1), default=DEFAULT_CONCURRENCY, help="requests in flight")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
@@ -207,11 +214,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--api-key: {exc}")
     if args.color is not None and args.effect != "color":
         parser.error(f"--color is for --effect color (the effect is {args.effect})")
+    if (args.background is not None) != (args.effect == "background"):  # one without the other cannot work
+        parser.error("--effect background and --background IMAGE go together")
+    if args.background is not None and not args.background.is_file():
+        parser.error(f"--background: no such file: {args.background}")
     try:
         checked_url(args.url)
     except ValueError as exc:
         parser.error(f"--url: {exc}")
     return args
+
+
+def fatal_reason(error: RemoveError) -> str | None:
+    """Why every other image would get this answer too (the run stops), else None."""
+    if FATAL_CODES.get(error.code) == error.status:
+        return FATAL_REASONS[error.status]
+    if 400 <= error.status < 500 and error.message.startswith("background image:"):  # the one sent with each
+        return "the service refuses the --background image"
+    return None
 
 
 def positive_seconds(text: str) -> float:
@@ -238,6 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bgserve-remove: no such file or folder, and no match: {' '.join(missing)}", file=sys.stderr)
         return 2
     inputs = find_inputs(args.inputs)
+    if args.background is not None:  # found in a folder searched, it is no photo to put on itself
+        named_inputs, backdrop = named_files(args.inputs), args.background.resolve()
+        inputs = [
+            (image, relative)
+            for image, relative in inputs
+            if image.resolve() != backdrop or image.resolve() in named_inputs
+        ]
     if not inputs:
         print(f"no images found in {' '.join(args.inputs)}", file=sys.stderr)
         return 1
@@ -267,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             todo.append((image, target))
         claimed.setdefault(target, image)
     options = {"tier": args.tier, "effect": args.effect, "format": args.format, "color": args.color}
+    background = None if args.background is None else args.background.read_bytes()  # read once, sent with each
     stop = threading.Event()
     fatal: list[str] = []
     started = time.perf_counter()
@@ -278,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     def one(image: Path, target: Path) -> None:
         if stop.is_set():  # interrupted: not started
             raise InterruptedError
-        result = client.remove(image, **options)
+        result = client.remove(image, background=background, **options)
         write_atomically(target, result.content)
 
     progress = tqdm(total=len(inputs), initial=summary.skipped + len(summary.failed), unit="image", dynamic_ncols=True)
@@ -305,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             reason = str(error) if isinstance(error, RemoveError) else f"{type(error).__name__}: {error}"
             summary.failed[image] = reason
             progress.write(f"failed: {image}: {reason}")
-            if isinstance(error, RemoveError) and FATAL_CODES.get(error.code) == error.status and not fatal:
-                fatal.append(f"stopped: {FATAL_REASONS[error.status]} ({reason}); every other image would fail too")
+            why = fatal_reason(error) if isinstance(error, RemoveError) else None
+            if why is not None and not fatal:
+                fatal.append(f"stopped: {why} ({reason}); every other image would fail too")
                 stop.set()  # nothing more is sent; the requests in flight finish
                 client.stop_retrying()
         progress.update(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -116,6 +117,30 @@ def test_the_cli_does_a_folder_reports_a_bad_file_and_resumes(
     (tmp_path / "in" / "broken.png").unlink()
     assert cli(argv) == 0
     assert "0 done, 3 skipped (already there), 0 failed" in capsys.readouterr().out
+
+
+def test_the_cli_puts_every_subject_on_one_background(
+    service: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = photo_folder(tmp_path / "in")
+    (tmp_path / "in" / "broken.png").unlink()
+    backdrop = tmp_path / "in" / "backdrop.png"  # among the photos: put on, not cut out
+    Image.new("RGB", (64, 48), (20, 40, 250)).save(backdrop)
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "in"), "--url", service, "--tier", "fast", "--out", str(out)]
+    assert cli([*argv, "--effect", "background", "--background", str(backdrop)]) == 0
+    assert "3 done, 0 skipped (already there), 0 failed" in capsys.readouterr().out
+    made = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert made == sorted(f"{p.stem}_background.png" for p in photos)
+    with Client(service) as client:
+        for path in photos:  # each the photo over the backdrop by its own mask
+            mask = client.remove(path, tier="fast", effect="mask").content
+            alpha = np.asarray(Image.open(io.BytesIO(mask)))[..., None] / 255
+            expected = np.asarray(Image.open(path)) * alpha + np.array([20, 40, 250]) * (1 - alpha)
+            relative = path.relative_to(tmp_path / "in")
+            result = np.asarray(Image.open(out / relative.parent / f"{relative.stem}_background.png"))
+            assert result.shape == expected.shape and np.abs(result - expected).max() <= 2, path.name
+            assert (alpha < 0.5).mean() > 0.05, path.name  # some of the backdrop shows
 
 
 def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(service: str, tmp_path: Path) -> None:

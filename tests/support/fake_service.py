@@ -19,7 +19,8 @@ class Answer:
     code: str = "ok"
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
-    body: bytes | None = None  # else the service's JSON error body for ``code``
+    body: bytes | None = None  # else the service's JSON error body for ``code``...
+    message: str | None = None  # ...with this message (default: "fake <code>")
 
 
 @dataclass
@@ -49,7 +50,8 @@ def fake_service(answer: Callable[[str, str], Answer]) -> Iterator[tuple[str, Se
                 time.sleep(reply.delay_s)
                 body = reply.body
                 if body is None:
-                    body = json.dumps({"error": {"code": reply.code, "message": f"fake {reply.code}"}}).encode()
+                    message = reply.message or f"fake {reply.code}"
+                    body = json.dumps({"error": {"code": reply.code, "message": message}}).encode()
                 self.send_response(reply.status)
                 self.send_header("Content-Type", "image/png" if reply.body is not None else "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -58,7 +58,7 @@ def test_an_effect_the_service_does_not_have_is_refused_before_any_request(
 ) -> None:
     from serve_app.schemas import Effect
 
-    assert set(cli.EFFECTS) == {e.value for e in Effect} - {"background"}  # background needs a second upload
+    assert set(cli.EFFECTS) == {e.value for e in Effect}  # background with --background
     with pytest.raises(SystemExit) as exited:
         cli.main(["photo.jpg", "--effect", "nope"])
     assert exited.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
@@ -122,6 +122,9 @@ def test_an_out_folder_inside_the_input_folder_is_not_searched(tmp_path: Path) -
         (["--concurrency", "0"], "0 is under 1"),
         (["--retries", "-1"], "-1 is under 0"),
         (["--timeout", "0"], "0 is not a number of seconds over 0"),
+        (["--effect", "background"], "--effect background and --background IMAGE go together"),
+        (["--background", "photo.jpg"], "--effect background and --background IMAGE go together"),
+        (["--effect", "background", "--background", "/no/such/backdrop.jpg"], "no such file: /no/such/backdrop.jpg"),
     ],
 )
 def test_arguments_that_cannot_work_are_refused_before_any_request(
@@ -169,6 +172,24 @@ def test_an_answer_every_image_would_get_stops_the_run(tmp_path: Path, capsys: p
     out = capsys.readouterr().out
     assert code == 1 and "stopped: the API key is refused" in out, out
     assert seen.requests <= 4, seen.requests  # those already in flight, not the forty
+
+
+def test_a_background_the_service_refuses_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The --background image goes with every request: when the service cannot read it, every image would fail."""
+    for i in range(40):
+        (tmp_path / f"p{i}.png").write_bytes(b"x")
+    backdrop = tmp_path / "backdrop.png"  # in the folder searched: no input
+    backdrop.write_bytes(b"not an image")
+    refused = Answer(400, "invalid_image", message="background image: the image could not be decoded")
+    argv = [str(tmp_path), "--out", str(tmp_path / "out"), "--concurrency", "2"]
+    with fake_service(lambda *_: refused) as (url, seen):
+        code = cli.main([*argv, "--url", url, "--effect", "background", "--background", str(backdrop)])
+    out = capsys.readouterr().out
+    assert code == 1 and "stopped: the service refuses the --background image" in out, out
+    assert seen.requests <= 4, seen.requests  # those already in flight, not the forty
+    with fake_service(lambda *_: Answer(400, "invalid_image")) as (url, seen):  # the photo's own fault: go on
+        assert cli.main([*argv, "--url", url, "--effect", "background", "--background", str(backdrop)]) == 1
+    assert seen.requests == 40 and "40 failed" in capsys.readouterr().out  # the backdrop was not sent as a photo
 
 
 def test_jobs_are_queued_a_few_per_request_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
