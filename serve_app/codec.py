@@ -129,7 +129,7 @@ def _jpeg_problem(data: bytes) -> str | None:
 
 
 def _png_problem(data: bytes) -> str | None:
-    position, chunks, ancillary, image_seen = 8, 0, 0, False
+    position, chunks, ancillary, profiles, image_seen = 8, 0, 0, 0, False
     while position + 8 <= len(data) and chunks <= MAX_PNG_CHUNKS and ancillary <= MAX_PNG_ANCILLARY_CHUNKS:
         kind = data[position + 4 : position + 8]
         if kind == b"IEND" or (kind == b"fcTL" and image_seen):  # an APNG's next frame: Pillow stops there
@@ -137,18 +137,25 @@ def _png_problem(data: bytes) -> str | None:
         image_seen = image_seen or kind == b"IDAT"
         chunks += 1
         ancillary += kind not in (b"IDAT", b"fdAT")
+        profiles += kind == b"iCCP"
         position += 12 + int.from_bytes(data[position : position + 4], "big")
     if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS:
         return f"the PNG has over {MAX_PNG_ANCILLARY_CHUNKS} chunks besides its image data, or {MAX_PNG_CHUNKS} in all"
+    if profiles > 1:  # Pillow inflates each, up to 1 MB: 9,000 small ones (9 MB) cost 5 s
+        return "the PNG has more than one colour profile (iCCP chunk); PNG allows one"
     return None
 
 
 def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
-    """Each chunk of a PNG whose walk ``_png_problem`` has bounded: (kind, start, end), the end past its CRC."""
+    """The chunks before a PNG's image data: (kind, start, end), the end past its CRC. A walk ``_png_problem`` has
+    bounded (it counts every chunk to IEND)."""
     position = 8
     while position + 8 <= len(data):
         end = position + 12 + int.from_bytes(data[position : position + 4], "big")
-        yield data[position + 4 : position + 8], position, end
+        kind = data[position + 4 : position + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return
+        yield kind, position, end
         position = end
 
 
@@ -157,11 +164,11 @@ def without_oversized_png_profile(data: bytes) -> bytes:
     It is read as a JPEG's or a WebP's profile is (``wide_gamut_profile``): cut to the size its header declares
     where that fits (what follows is rewritten out), else dropped, being over ``MAX_CARRIED_PROFILE_BYTES`` (an iCCP
     chunk is ancillary: the PNG stays valid). Any other PNG is returned as is."""
-    for kind, start, end in _png_chunks(data):
-        if kind == b"IDAT":  # the profile comes before the image data
-            break
+    for kind, start, end in _png_chunks(data):  # the profile comes before the image data
         if kind == b"iCCP":
             payload = data[start + 8 : end - 4]
+            if zlib.crc32(data[start + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+                return data  # a broken chunk is Pillow's to refuse, not ours to mend
             header = payload[: payload.find(b"\0") + 2]  # the profile's name, its end and the compression method
             inflate = zlib.decompressobj()
             try:
@@ -223,6 +230,8 @@ def declared_pixels(data: bytes | None) -> int:
     this service reads: decoding it then says why)."""
     if not data or structure_problem(data) is not None:
         return 0
+    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:  # read as Pillow reads it,
+        return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")  # whatever its other chunks
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -1,5 +1,6 @@
 import io
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -581,8 +582,29 @@ def test_a_png_whose_profile_inflates_past_a_megabyte_is_read_as_other_formats_a
         decoded = decode_with_profile(buffer.getvalue(), BIG)
         np.testing.assert_array_equal(decoded.rgb, pixels)
         assert decoded.icc_profile == carried
+        assert declared_pixels(buffer.getvalue()) == 8 * 8  # counted by the pixel budget (it was 0: not counted)
     small = png_bytes(pixels)
     assert codec.without_oversized_png_profile(small) is small  # any other PNG as it is
+    data = buffer.getvalue()
+    start = data.index(b"iCCP") - 4
+    end = start + 12 + int.from_bytes(data[start : start + 4], "big")
+    broken = data[: end - 1] + bytes([data[end - 1] ^ 1]) + data[end:]  # a broken CRC: Pillow's to refuse, not mended
+    assert codec.without_oversized_png_profile(broken) is broken
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def test_a_pngs_header_walks_stop_at_its_end_and_one_profile_is_allowed() -> None:
+    """30 MB of empty chunks after IEND took the profile's walk ~1 s (Pillow stops at IEND); 9,000 small iCCP chunks
+    (9 MB), each inflated by Pillow to 1 MB, took 5 s to decode."""
+    header = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", (8).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0]))
+    past_the_end = header + png_chunk(b"IEND", b"") + png_chunk(b"tEXt", b"a\0b") * 1000
+    assert [kind for kind, *_ in codec._png_chunks(past_the_end)] == [b"IHDR"]
+    profile = png_chunk(b"iCCP", b"p\0\0" + zlib.compress(b"\0" * 1000))
+    with pytest.raises(InvalidImageError, match="more than one colour profile"):
+        decode_image(header + profile * 2 + png_chunk(b"IEND", b""), BIG)
 
 
 def test_a_profile_is_never_rewritten_larger_than_it_came() -> None:
