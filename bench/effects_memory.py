@@ -24,6 +24,8 @@ CASES: dict[str, dict[str, str]] = {
     "rgba webp": {"effect": "rgba", "format": "webp"},
     "blur png": {"effect": "blur"},
     "color jpeg": {"effect": "color", "format": "jpeg"},
+    "background png": {"effect": "background"},  # a backdrop at half the photo's size, scaled to cover it
+    "background png, transparent backdrop": {"effect": "background"},  # the same with an alpha channel
 }
 
 
@@ -40,6 +42,7 @@ def reset_peak_rss() -> int:
 
 def one_case(name: str, megapixels: float) -> dict[str, float]:
     import cv2
+    import numpy as np
 
     from serve_app.effects import warm_up_matting
     from serve_app.pipeline import postprocess
@@ -54,8 +57,14 @@ def one_case(name: str, megapixels: float) -> dict[str, float]:
     if name.endswith("soft mask"):  # the worst case for the edge step's memory: alpha strictly between 0 and 1 almost
         mask = cv2.GaussianBlur(mask, (0, 0), 60)  # everywhere (a subject fading into its background)
     params = RemoveParams.model_validate(CASES[name])
+    backdrop = None
+    if params.needs_background:  # made before the peak is reset: the decoded upload, held as the image is
+        channels = 4 if name.endswith("transparent backdrop") else 3
+        backdrop = np.full((height // 2, width // 2, channels), 200, np.uint8)
+        if channels == 4:
+            backdrop[..., 3] = np.linspace(0, 255, width // 2).astype(np.uint8)
     before = reset_peak_rss()
-    postprocess(composite.image, mask, params)
+    postprocess(composite.image, mask, params, backdrop)
     return {"bytes_per_pixel": (status_kb("VmHWM") - before) / (height * width), "width": width, "height": height}
 
 

@@ -179,19 +179,28 @@ def composite(image: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> n
     return out.astype(np.uint8)
 
 
-def over(image: np.ndarray, alpha: np.ndarray, behind: np.ndarray, behind_alpha: np.ndarray | float) -> np.ndarray:
+def over(image: np.ndarray, alpha: np.ndarray, behind: np.ndarray, behind_alpha: np.ndarray | int) -> np.ndarray:
     """The subject over something with an alpha of its own (Pillow's ``alpha_composite`` of the cut-out onto it, as
-    rembg's ``bgc`` does): HxWx4, alpha ``a + b (1 - a)``, colour ``(image a + behind b (1 - a)) / alpha``.
-    ``behind``: HxWx3 uint8 or one colour; ``behind_alpha``: HxW float in [0, 1] or one number."""
+    rembg's ``bgc`` does): HxWx4, alpha ``a + b (1 - a)``, colour ``(image a + behind b (1 - a)) / alpha``, both
+    rounded. ``behind``: HxWx3 uint8 or one colour; ``behind_alpha``: HxW uint8 or one number, 0-255. Two full-size
+    float32 colour buffers and two single-channel ones, as ``composite`` needs."""
     a = alpha[..., None].astype(np.float32, copy=False)
-    share = 1.0 - a  # what is behind shows through this much of each pixel...
-    share *= np.asarray(behind_alpha, np.float32)[..., None] if np.ndim(behind_alpha) else np.float32(behind_alpha)
-    out_alpha = a + share  # ...times its own alpha
-    out = image.astype(np.float32)
-    out *= a
-    out += np.multiply(behind, share, dtype=np.float32)
+    out_alpha = 1.0 - a  # what is behind shows through this much of each pixel...
+    out_alpha *= behind_alpha[..., None] if isinstance(behind_alpha, np.ndarray) else behind_alpha
+    out_alpha *= np.float32(1 / 255)  # ...times its own alpha
+    out = np.multiply(behind, out_alpha, dtype=np.float32)
+    subject = image.astype(np.float32)
+    subject *= a
+    out += subject
+    del subject
+    out_alpha += a
     np.divide(out, out_alpha, out=out, where=out_alpha > 0)
-    return np.dstack([out.astype(np.uint8), (out_alpha[..., 0] * 255.0).astype(np.uint8)])
+    out += 0.5
+    colours = out.astype(np.uint8)
+    del out
+    out_alpha *= 255.0
+    out_alpha += 0.5
+    return np.dstack([colours, out_alpha[..., 0].astype(np.uint8)])
 
 
 def overlay(image: np.ndarray, alpha: np.ndarray, green: RGB = GREEN) -> np.ndarray:
@@ -219,6 +228,8 @@ def cover(background: np.ndarray, height: int, width: int) -> np.ndarray:
         ch, cw = max(1, min(bh, round(bw * height / width))), bw
     top, left = (bh - ch) // 2, (bw - cw) // 2
     crop = background[top : top + ch, left : left + cw]
+    if (ch, cw) == (height, width):  # the crop alone fits: nothing to scale
+        return np.ascontiguousarray(crop)
     interpolation = cv2.INTER_AREA if ch > height else cv2.INTER_LINEAR
     if has_alpha(crop):
         scaled = cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGBA2mRGBA), (width, height), interpolation=interpolation)
@@ -288,7 +299,7 @@ def apply_effect(
     if own_alpha is not None and effect in (Effect.BLUR, Effect.OVERLAY):
         image = composite(image, own_alpha / np.float32(255), np.full_like(image, 255))
     if effect == Effect.COLOR and color[3] < 255:
-        return over(image, alpha, np.array(color[:3], np.float32), color[3] / 255.0)
+        return over(image, alpha, np.array(color[:3], np.float32), color[3])
     if effect == Effect.COLOR:
         return composite(image, alpha, np.broadcast_to(np.array(color[:3], dtype=np.uint8), image.shape))
     if effect in (Effect.GREEN, Effect.WHITE):
@@ -303,6 +314,6 @@ def apply_effect(
             raise ValueError("effect background needs a background image")
         behind = cover(background, *image.shape[:2])
         if has_alpha(behind):  # what its own transparency hides stays transparent behind the subject
-            return over(image, alpha, behind[..., :3], behind[..., 3] / np.float32(255))
+            return over(image, alpha, behind[..., :3], behind[..., 3])
         return composite(image, alpha, behind)
     raise ValueError(f"unknown effect {effect!r}")

@@ -164,9 +164,10 @@ def postprocess(
     if icc_profile is not None and COLOURED.intersection(effects):
         color, green, white = in_colour_space([color, green, white], icc_profile)
     if background is not None:  # at the image's size first: a 50 MP background is not converted whole
-        covered = cover(background, *image.shape[:2])
-        colours = converted(np.ascontiguousarray(covered[..., :3]), background_profile, icc_profile)
-        background = np.dstack([colours, covered[..., 3]]) if has_alpha(covered) else colours
+        background = cover(background, *image.shape[:2])
+        if background_profile != icc_profile:  # its colours as the photo's space has them; its alpha as it is
+            colours = converted(np.ascontiguousarray(background[..., :3]), background_profile, icc_profile)
+            background = np.dstack([colours, background[..., 3]]) if has_alpha(background) else colours
     for effect in effects:
         output = apply_effect(
             image,

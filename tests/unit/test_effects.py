@@ -268,6 +268,7 @@ def test_a_transparent_background_image_stays_transparent_behind_the_subject(
     assert np.abs(out.astype(int) - expected).max() <= 2
     np.testing.assert_array_equal(out[15:, 40:50, 3], 0)  # transparent where the backdrop is and no subject is
     np.testing.assert_array_equal(out[:15, 40:50], backdrop[:15, 40:50])
+    np.testing.assert_array_equal(out[:15, 50:], backdrop[:15, 50:])  # translucent: its colours and alpha exactly
     np.testing.assert_array_equal(out[:, :20, :3], image[:, :20])  # all subject: the photo, opaque
     assert (out[:, :20, 3] == 255).all()
     opaque = apply_effect(image, alpha, Effect.BACKGROUND, background=np.ascontiguousarray(backdrop[..., :3]))
@@ -285,6 +286,9 @@ def test_a_transparent_background_is_scaled_without_its_hidden_colours() -> None
         shows = covered[..., 3] > 0
         assert shows.any() and (covered[..., 3] < 255).any(), (height, width)  # an edge was scaled...
         assert np.abs(covered[shows][:, :3].astype(int) - 250).max() <= 3, (height, width)  # ...without black
+    # A crop that fits as it is is not scaled, nor premultiplied: a faint pixel's colour is not rounded away.
+    faint = np.dstack([np.full((200, 100, 3), (1, 2, 3), np.uint8), np.full((200, 100), 3, np.uint8)])
+    np.testing.assert_array_equal(cover(faint, 100, 100), faint[50:150])
 
 
 @pytest.mark.parametrize("shape", [(1, 2000, 3), (2000, 1, 3)])
