@@ -19,6 +19,7 @@ import argparse
 import glob
 import itertools
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -190,7 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--background",
         type=Path,
         help="for --effect background: the image every subject goes on (sent with each; resized to cover each "
-        "photo; where it is transparent, so are the outputs)",
+        "photo; where it is transparent, so are PNG and WebP outputs)",
     )
     parser.add_argument("--format", default="png", choices=tuple(EXTENSIONS))
     parser.add_argument("--concurrency", type=at_least(1), default=DEFAULT_CONCURRENCY, help="requests in flight")
@@ -225,12 +226,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def fatal_reason(error: RemoveError) -> str | None:
-    """Why every other image would get this answer too (the run stops), else None."""
+def fatal_reason(error: RemoveError, background_bytes: int = 0) -> str | None:
+    """Why every other image would get this answer too (the run stops), else None. ``background_bytes``: the size of
+    the --background image, sent with each."""
     if FATAL_CODES.get(error.code) == error.status:
         return FATAL_REASONS[error.status]
-    if 400 <= error.status < 500 and error.message.startswith("background image:"):  # the one sent with each
+    if 400 <= error.status < 500 and error.message.startswith("background image:"):
         return "the service refuses the --background image"
+    # The body limit (deployments/uploads.py's two messages), which the background alone passes.
+    limit = re.match(r"upload (?:is \d+ bytes; this service takes at most|exceeds) (\d+)", error.message)
+    if error.status == 413 and limit is not None and background_bytes >= int(limit.group(1)):
+        return "the --background image alone is over the service's upload limit"
     return None
 
 
@@ -294,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
             todo.append((image, target))
         claimed.setdefault(target, image)
     options = {"tier": args.tier, "effect": args.effect, "format": args.format, "color": args.color}
-    background = None if args.background is None else args.background.read_bytes()  # read once, sent with each
+    try:
+        background = None if args.background is None else args.background.read_bytes()  # read once, sent with each
+    except OSError as exc:
+        print(f"bgserve-remove: --background: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     fatal: list[str] = []
     started = time.perf_counter()
@@ -333,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             reason = str(error) if isinstance(error, RemoveError) else f"{type(error).__name__}: {error}"
             summary.failed[image] = reason
             progress.write(f"failed: {image}: {reason}")
-            why = fatal_reason(error) if isinstance(error, RemoveError) else None
+            why = fatal_reason(error, len(background or b"")) if isinstance(error, RemoveError) else None
             if why is not None and not fatal:
                 fatal.append(f"stopped: {why} ({reason}); every other image would fail too")
                 stop.set()  # nothing more is sent; the requests in flight finish

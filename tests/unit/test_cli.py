@@ -187,6 +187,13 @@ def test_a_background_the_service_refuses_stops_the_run(tmp_path: Path, capsys: 
     out = capsys.readouterr().out
     assert code == 1 and "stopped: the service refuses the --background image" in out, out
     assert seen.requests <= 4, seen.requests  # those already in flight, not the forty
+    too_large = Answer(413, "payload_too_large", message="upload is 3000 bytes; this service takes at most 2048")
+    backdrop.write_bytes(b"x" * 2048)  # over the limit by itself: every request would be
+    with fake_service(lambda *_: too_large) as (url, seen):
+        code = cli.main([*argv, "--url", url, "--effect", "background", "--background", str(backdrop)])
+    out = capsys.readouterr().out
+    assert code == 1 and "the --background image alone is over the service's upload limit" in out, out
+    assert seen.requests <= 4, seen.requests
     with fake_service(lambda *_: Answer(400, "invalid_image")) as (url, seen):  # the photo's own fault: go on
         assert cli.main([*argv, "--url", url, "--effect", "background", "--background", str(backdrop)]) == 1
     assert seen.requests == 40 and "40 failed" in capsys.readouterr().out  # the backdrop was not sent as a photo
