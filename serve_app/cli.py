@@ -51,6 +51,21 @@ PART_PREFIX, PART_SUFFIX = ".bgserve-", ".part"  # an output being written
 STALE_PART_S = 3600.0
 DEFAULT_TIMEOUT_S = 600.0  # a quality-tier photo on a few CPU cores takes minutes
 QUEUED_PER_SLOT = 2  # jobs waiting per request in flight: a folder of 100,000 images is not queued at once
+# The service's options the CLI sends, the same with every image (argparse's names are the service's).
+SENT_OPTIONS = (
+    "tier",
+    "effect",
+    "format",
+    "color",
+    "threshold",
+    "reverse",
+    "crop",
+    "crop_margin",
+    "refine",
+    "blur_sigma",
+    "quality",
+    "lossless",
+)
 # Answers every other image would get too: the run stops rather than fail each one (a wrong key or URL). By the
 # service's JSON code: a plain-text 404 may be a starting Serve without the proxy guard, which a retry rides out.
 FATAL_CODES = {"unauthorized": 401, "not_found": 404}
@@ -194,6 +209,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "photo; where it is transparent, so are PNG and WebP outputs)",
     )
     parser.add_argument("--format", default="png", choices=tuple(EXTENSIONS))
+    # The service's own options, passed as they are (the service checks their values: a value it refuses stops the
+    # run at the first answer, since every image is sent it).
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="a hard mask: alpha 1 where the model's is above this (0-1), else 0 (as transparent-background's)",
+    )
+    parser.add_argument("--reverse", action="store_true", help="keep the background, remove the subject")
+    parser.add_argument("--crop", action="store_true", help="crop each output to its subject's box")
+    parser.add_argument(
+        "--crop-margin",
+        help="with --crop: pixels (12) or a percentage of the subject's longer side (10%%) kept around it",
+    )
+    parser.add_argument(
+        "--refine", choices=("fast", "full", "none"), help="rgba's edge colours where the alpha is soft"
+    )
+    parser.add_argument("--blur-sigma", type=float, help="for --effect blur: the Gaussian's sigma in pixels (0-100)")
+    parser.add_argument("--quality", type=int, help="for --format jpeg or webp: the encoder's quality, 1-100")
+    parser.add_argument("--lossless", action="store_true", help="for --format webp: exact pixels, alpha included")
     parser.add_argument("--concurrency", type=at_least(1), default=DEFAULT_CONCURRENCY, help="requests in flight")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them)")
     parser.add_argument(
@@ -215,6 +249,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--api-key: {exc}")
     if args.color is not None and args.effect != "color":
         parser.error(f"--color is for --effect color (the effect is {args.effect})")
+    for flag, given, usable, needs in [  # an option the run's other choices would leave unused: said, not ignored
+        ("--crop-margin", args.crop_margin is not None, args.crop, "--crop"),
+        ("--blur-sigma", args.blur_sigma is not None, args.effect == "blur", "--effect blur"),
+        ("--lossless", args.lossless, args.format == "webp", "--format webp"),
+        (
+            "--quality",
+            args.quality is not None,
+            args.format in ("jpeg", "webp") and not args.lossless,
+            "a lossy format",
+        ),
+    ]:
+        if given and not usable:
+            parser.error(f"{flag} is for {needs}")
     if (args.background is not None) != (args.effect == "background"):  # one without the other cannot work
         parser.error("--effect background and --background IMAGE go together")
     if args.background is not None and not args.background.is_file():
@@ -233,6 +280,11 @@ def fatal_reason(error: RemoveError, background_bytes: int = 0) -> str | None:
         return FATAL_REASONS[error.status]
     if 400 <= error.status < 500 and error.message.startswith("background image:"):
         return "the service refuses the --background image"
+    refused = re.match(r"(\w+): ", error.message)  # the service's 422 for a value, "name: why" (not an image's own)
+    if error.status == 422 and refused is not None and refused.group(1) in SENT_OPTIONS:
+        return f"the service refuses --{refused.group(1).replace('_', '-')}"
+    if error.status == 422 and re.match(r"tier '\w+' is not served here", error.message):
+        return "the service does not serve that --tier"
     # The body limit (deployments/uploads.py's two messages), which the background alone passes.
     limit = re.match(r"upload (?:is \d+ bytes; this service takes at most|exceeds) (\d+)", error.message)
     if error.status == 413 and limit is not None and background_bytes >= int(limit.group(1)):
@@ -299,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append((image, target))
         claimed.setdefault(target, image)
-    options = {"tier": args.tier, "effect": args.effect, "format": args.format, "color": args.color}
+    options = {name: getattr(args, name) for name in SENT_OPTIONS}
+    options.update({flag: True if getattr(args, flag) else None for flag in ("reverse", "crop", "lossless")})
     try:
         background = None if args.background is None else args.background.read_bytes()  # read once, sent with each
     except OSError as exc:

@@ -17,6 +17,7 @@ from PIL import Image
 from serve_app.cli import main as cli
 from serve_app.client import AsyncClient, Client, RemoveError
 from tests.conftest import ROOT, skimage_photo
+from tests.support import scenes
 from tests.support.serve_run import until
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -141,6 +142,20 @@ def test_the_cli_puts_every_subject_on_one_background(
             result = np.asarray(Image.open(out / relative.parent / f"{relative.stem}_background.png"))
             assert result.shape == expected.shape and np.abs(result - expected).max() <= 2, path.name
             assert (alpha < 0.5).mean() > 0.05, path.name  # some of the backdrop shows
+
+
+def test_the_cli_sends_the_services_options(service: str, tmp_path: Path) -> None:
+    image = tmp_path / "in" / "scene.png"  # a subject in the middle, which the test weights segment
+    image.parent.mkdir()
+    Image.fromarray(scenes.make_scenes(seed=31, count=1, height=128, width=160)[0].image).save(image)
+    options = ["--tier", "fast", "--effect", "mask", "--threshold", "0.5", "--crop", "--crop-margin", "4"]
+    assert cli([str(image), "--url", service, "--out", str(tmp_path / "out"), *options]) == 0
+    with Client(service) as client:  # the same request through the client
+        expected = client.remove(image, tier="fast", effect="mask", threshold=0.5, crop=True, crop_margin="4")
+    made = (tmp_path / "out" / "scene_mask.png").read_bytes()
+    assert made == expected.content
+    mask = np.asarray(Image.open(io.BytesIO(made)))
+    assert set(np.unique(mask)) <= {0, 255} and mask.shape != np.asarray(Image.open(image)).shape[:2]  # hard, cropped
 
 
 def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(service: str, tmp_path: Path) -> None:

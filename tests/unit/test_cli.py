@@ -122,6 +122,11 @@ def test_an_out_folder_inside_the_input_folder_is_not_searched(tmp_path: Path) -
         (["--concurrency", "0"], "0 is under 1"),
         (["--retries", "-1"], "-1 is under 0"),
         (["--timeout", "0"], "0 is not a number of seconds over 0"),
+        (["--crop-margin", "10"], "--crop-margin is for --crop"),
+        (["--blur-sigma", "3"], "--blur-sigma is for --effect blur"),
+        (["--lossless"], "--lossless is for --format webp"),
+        (["--quality", "80"], "--quality is for a lossy format"),
+        (["--format", "webp", "--lossless", "--quality", "80"], "--quality is for a lossy format"),
         (["--effect", "background"], "--effect background and --background IMAGE go together"),
         (["--background", "photo.jpg"], "--effect background and --background IMAGE go together"),
         (["--effect", "background", "--background", "/no/such/backdrop.jpg"], "no such file: /no/such/backdrop.jpg"),
@@ -197,6 +202,43 @@ def test_a_background_the_service_refuses_stops_the_run(tmp_path: Path, capsys: 
     with fake_service(lambda *_: Answer(400, "invalid_image")) as (url, seen):  # the photo's own fault: go on
         assert cli.main([*argv, "--url", url, "--effect", "background", "--background", str(backdrop)]) == 1
     assert seen.requests == 40 and "40 failed" in capsys.readouterr().out  # the backdrop was not sent as a photo
+
+
+def test_the_services_options_go_with_each_image_and_a_value_it_refuses_stops_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in").mkdir()
+    for i in range(40):
+        (tmp_path / "in" / f"p{i}.png").write_bytes(b"x")
+    paths: list[str] = []
+
+    def answer(method: str, path: str) -> Answer:
+        paths.append(path)
+        return Answer(200, body=b"png")
+
+    argv = [
+        str(tmp_path / "in" / "p0.png"),
+        "--out",
+        str(tmp_path / "out"),
+        "--threshold",
+        "0.5",
+        "--reverse",
+        "--crop",
+    ]
+    with fake_service(answer) as (url, _):
+        assert cli.main([*argv, "--crop-margin", "10%", "--refine", "none", "--url", url]) == 0
+    (query,) = [path.split("?", 1)[1].split("&") for path in paths]
+    assert {"threshold=0.5", "reverse=true", "crop=true", "crop_margin=10%25", "refine=none"} <= set(query), query
+    assert not any(part.startswith(("lossless", "quality", "blur_sigma")) for part in query), query  # not given
+    every = [str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--concurrency", "2"]
+    refused = Answer(422, "invalid_parameter", message="threshold: Input should be less than or equal to 1")
+    with fake_service(lambda *_: refused) as (url, seen):
+        assert cli.main([*every, "--threshold", "2", "--url", url]) == 1
+    assert "stopped: the service refuses --threshold" in capsys.readouterr().out and seen.requests <= 4
+    too_wide = Answer(422, "invalid_parameter", message="format=webp holds images up to 16383 pixels a side, and ...")
+    with fake_service(lambda *_: too_wide) as (url, seen):  # one image's own: the others go on
+        assert cli.main([*every, "--format", "webp", "--url", url]) == 1
+    assert seen.requests == 40 and "stopped" not in capsys.readouterr().out
 
 
 def test_jobs_are_queued_a_few_per_request_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
