@@ -235,6 +235,10 @@ def test_the_services_options_go_with_each_image_and_a_value_it_refuses_stops_th
     with fake_service(lambda *_: refused) as (url, seen):
         assert cli.main([*every, "--threshold", "2", "--url", url]) == 1
     assert "stopped: the service refuses --threshold" in capsys.readouterr().out and seen.requests <= 4
+    unserved = Answer(422, "invalid_parameter", message="tier 'quality' is not served here; served tiers: fast")
+    with fake_service(lambda *_: unserved) as (url, seen):
+        assert cli.main([*every, "--tier", "quality", "--url", url]) == 1
+    assert "stopped: the service does not serve that --tier" in capsys.readouterr().out and seen.requests <= 4
     too_wide = Answer(422, "invalid_parameter", message="format=webp holds images up to 16383 pixels a side, and ...")
     with fake_service(lambda *_: too_wide) as (url, seen):  # one image's own: the others go on
         assert cli.main([*every, "--format", "webp", "--url", url]) == 1
