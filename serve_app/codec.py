@@ -129,7 +129,11 @@ def _jpeg_problem(data: bytes) -> str | None:
 
 
 def _png_problem(data: bytes) -> str | None:
-    position, chunks, ancillary, profiles, image_seen = 8, 0, 0, 0, False
+    # IHDR first and once, as PNG has it (libpng refuses otherwise; Pillow takes the last): the pixel budget reads
+    # the size from the first (declared_pixels).
+    if data[12:16] != b"IHDR":
+        return "the PNG does not start with its header (IHDR chunk)"
+    position, chunks, ancillary, profiles, headers, image_seen = 8, 0, 0, 0, 0, False
     while position + 8 <= len(data) and chunks <= MAX_PNG_CHUNKS and ancillary <= MAX_PNG_ANCILLARY_CHUNKS:
         kind = data[position + 4 : position + 8]
         if kind == b"IEND" or (kind == b"fcTL" and image_seen):  # an APNG's next frame: Pillow stops there
@@ -138,7 +142,10 @@ def _png_problem(data: bytes) -> str | None:
         chunks += 1
         ancillary += kind not in (b"IDAT", b"fdAT")
         profiles += kind == b"iCCP"
+        headers += kind == b"IHDR"
         position += 12 + int.from_bytes(data[position : position + 4], "big")
+    if headers > 1:
+        return "the PNG has more than one header (IHDR chunk); PNG has one"
     if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS:
         return f"the PNG has over {MAX_PNG_ANCILLARY_CHUNKS} chunks besides its image data, or {MAX_PNG_CHUNKS} in all"
     if profiles > 1:  # Pillow inflates each, up to 1 MB: 9,000 small ones (9 MB) cost 5 s
@@ -230,8 +237,8 @@ def declared_pixels(data: bytes | None) -> int:
     this service reads: decoding it then says why)."""
     if not data or structure_problem(data) is not None:
         return 0
-    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:  # read as Pillow reads it,
-        return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")  # whatever its other chunks
+    if data.startswith(PNG_SIGNATURE) and len(data) >= 24:  # its one IHDR, first (_png_problem): whatever else
+        return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")  # it holds (a large profile)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

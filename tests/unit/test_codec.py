@@ -605,6 +605,15 @@ def test_a_pngs_header_walks_stop_at_its_end_and_one_profile_is_allowed() -> Non
     profile = png_chunk(b"iCCP", b"p\0\0" + zlib.compress(b"\0" * 1000))
     with pytest.raises(InvalidImageError, match="more than one colour profile"):
         decode_image(header + profile * 2 + png_chunk(b"IEND", b""), BIG)
+    # The budget reads the size from the first IHDR; Pillow took the last one, or one after other chunks: a 1x1
+    # header before a 2000x2000 one counted 1 pixel for a 4 MP decode.
+    pixels = png_bytes(np.zeros((40, 30, 3), np.uint8))
+    tiny = png_chunk(b"IHDR", (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0]))
+    for hidden in (pixels[:8] + tiny + pixels[8:], pixels[:8] + png_chunk(b"tEXt", b"a\0b") + pixels[8:]):
+        assert Image.open(io.BytesIO(hidden)).size == (30, 40)  # what Pillow decodes
+        assert declared_pixels(hidden) == 0  # refused by its structure: nothing held
+        with pytest.raises(InvalidImageError, match="header"):
+            decode_image(hidden, BIG)
 
 
 def test_a_profile_is_never_rewritten_larger_than_it_came() -> None:
