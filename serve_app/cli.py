@@ -5,12 +5,13 @@ with a progress bar, resume and a summary. Built on ``serve_app.client``.
     bgserve-remove 'shots/*.jpg' --tier fast --effect white --format jpeg --out white/
     bgserve-remove photo.jpg --url http://gpu-box:8000 --api-key "$KEY"
     bgserve-remove products/ --effect background --background studio.jpg --format jpeg --out on-studio/
+    bgserve-remove scans/ --effect mask --threshold 0.5 --crop --crop-margin 5% --out masks/
 
 Outputs are named ``<name>_<effect>.<ext>`` (as transparent-background's CLI names them), in ``--out`` (the
 input's folder structure kept). An output that exists is skipped, so a second run resumes where the first
 stopped. Each file is written to a temporary name and renamed when complete: an interrupted run (Ctrl-C) leaves
-no half-written output. The exit status is 0 when every image was done or skipped, 1 when any failed, 130 when
-interrupted.
+no half-written output. The exit status is 0 when every image was done or skipped, 1 when any failed, 2 for arguments
+that cannot work (refused before any request), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ PART_PREFIX, PART_SUFFIX = ".bgserve-", ".part"  # an output being written
 STALE_PART_S = 3600.0
 DEFAULT_TIMEOUT_S = 600.0  # a quality-tier photo on a few CPU cores takes minutes
 QUEUED_PER_SLOT = 2  # jobs waiting per request in flight: a folder of 100,000 images is not queued at once
+MULTIPART_FRAMING = 512  # bytes of a request body besides its two images: boundaries and part headers
 # The service's options the CLI sends, the same with every image (argparse's names are the service's).
 SENT_OPTIONS = (
     "tier",
@@ -206,7 +208,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--background",
         type=Path,
         help="for --effect background: the image every subject goes on (sent with each; resized to cover each "
-        "photo; where it is transparent, so are PNG and WebP outputs)",
+        "photo; where it is transparent, so are PNG and WebP outputs; JPEG ones are on white there)",
     )
     parser.add_argument("--format", default="png", choices=tuple(EXTENSIONS))
     # The service's own options, passed as they are (the service checks their values: a value it refuses stops the
@@ -225,7 +227,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--refine", choices=("fast", "full", "none"), help="rgba's edge colours where the alpha is soft"
     )
-    parser.add_argument("--blur-sigma", type=float, help="for --effect blur: the Gaussian's sigma in pixels (0-100)")
+    parser.add_argument("--blur-sigma", type=float, help="for --effect blur: the Gaussian's sigma, over 0, at most 100")
     parser.add_argument("--quality", type=int, help="for --format jpeg or webp: the encoder's quality, 1-100")
     parser.add_argument("--lossless", action="store_true", help="for --format webp: exact pixels, alpha included")
     parser.add_argument("--concurrency", type=at_least(1), default=DEFAULT_CONCURRENCY, help="requests in flight")
@@ -252,6 +254,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag, given, usable, needs in [  # an option the run's other choices would leave unused: said, not ignored
         ("--crop-margin", args.crop_margin is not None, args.crop, "--crop"),
         ("--blur-sigma", args.blur_sigma is not None, args.effect == "blur", "--effect blur"),
+        ("--refine", args.refine is not None, args.effect == "rgba" and args.threshold is None, "soft rgba edges"),
         ("--lossless", args.lossless, args.format == "webp", "--format webp"),
         (
             "--quality",
@@ -287,7 +290,7 @@ def fatal_reason(error: RemoveError, background_bytes: int = 0) -> str | None:
         return "the service does not serve that --tier"
     # The body limit (deployments/uploads.py's two messages), which the background alone passes.
     limit = re.match(r"upload (?:is \d+ bytes; this service takes at most|exceeds) (\d+)", error.message)
-    if error.status == 413 and limit is not None and background_bytes >= int(limit.group(1)):
+    if error.status == 413 and limit is not None and background_bytes + MULTIPART_FRAMING >= int(limit.group(1)):
         return "the --background image alone is over the service's upload limit"
     return None
 

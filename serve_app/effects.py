@@ -181,9 +181,9 @@ def composite(image: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> n
 
 def over(image: np.ndarray, alpha: np.ndarray, behind: np.ndarray, behind_alpha: np.ndarray | int) -> np.ndarray:
     """The subject over something with an alpha of its own (Pillow's ``alpha_composite`` of the cut-out onto it, as
-    rembg's ``bgc`` does): HxWx4, alpha ``a + b (1 - a)``, colour ``(image a + behind b (1 - a)) / alpha``, both
-    rounded. ``behind``: HxWx3 uint8 or one colour; ``behind_alpha``: HxW uint8 or one number, 0-255. Two full-size
-    float32 colour buffers and two single-channel ones, as ``composite`` needs."""
+    rembg's ``bgc`` does): HxWx4, alpha ``a + b (1 - a)`` (truncated, as the cut-out's), colour ``(image a + behind
+    b (1 - a)) / alpha`` (rounded). ``behind``: HxWx3 uint8 or one colour; ``behind_alpha``: HxW uint8 or one
+    number, 0-255. Two full-size float32 colour buffers and two single-channel ones, as ``composite`` needs."""
     a = alpha[..., None].astype(np.float32, copy=False)
     out_alpha = 1.0 - a  # what is behind shows through this much of each pixel...
     out_alpha *= behind_alpha[..., None] if isinstance(behind_alpha, np.ndarray) else behind_alpha
@@ -198,8 +198,7 @@ def over(image: np.ndarray, alpha: np.ndarray, behind: np.ndarray, behind_alpha:
     out += 0.5
     colours = out.astype(np.uint8)
     del out
-    out_alpha *= 255.0
-    out_alpha += 0.5
+    out_alpha *= 255.0  # truncated, as alpha_to_uint8 (Remover's): over a transparent backdrop, rgba's own alpha
     return np.dstack([colours, out_alpha[..., 0].astype(np.uint8)])
 
 

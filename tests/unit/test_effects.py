@@ -269,6 +269,14 @@ def test_a_transparent_background_image_stays_transparent_behind_the_subject(
     np.testing.assert_array_equal(out[15:, 40:50, 3], 0)  # transparent where the backdrop is and no subject is
     np.testing.assert_array_equal(out[:15, 40:50], backdrop[:15, 40:50])
     np.testing.assert_array_equal(out[:15, 50:], backdrop[:15, 50:])  # translucent: its colours and alpha exactly
+    clear = apply_effect(image, alpha, Effect.BACKGROUND, background=np.zeros((30, 60, 4), np.uint8))
+    cut_out = apply_effect(image, alpha, Effect.RGBA, refine=Refine.NONE)
+    np.testing.assert_array_equal(clear[..., 3], cut_out[..., 3])  # over nothing: the cut-out's own alpha
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)  # no subject: every level of the backdrop passes exactly
+    behind = np.dstack([np.full((16, 16, 3), 77, np.uint8), levels])
+    alone = apply_effect(image[:16, :16], np.zeros((16, 16), np.float32), Effect.BACKGROUND, background=behind)
+    np.testing.assert_array_equal(alone[..., 3], levels)
+    np.testing.assert_array_equal(alone[levels > 0][:, :3], 77)
     np.testing.assert_array_equal(out[:, :20, :3], image[:, :20])  # all subject: the photo, opaque
     assert (out[:, :20, 3] == 255).all()
     opaque = apply_effect(image, alpha, Effect.BACKGROUND, background=np.ascontiguousarray(backdrop[..., :3]))
