@@ -133,17 +133,17 @@ def _png_problem(data: bytes) -> str | None:
     # the size from the first (declared_pixels).
     if data[12:16] != b"IHDR":
         return "the PNG does not start with its header (IHDR chunk)"
-    position, chunks, ancillary, profiles, headers, image_seen = 8, 0, 0, 0, 0, False
-    while position + 8 <= len(data) and chunks <= MAX_PNG_CHUNKS and ancillary <= MAX_PNG_ANCILLARY_CHUNKS:
-        kind = data[position + 4 : position + 8]
-        if kind == b"IEND" or (kind == b"fcTL" and image_seen):  # an APNG's next frame: Pillow stops there
+    chunks, ancillary, profiles, headers, image_seen = 0, 0, 0, 0, False
+    for kind, _, _ in _png_chunks(data):
+        if kind == b"fcTL" and image_seen:  # an APNG's next frame: Pillow stops there
             break
         image_seen = image_seen or kind == b"IDAT"
         chunks += 1
         ancillary += kind not in (b"IDAT", b"fdAT")
         profiles += kind == b"iCCP"
         headers += kind == b"IHDR"
-        position += 12 + int.from_bytes(data[position : position + 4], "big")
+        if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS:
+            break
     if headers > 1:
         return "the PNG has more than one header (IHDR chunk); PNG has one"
     if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS:
@@ -154,14 +154,14 @@ def _png_problem(data: bytes) -> str | None:
 
 
 def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
-    """The chunks before a PNG's image data: (kind, start, end), the end past its CRC. A walk ``_png_problem`` has
-    bounded (it counts every chunk to IEND)."""
+    """Each chunk of a PNG up to its IEND: (kind, start, end), the end past its CRC. Unbounded: its callers stop
+    it (``_png_problem`` at its bounds; it runs first)."""
     position = 8
     while position + 8 <= len(data):
-        end = position + 12 + int.from_bytes(data[position : position + 4], "big")
         kind = data[position + 4 : position + 8]
-        if kind in (b"IDAT", b"IEND"):
+        if kind == b"IEND":
             return
+        end = position + 12 + int.from_bytes(data[position : position + 4], "big")
         yield kind, position, end
         position = end
 
@@ -171,11 +171,11 @@ def without_oversized_png_profile(data: bytes) -> bytes:
     It is read as a JPEG's or a WebP's profile is (``wide_gamut_profile``): cut to the size its header declares
     where that fits (what follows is rewritten out), else dropped, being over ``MAX_CARRIED_PROFILE_BYTES`` (an iCCP
     chunk is ancillary: the PNG stays valid). Any other PNG is returned as is."""
-    for kind, start, end in _png_chunks(data):  # the profile comes before the image data
+    for kind, start, end in _png_chunks(data):
+        if kind == b"IDAT":  # the profile comes before the image data
+            break
         if kind == b"iCCP":
             payload = data[start + 8 : end - 4]
-            if zlib.crc32(data[start + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
-                return data  # a broken chunk is Pillow's to refuse, not ours to mend
             header = payload[: payload.find(b"\0") + 2]  # the profile's name, its end and the compression method
             inflate = zlib.decompressobj()
             try:
@@ -184,6 +184,8 @@ def without_oversized_png_profile(data: bytes) -> bytes:
                 return data  # Pillow reads a corrupt profile as none
             if not inflate.unconsumed_tail:
                 return data
+            if zlib.crc32(data[start + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+                return data  # a broken chunk is Pillow's to refuse, not ours to mend
             declared = int.from_bytes(inflated[:4], "big")
             if not ICC_HEADER_BYTES <= declared <= min(len(inflated), MAX_CARRIED_PROFILE_BYTES):
                 return data[:start] + data[end:]
