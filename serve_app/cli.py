@@ -249,9 +249,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         auth_headers(args.api_key)
     except ValueError as exc:
         parser.error(f"--api-key: {exc}")
-    if args.color is not None and args.effect != "color":
-        parser.error(f"--color is for --effect color (the effect is {args.effect})")
     for flag, given, usable, needs in [  # an option the run's other choices would leave unused: said, not ignored
+        ("--color", args.color is not None, args.effect == "color", f"--effect color (the effect is {args.effect})"),
         ("--crop-margin", args.crop_margin is not None, args.crop, "--crop"),
         ("--blur-sigma", args.blur_sigma is not None, args.effect == "blur", "--effect blur"),
         ("--refine", args.refine is not None, args.effect == "rgba" and args.threshold is None, "soft rgba edges"),
